@@ -1,0 +1,290 @@
+//! The commands as the binary runs them: settings in, a printed result and an exit code out.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::ci::{self, Identity, Scope};
+use crate::cli::{self, Cli, Command, Output};
+use crate::error::{Error, Result};
+use crate::exit;
+use crate::locker::{Grant, Holding, How, Locker, ReleaseOptions, Released, WaitReport};
+use crate::record::Record;
+use crate::store::{self, Observed, Outcome, State};
+
+/// The environment, read once; tests pass their own.
+pub type EnvFn = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Runs one parsed command line. Returns the exit code for success paths that are not 0.
+pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
+    let g = &cli.global;
+    let url = g.store_url()?;
+    let margin = g.clock_margin()?;
+    let scope = g.scope.unwrap_or(Scope::Pipeline);
+    let lock = || -> Result<String> {
+        match g.lock.clone().or_else(|| ci::default_lock(&env)) {
+            Some(l) => cli::validate_lock(&l),
+            None => Err(Error::Usage("no lock name: pass --lock NAME (in CI it defaults to the project path)".into())),
+        }
+    };
+    let identity = || -> Result<Identity> {
+        ci::detect(&env, scope, g.owner.as_deref())?.ok_or_else(|| {
+            Error::Usage("no owner: outside GitLab CI and GitHub Actions pass --owner NAME (or set PIPELINE_LOCK_OWNER)".into())
+        })
+    };
+    // Validate everything the command needs before connecting to anything.
+    let retention = crate::AcquireOptions::default().retention;
+    let output = g.output;
+    match &cli.command {
+        Command::Acquire(args) => {
+            let (lock, me) = (lock()?, identity()?);
+            let mut opts = args.options(margin)?;
+            let verbose = g.verbose > 0;
+            opts.progress = Some(Arc::new(move |r: &WaitReport| eprintln!("pipeline-lock: {}", progress_line(r))));
+            if verbose {
+                opts.progress_every = Duration::ZERO;
+            }
+            let locker = connect(&url, g).await?;
+            let grant = locker.acquire(&lock, &me, &opts).await?;
+            print_grant(&grant, output, locker.store().requests())?;
+            export_github(&env, &grant)?;
+            Ok(exit::OK)
+        }
+        Command::Release(args) => {
+            let (lock, me) = (lock()?, identity()?);
+            let opts = ReleaseOptions { force: args.force.then(|| args.reason.clone().unwrap_or_default()), retention };
+            let who = Holding { owner: me.owner.clone(), token: args.token.clone() };
+            let locker = connect(&url, g).await?;
+            let result = locker.release(&lock, &who, &opts).await?;
+            let requests = locker.store().requests();
+            let text = match &result {
+                Released::Released { fence } => format!("released lock {lock:?} in {url} (fence {fence})"),
+                Released::NotHeld => format!("lock {lock:?} in {url} was not held; nothing to release"),
+                Released::HeldByOther { owner, fence } => {
+                    let msg = format!("lock {lock:?} in {url} is held by {owner} (fence {fence}), not by {}; left alone", me.owner);
+                    if args.strict {
+                        return Err(Error::HeldByOther(format!("{msg} (--strict)")));
+                    }
+                    eprintln!("pipeline-lock: warning: {msg}");
+                    msg
+                }
+            };
+            emit(output, &text, &serde_json::json!({"lock": lock, "store": url.to_string(), "release": result, "requests": requests}))?;
+            Ok(exit::OK)
+        }
+        Command::Renew(args) => {
+            let (lock, me) = (lock()?, identity()?);
+            let ttl = cli::lease(args.ttl.as_deref(), args.disable_ttl)?;
+            let who = Holding { owner: me.owner.clone(), token: args.token.clone() };
+            let locker = connect(&url, g).await?;
+            let grant = locker.renew(&lock, &who, ttl, retention, true).await?;
+            print_grant(&grant, output, locker.store().requests())?;
+            Ok(exit::OK)
+        }
+        Command::Status => {
+            let lock = lock()?;
+            let locker = connect(&url, g).await?;
+            let observed = locker.status(&lock).await?;
+            let now = locker.store().clock().now_ms();
+            let json = status_json(&lock, &observed, now, locker.store().requests());
+            emit(output, &status_text(&lock, &url.to_string(), &observed, now), &json)?;
+            Ok(exit::OK)
+        }
+        Command::List => {
+            let locker = connect(&url, g).await?;
+            let all = locker.list().await?;
+            let now = locker.store().clock().now_ms();
+            let mut text = String::new();
+            for (name, o) in &all {
+                text.push_str(&format!("{name}\t{}\n", summary(o, now)));
+            }
+            if all.is_empty() {
+                text.push_str(&format!("no locks in {url}\n"));
+            }
+            let json: Vec<_> = all.iter().map(|(n, o)| status_json(n, o, now, 0)).collect();
+            emit(output, text.trim_end(), &serde_json::json!({"store": url.to_string(), "locks": json}))?;
+            Ok(exit::OK)
+        }
+        Command::Doctor => {
+            let locker = connect(&url, g).await?;
+            let checks = locker.store().doctor().await;
+            let failed = checks.iter().any(|c| c.outcome == Outcome::Fail);
+            let text: Vec<String> = checks
+                .iter()
+                .map(|c| format!("{:<5} {}: {}", format!("{:?}", c.outcome).to_uppercase(), c.name, c.detail))
+                .collect();
+            emit(output, &text.join("\n"), &serde_json::json!({"store": url.to_string(), "ok": !failed, "checks": checks}))?;
+            if failed {
+                return Err(Error::Config(format!("{url} failed doctor checks; see the FAIL lines above")));
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+async fn connect(url: &store::StoreUrl, g: &cli::Global) -> Result<Locker> {
+    Ok(Locker::new(store::open(url, &g.aws()).await?))
+}
+
+fn emit(output: Output, text: &str, json: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let r = match output {
+        Output::Json => writeln!(out, "{json}"),
+        _ => writeln!(out, "{text}"),
+    };
+    r.map_err(|e| Error::other("cannot write to standard output", e))
+}
+
+fn env_lines(g: &Grant) -> String {
+    format!(
+        "PIPELINE_LOCK_NAME={}\nPIPELINE_LOCK_OWNER={}\nPIPELINE_LOCK_TOKEN={}\nPIPELINE_LOCK_FENCE={}\n",
+        g.lock, g.owner, g.token, g.fence
+    )
+}
+
+fn print_grant(g: &Grant, output: Output, requests: u64) -> Result<()> {
+    let how = match &g.how {
+        How::Acquired => String::new(),
+        How::Reentered => " (already ours: lease renewed, same fence)".into(),
+        How::TookOver { from, why } => format!(" (taken over from {from}: {why})"),
+    };
+    let lease = match g.lease_expires_at {
+        Some(t) => format!("lease until {}", rfc3339(t)),
+        None => "no lease end (--disable-ttl)".into(),
+    };
+    let text = format!("acquired lock {:?} in {} as {}: fence {}, {lease}{how}", g.lock, g.store, g.owner, g.fence);
+    match output {
+        Output::Env => {
+            print!("{}", env_lines(g));
+            Ok(())
+        }
+        _ => {
+            let mut json = serde_json::to_value(g).map_err(|e| Error::other("cannot encode the grant", e))?;
+            json["requests"] = requests.into();
+            emit(output, &text, &json)
+        }
+    }
+}
+
+/// Appends the grant to `$GITHUB_ENV` and `$GITHUB_OUTPUT` when they are set.
+fn export_github(env: &EnvFn, g: &Grant) -> Result<()> {
+    let outputs = format!("name={}\nowner={}\ntoken={}\nfence={}\n", g.lock, g.owner, g.token, g.fence);
+    for (var, text) in [("GITHUB_ENV", env_lines(g)), ("GITHUB_OUTPUT", outputs)] {
+        if let Some(path) = env(var).filter(|p| !p.is_empty()) {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| Error::other(format!("cannot append the lock's outputs to ${var} ({path})"), e))?;
+        }
+    }
+    Ok(())
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn ago(now: i64, then: i64) -> String {
+    let d = Duration::from_secs(((now - then).max(0) / 1000) as u64);
+    humantime::format_duration(d).to_string()
+}
+
+/// The line printed while waiting.
+pub fn progress_line(r: &WaitReport) -> String {
+    let h = &r.holder;
+    let url = h.holder.as_ref().and_then(|x| x.url.as_deref()).map(|u| format!(" ({u})")).unwrap_or_default();
+    let since = h.acquired_at.map(|a| format!(" since {} ({} ago)", rfc3339(a), ago(r.now, a))).unwrap_or_default();
+    let lease = match h.lease_expires_at {
+        Some(end) if end > r.now => format!("lease left {}", ago(end, r.now)),
+        Some(_) => "lease ended".into(),
+        None => "no lease end".into(),
+    };
+    let takeover = match r.takeover_at {
+        Some(at) if at > r.now => format!("takeover possible in {}", ago(at, r.now)),
+        Some(_) => "takeover possible now".into(),
+        None => "no takeover possible (no lease end and no --force-after)".into(),
+    };
+    format!(
+        "waiting for lock {:?} in {}: held by {}{url}{since}, fence {}, {lease}; attempt {}, waited {}; {takeover}",
+        r.lock,
+        r.store,
+        h.owner.as_deref().unwrap_or("?"),
+        h.fence,
+        r.attempt,
+        humantime::format_duration(Duration::from_secs(r.waited.as_secs()))
+    )
+}
+
+fn summary(o: &Observed, now: i64) -> String {
+    match &o.state {
+        State::Absent => "absent".into(),
+        State::Corrupt(why) => format!("UNREADABLE ({why})"),
+        State::Valid(r) if r.is_free() => format!("free\tfence {}", r.fence),
+        State::Valid(r) => {
+            let lease = match r.lease_expires_at {
+                Some(end) if end > now => format!("lease left {}", ago(end, now)),
+                Some(_) => "lease ended".into(),
+                None => "no lease end".into(),
+            };
+            format!("held by {}\tfence {}\tfor {}\t{lease}", r.owner.as_deref().unwrap_or("?"), r.fence, ago(now, r.acquired_at.unwrap_or(now)))
+        }
+    }
+}
+
+fn status_json(lock: &str, o: &Observed, now: i64, requests: u64) -> serde_json::Value {
+    let (state, record, problem) = match &o.state {
+        State::Absent => ("absent", None, None),
+        State::Corrupt(why) => ("unreadable", None, Some(why.clone())),
+        State::Valid(r) if r.is_free() => ("free", Some(r), None),
+        State::Valid(_) => ("held", o.record(), None),
+    };
+    serde_json::json!({
+        "lock": lock,
+        "state": state,
+        "record": record,
+        "problem": problem,
+        "now": now,
+        "lease_left_ms": record.and_then(|r: &Record| r.lease_expires_at).map(|e| (e - now).max(0)),
+        "requests": requests,
+    })
+}
+
+fn status_text(lock: &str, url: &str, o: &Observed, now: i64) -> String {
+    let mut s = format!("lock:     {lock}\nstore:    {url}\nstate:    {}\n", summary(o, now));
+    if let State::Valid(r) = &o.state {
+        if let Some(h) = &r.holder {
+            for (k, v) in [("pipeline", &h.url), ("job", &h.job), ("job url", &h.job_url), ("host", &h.host), ("reason", &h.reason)] {
+                if let Some(v) = v {
+                    s.push_str(&format!("{:<9} {v}\n", format!("{k}:")));
+                }
+            }
+        }
+        if let Some(a) = r.acquired_at {
+            s.push_str(&format!("since:    {} ({} ago)\n", rfc3339(a), ago(now, a)));
+        }
+        if let Some(e) = r.lease_expires_at.filter(|_| !r.is_free()) {
+            s.push_str(&format!("lease:    ends {}\n", rfc3339(e)));
+        }
+        s.push_str(&format!("fence:    {}\n", r.fence));
+        if r.waiters.is_empty() {
+            s.push_str("queue:    empty\n");
+        } else {
+            s.push_str("queue:\n");
+            for w in r.waiters.values() {
+                s.push_str(&format!("  {} waiting {} {}\n", w.owner, ago(now, w.enqueued_at), w.url.as_deref().unwrap_or("")));
+            }
+        }
+        if !r.history.is_empty() {
+            s.push_str("history:\n");
+            for e in &r.history {
+                let by = e.by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
+                let why = e.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
+                s.push_str(&format!("  {} {:<10} {} fence {}{by}{why}\n", rfc3339(e.at), e.event.as_str(), e.owner, e.fence.unwrap_or(0)));
+            }
+        }
+    }
+    s.trim_end().to_string()
+}

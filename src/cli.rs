@@ -1,0 +1,314 @@
+//! Command-line arguments, parsed raw by clap and then validated in one step
+//! ([`Cli::settings`]) into values the commands can trust.
+
+use std::time::Duration;
+
+use clap::builder::FalseyValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::ci::Scope;
+use crate::error::{Error, Result};
+use crate::store::StoreUrl;
+use crate::store::aws::AwsOptions;
+
+/// Take a lock in one CI job and give it back in a later one.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline-lock", version, about, after_long_help = exit_codes_help())]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+fn exit_codes_help() -> String {
+    let mut s = String::from("Exit codes:\n");
+    for (code, meaning) in crate::exit::TABLE {
+        s.push_str(&format!("  {code:>3}  {meaning}\n"));
+    }
+    s.push_str("  run: the command's own exit code; 128+N if it died of signal N\n");
+    s
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON document, for scripts.
+    Json,
+    /// Dotenv lines PIPELINE_LOCK_NAME/OWNER/TOKEN/FENCE (a GitLab dotenv artifact).
+    Env,
+}
+
+/// Options accepted before or after the command.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Store URL: dynamodb://TABLE, s3://BUCKET/PREFIX or file:///DIR [default: dynamodb://pipeline-locks]
+    #[arg(long, global = true, env = "PIPELINE_LOCK_STORE")]
+    pub store: Option<String>,
+    /// DynamoDB table (shorthand for --store dynamodb://TABLE).
+    #[arg(long, global = true, env = "PIPELINE_LOCK_TABLE", conflicts_with_all = ["store", "bucket"])]
+    pub table: Option<String>,
+    /// S3 bucket (shorthand for --store s3://BUCKET/PREFIX).
+    #[arg(long, global = true, env = "PIPELINE_LOCK_BUCKET", conflicts_with = "store")]
+    pub bucket: Option<String>,
+    /// Key prefix within --bucket.
+    #[arg(long, global = true, env = "PIPELINE_LOCK_PREFIX", requires = "bucket")]
+    pub prefix: Option<String>,
+    /// AWS endpoint (a local server, a VPC endpoint).
+    #[arg(long, global = true, env = "PIPELINE_LOCK_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// AWS region.
+    #[arg(long, global = true, env = "PIPELINE_LOCK_REGION")]
+    pub region: Option<String>,
+    /// Path-style S3 addressing (MinIO-like stores, emulators).
+    #[arg(long, global = true, env = "PIPELINE_LOCK_S3_FORCE_PATH_STYLE", value_parser = FalseyValueParser::new(), default_value_t = false)]
+    pub s3_force_path_style: bool,
+    /// Lock name [default: the CI project path]
+    #[arg(long, global = true, env = "PIPELINE_LOCK_NAME")]
+    pub lock: Option<String>,
+    /// Owner outside CI (in CI it comes from the pipeline).
+    #[arg(long, global = true, env = "PIPELINE_LOCK_OWNER")]
+    pub owner: Option<String>,
+    /// Whose lock: the pipeline (acquire/renew/release) or the job (run).
+    #[arg(long, global = true, env = "PIPELINE_LOCK_SCOPE", value_enum)]
+    pub scope: Option<Scope>,
+    /// Output format.
+    #[arg(long, global = true, env = "PIPELINE_LOCK_OUTPUT", value_enum, default_value_t)]
+    pub output: Output,
+    /// Skew margin for comparisons on the store clock.
+    #[arg(long, global = true, env = "PIPELINE_LOCK_CLOCK_MARGIN", default_value = "2s")]
+    pub clock_margin: String,
+    /// More detail: progress on every poll (-v), debug logs (-vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take the lock for this pipeline.
+    Acquire(AcquireArgs),
+    /// Give back this pipeline's lock (idempotent).
+    Release(ReleaseArgs),
+    /// Extend this pipeline's lease.
+    Renew(RenewArgs),
+    /// Show one lock: holder, age, lease, fence, queue, history.
+    Status,
+    /// Show every lock in the store.
+    List,
+    /// Check that the store can hold locks safely.
+    Doctor,
+}
+
+/// Options of acquiring.
+#[derive(Debug, Args, Clone)]
+pub struct AcquireArgs {
+    /// Take over a lock acquired longer ago than this (e.g. 3600, 1h).
+    #[arg(long, env = "PIPELINE_LOCK_FORCE_AFTER")]
+    pub force_after: Option<String>,
+    /// Lease length; renew before it ends [default: 1h]
+    #[arg(long, env = "PIPELINE_LOCK_TTL", conflicts_with = "disable_ttl")]
+    pub ttl: Option<String>,
+    /// No lease: only --force-after or --force can take the lock from a dead holder.
+    #[arg(long, env = "PIPELINE_LOCK_DISABLE_TTL", value_parser = FalseyValueParser::new(), default_value_t = false)]
+    pub disable_ttl: bool,
+    /// Give up waiting after this long (exit 75) [default: wait forever]
+    #[arg(long, alias = "timeout", env = "PIPELINE_LOCK_WAIT", conflicts_with = "no_wait")]
+    pub wait: Option<String>,
+    /// Do not wait: exit 73 if the lock is held.
+    #[arg(long, env = "PIPELINE_LOCK_NO_WAIT", value_parser = FalseyValueParser::new(), default_value_t = false)]
+    pub no_wait: bool,
+    /// Time between polls, jittered.
+    #[arg(long, env = "PIPELINE_LOCK_RETRY_INTERVAL", default_value = "2s")]
+    pub retry_interval: String,
+    /// Give up after this many polls (exit 75).
+    #[arg(long, env = "PIPELINE_LOCK_MAX_RETRIES")]
+    pub max_retries: Option<u32>,
+    /// Why: stored with the grant and in History.
+    #[arg(long, env = "PIPELINE_LOCK_REASON")]
+    pub reason: Option<String>,
+    /// Break glass: take the lock from whoever holds it (needs --reason).
+    #[arg(long, requires = "reason")]
+    pub force: bool,
+}
+
+/// Options of `release`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// Break glass: release whoever holds it, or clear an unreadable record (needs --reason).
+    #[arg(long, requires = "reason")]
+    pub force: bool,
+    /// Why (with --force).
+    #[arg(long, env = "PIPELINE_LOCK_REASON")]
+    pub reason: Option<String>,
+    /// Exit 72 if someone else holds the lock.
+    #[arg(long, env = "PIPELINE_LOCK_STRICT", value_parser = FalseyValueParser::new(), default_value_t = false)]
+    pub strict: bool,
+    /// The grant's token (set by acquire's outputs); by default the owner identifies the grant.
+    #[arg(long, env = "PIPELINE_LOCK_TOKEN")]
+    pub token: Option<String>,
+}
+
+/// Options of `renew`.
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// New lease length from now [default: 1h]
+    #[arg(long, env = "PIPELINE_LOCK_TTL", conflicts_with = "disable_ttl")]
+    pub ttl: Option<String>,
+    /// Renew without a lease end.
+    #[arg(long, env = "PIPELINE_LOCK_DISABLE_TTL", value_parser = FalseyValueParser::new(), default_value_t = false)]
+    pub disable_ttl: bool,
+    /// The grant's token (set by acquire's outputs).
+    #[arg(long, env = "PIPELINE_LOCK_TOKEN")]
+    pub token: Option<String>,
+}
+
+/// Longest duration accepted anywhere: a century, so millisecond arithmetic cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses `90s`, `1h 30m` or bare seconds `3600`.
+pub fn parse_duration(flag: &str, value: &str) -> Result<Duration> {
+    let v = value.trim();
+    let parsed = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        v.parse::<u64>().map(Duration::from_secs).map_err(|e| e.to_string())
+    } else {
+        humantime::parse_duration(v).map_err(|e| e.to_string())
+    };
+    match parsed {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => Err(Error::Usage(format!("{flag} {value:?} is too long (at most 100 years)"))),
+        Err(why) => Err(Error::Usage(format!(
+            "{flag} {value:?} is not a duration ({why}); use seconds (3600) or units (90s, 1h 30m)"
+        ))),
+    }
+}
+
+fn positive(flag: &str, value: &str) -> Result<Duration> {
+    let d = parse_duration(flag, value)?;
+    if d.is_zero() {
+        return Err(Error::Usage(format!("{flag} must be longer than 0")));
+    }
+    Ok(d)
+}
+
+/// Checks a lock name: not empty, at most 1024 bytes, no control characters.
+pub fn validate_lock(name: &str) -> Result<String> {
+    if name.is_empty() {
+        return Err(Error::Usage("the lock name is empty; pass --lock NAME".into()));
+    }
+    if name.len() > 1024 {
+        return Err(Error::Usage(format!("the lock name is {} bytes long; at most 1024 are allowed", name.len())));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(Error::Usage(format!("the lock name {name:?} contains the control character {c:?}")));
+    }
+    Ok(name.to_string())
+}
+
+/// The lease: `--ttl`, `--disable-ttl`, or the default hour.
+pub fn lease(ttl: Option<&str>, disable: bool) -> Result<Option<Duration>> {
+    match (ttl, disable) {
+        (_, true) => Ok(None),
+        (Some(t), false) => positive("--ttl", t).map(Some),
+        (None, false) => Ok(Some(Duration::from_secs(3600))),
+    }
+}
+
+impl Global {
+    /// The store URL from `--store`, `--table` or `--bucket`/`--prefix`.
+    pub fn store_url(&self) -> Result<StoreUrl> {
+        match (&self.store, &self.table, &self.bucket) {
+            (_, Some(table), _) => StoreUrl::dynamodb(table),
+            (_, _, Some(bucket)) => StoreUrl::s3(bucket, self.prefix.as_deref().unwrap_or("")),
+            (Some(url), _, _) => StoreUrl::parse(url),
+            _ => StoreUrl::dynamodb(crate::store::url::DEFAULT_TABLE),
+        }
+    }
+
+    /// AWS overrides.
+    pub fn aws(&self) -> AwsOptions {
+        AwsOptions {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            force_path_style: self.s3_force_path_style,
+        }
+    }
+
+    /// The margin, validated.
+    pub fn clock_margin(&self) -> Result<Duration> {
+        parse_duration("--clock-margin", &self.clock_margin)
+    }
+}
+
+impl AcquireArgs {
+    /// Validated acquire options (without progress, which the app adds).
+    pub fn options(&self, margin: Duration) -> Result<crate::AcquireOptions> {
+        let wait = match (&self.wait, self.no_wait) {
+            (_, true) => crate::Wait::No,
+            (Some(w), false) => crate::Wait::For(parse_duration("--wait", w)?),
+            (None, false) => crate::Wait::Forever,
+        };
+        let force = match (self.force, &self.reason) {
+            (true, Some(r)) => Some(r.clone()),
+            (true, None) => return Err(Error::Usage("--force needs --reason TEXT".into())),
+            _ => None,
+        };
+        Ok(crate::AcquireOptions {
+            ttl: lease(self.ttl.as_deref(), self.disable_ttl)?,
+            force_after: self.force_after.as_deref().map(|v| positive("--force-after", v)).transpose()?,
+            wait,
+            retry_interval: positive("--retry-interval", &self.retry_interval)?,
+            max_retries: self.max_retries,
+            force,
+            reason: self.reason.clone(),
+            clock_margin: margin,
+            ..crate::AcquireOptions::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("--ttl", "3600").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("--ttl", "1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("--ttl", "90s").unwrap(), Duration::from_secs(90));
+        for bad in ["banana", "-5", "", "99999999999999999999999", "1000000000000s", "5 parsecs"] {
+            let err = parse_duration("--ttl", bad).unwrap_err();
+            assert!(matches!(err, Error::Usage(_)), "{bad}: {err}");
+            assert!(err.to_string().contains("--ttl"), "{err}");
+        }
+        assert!(positive("--ttl", "0").unwrap_err().to_string().contains("longer than 0"));
+    }
+
+    #[test]
+    fn lock_names() {
+        assert!(validate_lock("group/app").is_ok());
+        assert!(validate_lock("").is_err());
+        assert!(validate_lock(&"x".repeat(1025)).is_err());
+        assert!(validate_lock(&"x".repeat(1024)).is_ok());
+        assert!(validate_lock("a\nb").unwrap_err().to_string().contains("control"));
+    }
+
+    #[test]
+    fn store_options_accepted_before_or_after_the_command() {
+        let a = Cli::try_parse_from(["pipeline-lock", "--table", "t", "acquire", "--no-wait"]).unwrap();
+        let b = Cli::try_parse_from(["pipeline-lock", "acquire", "--table", "t", "--no-wait"]).unwrap();
+        assert_eq!(a.global.store_url().unwrap(), b.global.store_url().unwrap());
+        assert_eq!(a.global.store_url().unwrap(), StoreUrl::DynamoDb { table: "t".into() });
+    }
+
+    #[test]
+    fn wait_and_no_wait_conflict() {
+        let err = Cli::try_parse_from(["pipeline-lock", "acquire", "--wait", "5s", "--no-wait"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,91 @@
+//! The library's error type. Contention is not an error (see [`crate::store::Written`]);
+//! these are the outcomes a caller has to act on, each with its exit code.
+
+use crate::exit;
+
+/// What went wrong, named so that a caller (and an exit code) can tell the cases apart.
+/// Every message names the lock and the store and says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad input from the user: flags, names, durations, environment.
+    #[error("{0}")]
+    Usage(String),
+    /// The store is missing, misconfigured, or holds a record we cannot read.
+    #[error("{0}")]
+    Config(String),
+    /// The store refused an action for lack of permission.
+    #[error("{message}")]
+    AccessDenied {
+        /// Human text naming the action and resource.
+        message: String,
+    },
+    /// The store did not answer (or throttled us) after our retries.
+    #[error("{message}")]
+    Unavailable {
+        /// Human text naming the store and what was tried.
+        message: String,
+        /// The last underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// `--no-wait`: someone else holds the lock.
+    #[error("{0}")]
+    Held(String),
+    /// Waited as long as allowed.
+    #[error("{0}")]
+    TimedOut(String),
+    /// `release --strict`: someone else holds the lock.
+    #[error("{0}")]
+    HeldByOther(String),
+    /// The lease we held is gone (taken over, or could not be renewed in time).
+    #[error("{0}")]
+    LeaseLost(String),
+    /// A newer pipeline waits for or holds the lock.
+    #[error("{0}")]
+    Superseded(String),
+    /// Anything else, with its source chain.
+    #[error("{message}")]
+    Other {
+        /// What we were doing.
+        message: String,
+        /// Why it failed.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl Error {
+    /// The process exit code that DESIGN assigns to this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::Config(_) => exit::CONFIG,
+            Error::AccessDenied { .. } => exit::ACCESS_DENIED,
+            Error::Unavailable { .. } => exit::UNAVAILABLE,
+            Error::Held(_) => exit::HELD,
+            Error::TimedOut(_) => exit::TIMED_OUT,
+            Error::HeldByOther(_) => exit::HELD_BY_OTHER,
+            Error::LeaseLost(_) => exit::LEASE_LOST,
+            Error::Superseded(_) => exit::SUPERSEDED,
+            Error::Other { .. } => exit::UNEXPECTED,
+        }
+    }
+
+    pub(crate) fn other(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Other { message: message.into(), source: Some(Box::new(source)) }
+    }
+
+    pub(crate) fn unavailable(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Unavailable { message: message.into(), source: Some(Box::new(source)) }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,39 @@
+//! Exit codes: the one place they are defined. The README's table is generated from the same list.
+
+/// Done: acquired, released, renewed, status shown.
+pub const OK: u8 = 0;
+/// An error nobody planned for; the message carries the whole source chain.
+pub const UNEXPECTED: u8 = 1;
+/// Bad flags, names, durations or environment values.
+pub const USAGE: u8 = 2;
+/// The store could not be reached, or throttled us past our retries.
+pub const UNAVAILABLE: u8 = 69;
+/// `release --strict`: the lock is held by someone else.
+pub const HELD_BY_OTHER: u8 = 72;
+/// `--no-wait` and the lock is held.
+pub const HELD: u8 = 73;
+/// A newer pipeline of the same project waits for or holds the lock.
+pub const SUPERSEDED: u8 = 74;
+/// Gave up waiting (`--wait`, `--max-retries`).
+pub const TIMED_OUT: u8 = 75;
+/// The lease was lost while we held it (`run`, `renew`).
+pub const LEASE_LOST: u8 = 76;
+/// The store refused our credentials the permission for an action.
+pub const ACCESS_DENIED: u8 = 77;
+/// Configuration: no table/bucket, wrong key schema, bad record, no credentials or region.
+pub const CONFIG: u8 = 78;
+
+/// Every code with its meaning, for `--help` and the README.
+pub const TABLE: &[(u8, &str)] = &[
+    (OK, "done (acquired, released, status shown)"),
+    (UNEXPECTED, "unexpected error"),
+    (USAGE, "usage error"),
+    (UNAVAILABLE, "store unreachable or throttled past retries"),
+    (HELD_BY_OTHER, "release --strict: the lock is held by someone else"),
+    (HELD, "--no-wait and the lock is held"),
+    (SUPERSEDED, "superseded by a newer pipeline"),
+    (TIMED_OUT, "timed out waiting (--wait, --max-retries)"),
+    (LEASE_LOST, "lease lost while holding it (run, renew)"),
+    (ACCESS_DENIED, "access denied by the store"),
+    (CONFIG, "configuration: no table/bucket, wrong key schema, bad record, no credentials or region"),
+];

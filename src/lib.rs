@@ -1,0 +1,29 @@
+//! pipeline-lock: a lock that CI pipelines take in one job and give back in a later one,
+//! with DynamoDB, S3 or a local directory as the shared store.
+//!
+//! ```no_run
+//! # async fn demo() -> pipeline_lock::Result<()> {
+//! use pipeline_lock::{Locker, AcquireOptions, Holding, ReleaseOptions, ci, store};
+//! let store = store::open(&store::StoreUrl::parse("file:///tmp/locks")?, &Default::default()).await?;
+//! let locker = Locker::new(store);
+//! let me = ci::detect(&|k| std::env::var(k).ok(), ci::Scope::Pipeline, Some("me"))?.unwrap();
+//! let grant = locker.acquire("deploy-prod", &me, &AcquireOptions::default()).await?;
+//! println!("fence {}", grant.fence);
+//! locker.release("deploy-prod", &Holding { owner: me.owner, token: Some(grant.token) }, &ReleaseOptions::default()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod app;
+pub mod ci;
+pub mod cli;
+pub mod clock;
+pub mod error;
+pub mod exit;
+pub mod locker;
+pub mod policy;
+pub mod record;
+pub mod report;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released, Wait};

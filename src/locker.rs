@@ -1,0 +1,550 @@
+//! The lock protocol above the stores: grant, re-entrance, takeover, renew, release, lost
+//! replies and waiting. Everything here is store-agnostic; see DESIGN rules 1 to 8.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::ci::Identity;
+use crate::clock::local_wall_ms;
+use crate::error::{Error, Result};
+use crate::policy::{Judge, Takeover, Watch};
+use crate::record::{Action, Change, Event, EventKind, Grantee, Record};
+use crate::store::{Expect, Observed, State, Store, Write, Written};
+
+/// How long to wait for a held lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// `--no-wait`: exit 73 at once.
+    No,
+    /// Until granted.
+    Forever,
+    /// `--wait D` / `--timeout D`: exit 75 after D.
+    For(Duration),
+}
+
+/// A progress callback: called on the first conflict, then every `progress_every`.
+pub type ProgressFn = Arc<dyn Fn(&WaitReport) + Send + Sync>;
+
+/// Options of `acquire` (and of `run`'s acquisition).
+#[derive(Clone)]
+pub struct AcquireOptions {
+    /// Lease length; `None` is `--disable-ttl`.
+    pub ttl: Option<Duration>,
+    /// Take over a lock acquired longer ago than this.
+    pub force_after: Option<Duration>,
+    /// How long to wait.
+    pub wait: Wait,
+    /// Polling interval (jittered).
+    pub retry_interval: Duration,
+    /// Give up after this many polls.
+    pub max_retries: Option<u32>,
+    /// Break-glass takeover, with this reason.
+    pub force: Option<String>,
+    /// `--reason`, stored in Holder.
+    pub reason: Option<String>,
+    /// Skew margin for store-clock comparisons.
+    pub clock_margin: Duration,
+    /// How long a record outlives its lease or release before DynamoDB's TTL may delete it.
+    pub retention: Duration,
+    /// Progress reports while waiting.
+    pub progress: Option<ProgressFn>,
+    /// How often to report after the first (zero: every poll).
+    pub progress_every: Duration,
+}
+
+impl Default for AcquireOptions {
+    fn default() -> Self {
+        AcquireOptions {
+            ttl: Some(Duration::from_secs(3600)),
+            force_after: None,
+            wait: Wait::Forever,
+            retry_interval: Duration::from_secs(2),
+            max_retries: None,
+            force: None,
+            reason: None,
+            clock_margin: Duration::from_secs(2),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            progress: None,
+            progress_every: Duration::from_secs(30),
+        }
+    }
+}
+
+impl std::fmt::Debug for AcquireOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcquireOptions")
+            .field("ttl", &self.ttl)
+            .field("force_after", &self.force_after)
+            .field("wait", &self.wait)
+            .field("retry_interval", &self.retry_interval)
+            .field("max_retries", &self.max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a grant came about.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum How {
+    /// From free (or absent).
+    Acquired,
+    /// We already held it (a later stage, a retried job): same fence, lease renewed.
+    Reentered,
+    /// From a stale or forced holder.
+    TookOver {
+        /// The previous owner.
+        from: String,
+        /// The rule that allowed it.
+        why: String,
+    },
+}
+
+/// A lock we hold.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Grant {
+    /// Lock name.
+    pub lock: String,
+    /// Store URL.
+    pub store: String,
+    /// Our owner string.
+    pub owner: String,
+    /// Our grant's token.
+    pub token: String,
+    /// Fencing token.
+    pub fence: u64,
+    /// Store ms.
+    pub acquired_at: i64,
+    /// Store ms; `None` without a lease.
+    pub lease_expires_at: Option<i64>,
+    /// How we got it.
+    pub how: How,
+    /// Polls made while waiting.
+    pub polls: u32,
+}
+
+/// One progress report while waiting.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WaitReport {
+    /// Lock name.
+    pub lock: String,
+    /// Store URL.
+    pub store: String,
+    /// The record as last read.
+    pub holder: Record,
+    /// Store-clock now.
+    pub now: i64,
+    /// Polls so far.
+    pub attempt: u32,
+    /// Time waited.
+    pub waited: Duration,
+    /// Store ms at which a takeover becomes possible, if the holder does nothing.
+    pub takeover_at: Option<i64>,
+}
+
+/// Who is asking to renew or release: an owner (a later job) and, if known, the grant's token.
+#[derive(Debug, Clone)]
+pub struct Holding {
+    /// The owner string.
+    pub owner: String,
+    /// The token, when the caller has it (`run`, or `PIPELINE_LOCK_TOKEN`).
+    pub token: Option<String>,
+}
+
+impl Holding {
+    fn expect(&self) -> Expect {
+        match &self.token {
+            Some(t) => Expect::Token(t.clone()),
+            None => Expect::Owner(self.owner.clone()),
+        }
+    }
+}
+
+/// What `release` found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "result")]
+pub enum Released {
+    /// We held it; now free. The fence of the grant that ended.
+    Released {
+        /// Fence.
+        fence: u64,
+    },
+    /// Nobody held it (idempotent release).
+    NotHeld,
+    /// Someone else holds it; left alone.
+    HeldByOther {
+        /// The holder.
+        owner: String,
+        /// Their fence.
+        fence: u64,
+    },
+}
+
+/// Options of `release`.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseOptions {
+    /// Break-glass: release whoever holds it (or a corrupt record), with this reason.
+    pub force: Option<String>,
+    /// Retention of the tombstone.
+    pub retention: Duration,
+}
+
+/// Lock operations on one store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Locker {
+    store: Arc<dyn Store>,
+}
+
+fn random_hex<const BYTES: usize>() -> String {
+    let bytes: [u8; BYTES] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// A lost-reply read-back is tried this many times before the store counts as unreachable.
+const READ_BACK_TRIES: u32 = 3;
+/// Decisions in a row without a pause (conflicts from racing writers) before we back off.
+const EAGER_ROUNDS: u32 = 8;
+
+impl Locker {
+    /// A locker on `store`.
+    pub fn new(store: Arc<dyn Store>) -> Locker {
+        Locker { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn corrupt(&self, lock: &str, why: &str) -> Error {
+        Error::Config(format!(
+            "lock {lock:?} in {store} holds a record that cannot be read ({why}); it is never treated as free. \
+             Look at it, then clear it with: pipeline-lock release --store {store} --lock '{lock}' --force --reason '...'",
+            store = self.store.url()
+        ))
+    }
+
+    fn change(&self, action: Action, lease: Option<Duration>, retention: Duration, event: Option<Event>) -> Change {
+        let now = self.store.clock().now_ms();
+        let lease_expires_at = lease.map(|l| now.saturating_add(ms(l)));
+        let event = event.map(|e| Event { at: now, ..e });
+        let gc_from = match action {
+            Action::Release => Some(now),
+            _ => lease_expires_at,
+        };
+        Change {
+            action,
+            rvn: random_hex::<8>(),
+            now,
+            lease_expires_at,
+            expires_at: gc_from.map(|t| t / 1000 + retention.as_secs() as i64),
+            event,
+        }
+    }
+
+    /// One conditional write, surviving lost replies (DESIGN rule 6): when the store does not
+    /// answer, read the record back; our fresh Rvn there means the write landed.
+    async fn commit(&self, lock: &str, expect: Expect, base: Option<&Observed>, change: &Change) -> Result<Written> {
+        let err = match self.store.write(Write { lock, expect, base, change }).await {
+            Err(e @ Error::Unavailable { .. }) => e,
+            other => return other,
+        };
+        tracing::debug!("write to {lock:?} got no answer ({err}); reading back");
+        let mut last = err;
+        for attempt in 0..READ_BACK_TRIES {
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            match self.store.read(lock, true).await {
+                Ok(obs) => {
+                    return Ok(match &obs.state {
+                        State::Valid(r) if r.rvn == change.rvn => Written::Done(r.clone()),
+                        _ => Written::Conflict(obs),
+                    });
+                }
+                Err(e @ Error::Unavailable { .. }) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// After a write made before the store's clock was known (the one-request fast path),
+    /// rewrites the times if this machine's clock turned out to disagree with the store's.
+    async fn retime(&self, lock: &str, record: Record, lease: Option<Duration>, retention: Duration, restamp: bool) -> Result<Option<Record>> {
+        let skew = (self.store.clock().now_ms() - local_wall_ms()).abs();
+        if skew <= 1000 {
+            return Ok(Some(record));
+        }
+        tracing::info!("this machine's clock is {skew} ms off the store's; rewriting the lease times on the store clock");
+        let token = record.token.clone().unwrap_or_default();
+        let change = self.change(Action::Renew { restamp }, lease, retention, None);
+        let expect = Expect::TokenRvn { token, rvn: record.rvn.clone() };
+        match self.commit(lock, expect, None, &change).await? {
+            Written::Done(r) => Ok(Some(r)),
+            // Taken over in between: the grant is gone; the caller goes back to waiting.
+            Written::Conflict(_) => Ok(None),
+        }
+    }
+
+    /// Takes the lock for `who`, waiting as `opts` says.
+    pub async fn acquire(&self, lock: &str, who: &Identity, opts: &AcquireOptions) -> Result<Grant> {
+        let started = Instant::now();
+        let deadline = match opts.wait {
+            Wait::For(d) => Some(started + d),
+            _ => None,
+        };
+        let mut seen: Option<Observed> = None;
+        let mut watch: Option<Watch> = None;
+        let mut polls = 0u32;
+        let mut eager = 0u32;
+        let mut last_report: Option<Instant> = None;
+        let mut holder = who.holder.clone();
+        holder.reason = opts.reason.clone().or(holder.reason);
+
+        loop {
+            let synced = self.store.clock().is_synced();
+            let record = match seen.as_ref().map(|o| &o.state) {
+                Some(State::Corrupt(why)) => return Err(self.corrupt(lock, why)),
+                Some(State::Valid(r)) => Some(r.clone()),
+                _ => None,
+            };
+            // What to write, if anything.
+            let plan = match &record {
+                None => Some((Expect::Vacant, None, how_event(EventKind::Acquired, &who.owner, None))),
+                Some(r) if r.is_free() => Some((Expect::Vacant, None, how_event(EventKind::Acquired, &who.owner, None))),
+                Some(r) if r.owner.as_deref() == Some(&who.owner) => {
+                    Some((Expect::Token(r.token.clone().unwrap_or_default()), Some(How::Reentered), None))
+                }
+                Some(r) => {
+                    let judge = Judge {
+                        now: self.store.clock().now_ms(),
+                        margin: opts.clock_margin + self.store.clock().uncertainty(),
+                        force_after: opts.force_after,
+                        force: opts.force.as_deref(),
+                        watch: watch.as_ref(),
+                        mono_now: Instant::now(),
+                    };
+                    judge.takeover(r).map(|t| {
+                        let kind = if matches!(t, Takeover::Forced(_)) { EventKind::Forced } else { EventKind::TakenOver };
+                        let how = How::TookOver { from: r.owner.clone().unwrap_or_default(), why: t.why() };
+                        let expect = Expect::TokenRvn { token: r.token.clone().unwrap_or_default(), rvn: r.rvn.clone() };
+                        (expect, Some(how), how_event(kind, &who.owner, Some(t.why())))
+                    })
+                }
+            };
+
+            if let Some((expect, how, event)) = plan {
+                let reentered = how == Some(How::Reentered);
+                let action = if reentered {
+                    Action::Renew { restamp: false }
+                } else {
+                    Action::Grant(Grantee { owner: who.owner.clone(), token: random_hex::<16>(), holder: holder.clone() })
+                };
+                let change = self.change(action, opts.ttl, opts.retention, event);
+                match self.commit(lock, expect, seen.as_ref(), &change).await? {
+                    Written::Done(r) => {
+                        let r = if synced { Some(r) } else { self.retime(lock, r, opts.ttl, opts.retention, !reentered).await? };
+                        if let Some(r) = r {
+                            return Ok(self.grant(lock, &r, how.unwrap_or(How::Acquired), polls));
+                        }
+                        seen = Some(self.store.read(lock, true).await?);
+                    }
+                    Written::Conflict(obs) => seen = Some(obs),
+                }
+                eager += 1;
+                if eager < EAGER_ROUNDS {
+                    continue;
+                }
+            }
+            eager = 0;
+
+            // Held by someone else (or racing writers): wait, report, poll.
+            if let Some(r) = &record {
+                if opts.wait == Wait::No {
+                    return Err(Error::Held(format!(
+                        "lock {lock:?} in {} is held by {} (fence {}{}); --no-wait given",
+                        self.store.url(),
+                        r.owner.as_deref().unwrap_or("?"),
+                        r.fence,
+                        r.holder.as_ref().and_then(|h| h.url.as_deref()).map(|u| format!(", {u}")).unwrap_or_default()
+                    )));
+                }
+                let give_up = opts.max_retries.is_some_and(|m| polls >= m) || deadline.is_some_and(|d| Instant::now() >= d);
+                if give_up {
+                    return Err(Error::TimedOut(format!(
+                        "gave up waiting for lock {lock:?} in {} after {} and {polls} polls: still held by {} (fence {}); \
+                         raise --wait/--max-retries, or set --force-after to take over stale locks",
+                        self.store.url(),
+                        humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),
+                        r.owner.as_deref().unwrap_or("?"),
+                        r.fence
+                    )));
+                }
+                let judge = Judge {
+                    now: self.store.clock().now_ms(),
+                    margin: opts.clock_margin + self.store.clock().uncertainty(),
+                    force_after: opts.force_after,
+                    force: None,
+                    watch: watch.as_ref(),
+                    mono_now: Instant::now(),
+                };
+                let takeover_at = judge.takeover_at(r);
+                let due = last_report.is_none_or(|t| t.elapsed() >= opts.progress_every);
+                if let (Some(progress), true) = (&opts.progress, due) {
+                    last_report = Some(Instant::now());
+                    progress(&WaitReport {
+                        lock: lock.to_string(),
+                        store: self.store.url(),
+                        holder: r.clone(),
+                        now: judge.now,
+                        attempt: polls + 1,
+                        waited: started.elapsed(),
+                        takeover_at,
+                    });
+                }
+                let mut pause = jitter(opts.retry_interval);
+                // Wake up right when a takeover becomes possible, or at the deadline.
+                if let Some(at) = takeover_at {
+                    pause = pause.min(Duration::from_millis((at - judge.now).max(0) as u64 + 50));
+                }
+                if let Some(d) = deadline {
+                    pause = pause.min(d.saturating_duration_since(Instant::now()));
+                }
+                tokio::time::sleep(pause).await;
+            } else {
+                tokio::time::sleep(jitter(Duration::from_millis(100))).await;
+            }
+            polls += 1;
+            let obs = self.store.read(lock, false).await?;
+            if let State::Valid(r) = &obs.state {
+                if !r.is_free() {
+                    Watch::observe(&mut watch, r, Instant::now());
+                }
+            }
+            seen = Some(obs);
+        }
+    }
+
+    fn grant(&self, lock: &str, r: &Record, how: How, polls: u32) -> Grant {
+        Grant {
+            lock: lock.to_string(),
+            store: self.store.url(),
+            owner: r.owner.clone().unwrap_or_default(),
+            token: r.token.clone().unwrap_or_default(),
+            fence: r.fence,
+            acquired_at: r.acquired_at.unwrap_or_default(),
+            lease_expires_at: r.lease_expires_at,
+            how,
+            polls,
+        }
+    }
+
+    /// Extends the lease of a lock `who` holds. Exit 76 if it is no longer theirs.
+    pub async fn renew(&self, lock: &str, who: &Holding, ttl: Option<Duration>, retention: Duration, event: bool) -> Result<Grant> {
+        let synced = self.store.clock().is_synced();
+        let event = event.then(|| how_event(EventKind::Renewed, &who.owner, None)).flatten();
+        let change = self.change(Action::Renew { restamp: false }, ttl, retention, event);
+        match self.commit(lock, who.expect(), None, &change).await? {
+            Written::Done(r) => {
+                let r = if synced { Some(r) } else { self.retime(lock, r, ttl, retention, false).await? };
+                match r {
+                    Some(r) => Ok(self.grant(lock, &r, How::Reentered, 0)),
+                    None => Err(self.lost(lock, who, &self.store.read(lock, true).await?)),
+                }
+            }
+            Written::Conflict(obs) => Err(self.lost(lock, who, &obs)),
+        }
+    }
+
+    fn lost(&self, lock: &str, who: &Holding, obs: &Observed) -> Error {
+        let now = match &obs.state {
+            State::Corrupt(why) => return self.corrupt(lock, why),
+            State::Valid(r) if !r.is_free() => format!("held by {} (fence {})", r.owner.as_deref().unwrap_or("?"), r.fence),
+            _ => "free".to_string(),
+        };
+        Error::LeaseLost(format!(
+            "lock {lock:?} in {} is not held by {} any more: it is {now}. It was taken over (lease ended or --force-after) \
+             or released; acquire it again, and renew more often than the lease (--ttl)",
+            self.store.url(),
+            who.owner
+        ))
+    }
+
+    /// Gives back the lock `who` holds. Someone else's lock is left alone.
+    pub async fn release(&self, lock: &str, who: &Holding, opts: &ReleaseOptions) -> Result<Released> {
+        if let Some(reason) = &opts.force {
+            return self.force_release(lock, who, reason, opts).await;
+        }
+        let mut expect = who.expect();
+        for _ in 0..EAGER_ROUNDS {
+            let event = how_event(EventKind::Released, &who.owner, None);
+            let change = self.change(Action::Release, None, opts.retention, event);
+            let obs = match self.commit(lock, expect.clone(), None, &change).await? {
+                Written::Done(r) => return Ok(Released::Released { fence: r.fence }),
+                Written::Conflict(obs) => obs,
+            };
+            match &obs.state {
+                State::Corrupt(why) => return Err(self.corrupt(lock, why)),
+                State::Valid(r) if r.owner.as_deref() == Some(who.owner.as_str()) => {
+                    // Ours under another token (re-acquired since the token was exported).
+                    expect = Expect::Token(r.token.clone().unwrap_or_default());
+                }
+                State::Valid(r) if !r.is_free() => {
+                    return Ok(Released::HeldByOther { owner: r.owner.clone().unwrap_or_default(), fence: r.fence });
+                }
+                _ => return Ok(Released::NotHeld),
+            }
+        }
+        Err(Error::Unavailable { message: format!("lock {lock:?} in {} kept changing under release", self.store.url()), source: None })
+    }
+
+    async fn force_release(&self, lock: &str, who: &Holding, reason: &str, opts: &ReleaseOptions) -> Result<Released> {
+        for _ in 0..EAGER_ROUNDS {
+            let obs = self.store.read(lock, true).await?;
+            let (expect, previous) = match &obs.state {
+                State::Absent => return Ok(Released::NotHeld),
+                State::Valid(r) if r.is_free() => return Ok(Released::NotHeld),
+                State::Valid(r) => (
+                    Expect::TokenRvn { token: r.token.clone().unwrap_or_default(), rvn: r.rvn.clone() },
+                    r.owner.clone().unwrap_or_default(),
+                ),
+                State::Corrupt(_) => (Expect::Exact, "an unreadable record".to_string()),
+            };
+            let event = Event {
+                event: EventKind::Released,
+                owner: previous.clone(),
+                fence: None,
+                at: self.store.clock().now_ms(),
+                by: Some(who.owner.clone()),
+                why: Some(format!("--force: {reason}")),
+            };
+            let change = self.change(Action::Release, None, opts.retention, Some(event));
+            if let Written::Done(r) = self.commit(lock, expect, Some(&obs), &change).await? {
+                tracing::warn!("force-released lock {lock:?} in {} from {previous}: {reason}", self.store.url());
+                return Ok(Released::Released { fence: r.fence });
+            }
+        }
+        Err(Error::Unavailable { message: format!("lock {lock:?} in {} kept changing under release --force", self.store.url()), source: None })
+    }
+
+    /// The record of one lock, read consistently.
+    pub async fn status(&self, lock: &str) -> Result<Observed> {
+        self.store.read(lock, true).await
+    }
+
+    /// Every lock in the store.
+    pub async fn list(&self) -> Result<Vec<(String, Observed)>> {
+        self.store.list().await
+    }
+}
+
+fn how_event(kind: EventKind, owner: &str, why: Option<String>) -> Option<Event> {
+    Some(Event { event: kind, owner: owner.to_string(), fence: None, at: 0, by: None, why })
+}
+
+/// `base` scaled by a random factor in [0.75, 1.25): waiters do not poll in lockstep.
+fn jitter(base: Duration) -> Duration {
+    base.mul_f64(0.75 + rand::random::<f64>() * 0.5)
+}

@@ -1,0 +1,191 @@
+//! The takeover rules (DESIGN rule 4) as a pure function of what was read and what time it
+//! is, so they are tested without a store or a clock.
+
+use std::time::{Duration, Instant};
+
+use crate::record::Record;
+
+/// Why a live-looking lock may be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Takeover {
+    /// `--force`, with its reason.
+    Forced(String),
+    /// The lease ended on the store clock.
+    LeaseEnded,
+    /// AcquiredAt is older than `--force-after`.
+    ForceAfter,
+    /// We watched Rvn stay unchanged for the whole lease on our monotonic clock.
+    Unrenewed,
+}
+
+impl Takeover {
+    /// The History `Why` text.
+    pub fn why(&self) -> String {
+        match self {
+            Takeover::Forced(reason) => format!("--force: {reason}"),
+            Takeover::LeaseEnded => "the lease ended".into(),
+            Takeover::ForceAfter => "held longer than --force-after".into(),
+            Takeover::Unrenewed => "not renewed for a whole lease (watched on the taker's monotonic clock)".into(),
+        }
+    }
+}
+
+/// How long we have watched one record version stay the same.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    rvn: String,
+    since: Instant,
+}
+
+impl Watch {
+    /// Notes a read of `record` that returned at `at`: a new version restarts the watch.
+    pub fn observe(watch: &mut Option<Watch>, record: &Record, at: Instant) {
+        if watch.as_ref().is_none_or(|w| w.rvn != record.rvn) {
+            *watch = Some(Watch { rvn: record.rvn.clone(), since: at });
+        }
+    }
+}
+
+/// The inputs to the decision besides the record.
+#[derive(Debug, Clone)]
+pub struct Judge<'a> {
+    /// Store-clock now, unix ms.
+    pub now: i64,
+    /// The skew margin plus the store clock's uncertainty.
+    pub margin: Duration,
+    /// `--force-after`.
+    pub force_after: Option<Duration>,
+    /// `--force` with its reason.
+    pub force: Option<&'a str>,
+    /// Our watch of the record version.
+    pub watch: Option<&'a Watch>,
+    /// Monotonic now.
+    pub mono_now: Instant,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The record's lease length: LeaseExpiresAt - RenewedAt.
+pub fn lease_len(record: &Record) -> Option<Duration> {
+    let (end, renewed) = (record.lease_expires_at?, record.renewed_at?);
+    Some(Duration::from_millis(end.saturating_sub(renewed).max(0) as u64))
+}
+
+impl Judge<'_> {
+    /// May we take `record` (held by someone else) now?
+    pub fn takeover(&self, record: &Record) -> Option<Takeover> {
+        if let Some(reason) = self.force {
+            return Some(Takeover::Forced(reason.to_string()));
+        }
+        let now = self.now.saturating_sub(ms(self.margin));
+        if record.lease_expires_at.is_some_and(|end| now > end) {
+            return Some(Takeover::LeaseEnded);
+        }
+        if let (Some(fa), Some(acquired)) = (self.force_after, record.acquired_at) {
+            if now.saturating_sub(acquired) > ms(fa) {
+                return Some(Takeover::ForceAfter);
+            }
+        }
+        if let (Some(lease), Some(w)) = (lease_len(record), self.watch) {
+            if w.rvn == record.rvn && self.mono_now.saturating_duration_since(w.since) > lease + self.margin {
+                return Some(Takeover::Unrenewed);
+            }
+        }
+        None
+    }
+
+    /// Store-clock time at which a takeover becomes possible, if the record stays as it is.
+    pub fn takeover_at(&self, record: &Record) -> Option<i64> {
+        let m = ms(self.margin);
+        let by_lease = record.lease_expires_at.map(|end| end + m + 1);
+        let by_age = self.force_after.zip(record.acquired_at).map(|(fa, a)| a + ms(fa) + m + 1);
+        let by_watch = lease_len(record).zip(self.watch).filter(|(_, w)| w.rvn == record.rvn).map(|(lease, w)| {
+            let left = (lease + self.margin).saturating_sub(self.mono_now.saturating_duration_since(w.since));
+            self.now + ms(left) + 1
+        });
+        [by_lease, by_age, by_watch].into_iter().flatten().min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Record;
+
+    fn held(acquired: i64, renewed: i64, lease_end: Option<i64>) -> Record {
+        let mut r = Record::vacant("l");
+        r.owner = Some("other".into());
+        r.token = Some("t".into());
+        r.rvn = "v1".into();
+        r.fence = 3;
+        r.acquired_at = Some(acquired);
+        r.renewed_at = Some(renewed);
+        r.lease_expires_at = lease_end;
+        r
+    }
+
+    fn judge(now: i64) -> Judge<'static> {
+        Judge { now, margin: Duration::from_secs(2), force_after: None, force: None, watch: None, mono_now: Instant::now() }
+    }
+
+    #[test]
+    fn a_live_lease_is_not_taken() {
+        let r = held(0, 0, Some(60_000));
+        assert_eq!(judge(30_000).takeover(&r), None);
+        // Within the margin after the end: still not.
+        assert_eq!(judge(61_000).takeover(&r), None);
+        assert_eq!(judge(62_001).takeover(&r), Some(Takeover::LeaseEnded));
+        assert_eq!(judge(0).takeover_at(&r), Some(62_001));
+    }
+
+    #[test]
+    fn force_after_counts_from_acquisition_even_when_renewed() {
+        let r = held(0, 100_000, Some(200_000));
+        let mut j = judge(100_000);
+        j.force_after = Some(Duration::from_secs(60));
+        assert_eq!(j.takeover(&r), Some(Takeover::ForceAfter));
+        j.now = 61_000;
+        assert_eq!(j.takeover(&r), None);
+        assert_eq!(j.takeover_at(&r), Some(62_001));
+    }
+
+    #[test]
+    fn no_lease_and_no_force_after_waits_forever() {
+        let r = held(0, 0, None);
+        assert_eq!(judge(i64::MAX / 2).takeover(&r), None);
+        assert_eq!(judge(0).takeover_at(&r), None);
+    }
+
+    #[test]
+    fn watching_an_unrenewed_record_trusts_no_wall_clock() {
+        // The store clock says the lease is far from over (a holder whose clock is fast
+        // wrote it), but we saw the version stay the same for longer than the lease.
+        let r = held(0, 0, Some(10_000));
+        let start = Instant::now();
+        let mut watch = None;
+        Watch::observe(&mut watch, &r, start);
+        let mut j = judge(0);
+        j.watch = watch.as_ref();
+        j.mono_now = start + Duration::from_secs(11);
+        assert_eq!(j.takeover(&r), None);
+        j.mono_now = start + Duration::from_millis(12_001);
+        assert_eq!(j.takeover(&r), Some(Takeover::Unrenewed));
+        // A renewal (new Rvn) restarts the watch.
+        let mut renewed = r.clone();
+        renewed.rvn = "v2".into();
+        Watch::observe(&mut watch, &renewed, start + Duration::from_secs(12));
+        j.watch = watch.as_ref();
+        assert_eq!(j.takeover(&renewed), None);
+    }
+
+    #[test]
+    fn force_always_wins() {
+        let r = held(0, 0, Some(i64::MAX / 2));
+        let mut j = judge(0);
+        j.force = Some("incident 42");
+        assert_eq!(j.takeover(&r), Some(Takeover::Forced("incident 42".into())));
+        assert!(j.takeover(&r).unwrap().why().contains("incident 42"));
+    }
+}

@@ -1,0 +1,378 @@
+//! The lock record: one per lock, the same logical fields in every store.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How many History events a record keeps (DynamoDB trims in batches, see `store::dynamo`).
+pub const HISTORY_LEN: usize = 20;
+
+/// The lock record as DESIGN describes it. Times are store-clock unix milliseconds,
+/// except `expires_at`, which is the DynamoDB TTL attribute in unix seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Record {
+    /// The lock name.
+    #[serde(rename = "LockID")]
+    pub lock_id: String,
+    /// Who holds it; `None` when free (a tombstone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Random per grant; holder writes are conditional on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Fencing token: +1 on every grant to a new Token; never decreases.
+    pub fence: u64,
+    /// Record version: new on every holder-side write.
+    pub rvn: String,
+    /// When the current holder was granted the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquired_at: Option<i64>,
+    /// The holder's last grant or renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_at: Option<i64>,
+    /// End of the lease; absent with `--disable-ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<i64>,
+    /// Garbage collection only (DynamoDB TTL, unix seconds). Never read as "free".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// Who the holder is, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
+    /// The queue: waiter Token -> entry. Written through untouched by holder writes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub waiters: BTreeMap<String, Waiter>,
+    /// The last events, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Event>,
+}
+
+/// Details of the holder, for `status` and progress lines.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Holder {
+    /// `gitlab`, `github` or `local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<String>,
+    /// Pipeline or workflow-run URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Job URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_url: Option<String>,
+    /// Job name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Host name of the runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Process id of the tool that wrote the grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// `--reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Pipeline number (GitLab IID, GitHub run number): higher is newer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordinal: Option<u64>,
+}
+
+/// One queued waiter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Waiter {
+    /// The waiter's owner string.
+    pub owner: String,
+    /// When it joined the queue (store ms).
+    pub enqueued_at: i64,
+    /// When it last showed it is alive (store ms).
+    pub seen_at: i64,
+    /// Its pipeline number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordinal: Option<u64>,
+    /// Its pipeline URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// What happened to the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// Granted from free.
+    Acquired,
+    /// Lease extended by an explicit `renew`.
+    Renewed,
+    /// Given back.
+    Released,
+    /// Taken from a stale holder.
+    TakenOver,
+    /// Taken or released with `--force`.
+    Forced,
+}
+
+impl EventKind {
+    /// The name stored in History.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Acquired => "acquired",
+            EventKind::Renewed => "renewed",
+            EventKind::Released => "released",
+            EventKind::TakenOver => "taken-over",
+            EventKind::Forced => "forced",
+        }
+    }
+}
+
+/// One History entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Event {
+    /// What happened.
+    pub event: EventKind,
+    /// The owner after the event (or the releasing owner).
+    pub owner: String,
+    /// The fence after the event; filled in on read where the store left it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
+    /// Store ms.
+    pub at: i64,
+    /// Who did it (differs from `owner` for forced releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Why: `--reason`, or the takeover rule that allowed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// The holder-side fields of one grant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grantee {
+    /// New owner.
+    pub owner: String,
+    /// New token.
+    pub token: String,
+    /// Who, for people.
+    pub holder: Holder,
+}
+
+/// What a holder-side write does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A grant to a new token: from free, or by takeover. Fence +1, AcquiredAt = now.
+    Grant(Grantee),
+    /// The holder extends its lease (also a re-entrant acquire). Fence kept. `restamp` also
+    /// sets AcquiredAt to now: the correction of a grant written before the store clock was known.
+    Renew {
+        /// Reset AcquiredAt too.
+        restamp: bool,
+    },
+    /// Back to a free tombstone. Fence kept.
+    Release,
+}
+
+/// A holder-side change, as the stores apply it. Waiters are never part of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// What it does.
+    pub action: Action,
+    /// The new record version.
+    pub rvn: String,
+    /// Store ms of this write.
+    pub now: i64,
+    /// New lease end; `None` with `--disable-ttl` and on release.
+    pub lease_expires_at: Option<i64>,
+    /// New GC time in unix seconds; `None` while held without a lease.
+    pub expires_at: Option<i64>,
+    /// History entry to append. Its `fence` is left out: it follows from the record (see
+    /// [`Record::fill_history_fences`]), so stores that cannot know the new fence before
+    /// writing (DynamoDB's atomic ADD) write the same history as the others.
+    pub event: Option<Event>,
+}
+
+impl Record {
+    /// A record that does not exist yet: what a grant on an absent key starts from.
+    pub fn vacant(lock: &str) -> Record {
+        Record {
+            lock_id: lock.to_string(),
+            owner: None,
+            token: None,
+            fence: 0,
+            rvn: String::new(),
+            acquired_at: None,
+            renewed_at: None,
+            lease_expires_at: None,
+            expires_at: None,
+            holder: None,
+            waiters: BTreeMap::new(),
+            history: Vec::new(),
+        }
+    }
+
+    /// Is the lock free (a tombstone)?
+    pub fn is_free(&self) -> bool {
+        self.owner.is_none()
+    }
+
+    /// Checks what serde cannot: a held record must carry its token and times.
+    pub fn validate(&self, lock: &str) -> Result<(), String> {
+        if self.lock_id != lock {
+            return Err(format!("LockID is {:?}, expected {:?}", self.lock_id, lock));
+        }
+        if self.rvn.is_empty() {
+            return Err("Rvn is empty".into());
+        }
+        if self.owner.is_some() {
+            for (name, missing) in [
+                ("Token", self.token.is_none()),
+                ("AcquiredAt", self.acquired_at.is_none()),
+                ("RenewedAt", self.renewed_at.is_none()),
+            ] {
+                if missing {
+                    return Err(format!("the record has an Owner but no {name}"));
+                }
+            }
+        } else if self.token.is_some() {
+            return Err("the record has a Token but no Owner".into());
+        }
+        Ok(())
+    }
+
+    /// The record after `change`, for stores that rewrite whole records (S3, file).
+    /// DynamoDB expresses the same change as an update expression.
+    pub fn apply(&self, change: &Change) -> Record {
+        let mut next = self.clone();
+        next.rvn = change.rvn.clone();
+        next.expires_at = change.expires_at;
+        next.lease_expires_at = change.lease_expires_at;
+        match &change.action {
+            Action::Grant(g) => {
+                next.fence += 1;
+                next.owner = Some(g.owner.clone());
+                next.token = Some(g.token.clone());
+                next.acquired_at = Some(change.now);
+                next.renewed_at = Some(change.now);
+                next.holder = Some(g.holder.clone());
+            }
+            Action::Renew { restamp } => {
+                next.renewed_at = Some(change.now);
+                if *restamp {
+                    next.acquired_at = Some(change.now);
+                }
+            }
+            Action::Release => {
+                next.owner = None;
+                next.token = None;
+                next.acquired_at = None;
+                next.renewed_at = None;
+                next.holder = None;
+            }
+        }
+        if let Some(event) = &change.event {
+            next.history.push(Event { fence: Some(next.fence), ..event.clone() });
+            let excess = next.history.len().saturating_sub(HISTORY_LEN);
+            next.history.drain(..excess);
+        }
+        next
+    }
+
+    /// Gives every History event its fence. Only grants move the fence, one each, so counting
+    /// grant events back from the record's fence recovers the fence of every event.
+    pub fn fill_history_fences(&mut self) {
+        let mut fence = self.fence;
+        for event in self.history.iter_mut().rev() {
+            let fence_here = fence;
+            if event.event.is_grant() {
+                fence = fence.saturating_sub(1);
+            }
+            event.fence.get_or_insert(fence_here);
+        }
+    }
+}
+
+impl EventKind {
+    /// Does this event hand the lock to a new token (and move the fence)?
+    pub fn is_grant(self) -> bool {
+        matches!(self, EventKind::Acquired | EventKind::TakenOver | EventKind::Forced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(action: Action, kind: EventKind) -> Change {
+        Change {
+            action,
+            rvn: "r2".into(),
+            now: 1_000,
+            lease_expires_at: Some(61_000),
+            expires_at: Some(99),
+            event: Some(Event { event: kind, owner: "me".into(), fence: None, at: 1_000, by: None, why: None }),
+        }
+    }
+
+    fn grant() -> Change {
+        change(Action::Grant(Grantee { owner: "me".into(), token: "t".into(), holder: Holder::default() }), EventKind::Acquired)
+    }
+
+    #[test]
+    fn grant_increments_fence_and_release_keeps_it() {
+        let held = Record::vacant("l").apply(&grant());
+        assert_eq!(held.fence, 1);
+        assert_eq!(held.history[0].fence, Some(1));
+        assert!(held.validate("l").is_ok());
+        let renewed = held.apply(&change(Action::Renew { restamp: false }, EventKind::Renewed));
+        assert_eq!((renewed.fence, renewed.token.as_deref()), (1, Some("t")));
+        let free = renewed.apply(&change(Action::Release, EventKind::Released));
+        assert_eq!(free.fence, 1);
+        assert!(free.is_free());
+        assert_eq!(free.token, None);
+        assert!(free.validate("l").is_ok());
+    }
+
+    #[test]
+    fn history_is_capped() {
+        let mut r = Record::vacant("l");
+        for _ in 0..(HISTORY_LEN + 5) {
+            r = r.apply(&grant());
+        }
+        assert_eq!(r.history.len(), HISTORY_LEN);
+        assert_eq!(r.history.last().unwrap().fence, Some(r.fence));
+        assert_eq!(r.history[0].fence, Some(r.fence - HISTORY_LEN as u64 + 1));
+    }
+
+    #[test]
+    fn history_fences_follow_from_grant_events() {
+        let mut r = Record::vacant("l");
+        for c in [grant(), change(Action::Release, EventKind::Released), grant(), change(Action::Renew { restamp: false }, EventKind::Renewed)] {
+            r = r.apply(&c);
+        }
+        let written: Vec<_> = r.history.iter().map(|e| e.fence).collect();
+        for e in &mut r.history {
+            e.fence = None;
+        }
+        r.fill_history_fences();
+        assert_eq!(r.history.iter().map(|e| e.fence).collect::<Vec<_>>(), written);
+        assert_eq!(written, vec![Some(1), Some(1), Some(2), Some(2)]);
+    }
+
+    #[test]
+    fn held_record_without_token_is_invalid() {
+        let mut r = Record::vacant("l").apply(&grant());
+        r.token = None;
+        assert!(r.validate("l").unwrap_err().contains("Token"));
+        assert!(r.validate("other").is_err());
+    }
+
+    #[test]
+    fn json_uses_design_names() {
+        let r = Record::vacant("l").apply(&grant());
+        let v = serde_json::to_value(&r).unwrap();
+        for key in ["LockID", "Owner", "Token", "Fence", "Rvn", "AcquiredAt", "LeaseExpiresAt", "ExpiresAt", "History"] {
+            assert!(v.get(key).is_some(), "{key} missing in {v}");
+        }
+        assert_eq!(v["History"][0]["Event"], "acquired");
+    }
+}

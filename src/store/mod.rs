@@ -1,0 +1,199 @@
+//! The stores behind one small trait of compare-and-set primitives. Waiting, backoff and
+//! takeover decisions live above, in [`crate::locker`]; a store only reads, writes
+//! conditionally and normalises its vendor's answers.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::clock::StoreClock;
+use crate::error::Result;
+use crate::record::{Change, Record};
+
+pub mod aws;
+mod doctor_dynamo;
+pub mod dynamo;
+pub mod file;
+pub(crate) mod url;
+
+pub use url::{StoreUrl, decode_name, encode_name};
+
+/// What a read found.
+#[derive(Debug, Clone)]
+pub enum State {
+    /// No record: the lock was never taken (or its record was garbage-collected).
+    Absent,
+    /// A record that parsed and validated.
+    Valid(Record),
+    /// A record that did not parse: never free (DESIGN rule 8).
+    Corrupt(String),
+}
+
+/// A record as read, with the store's version of it for conditional writes.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// What was there.
+    pub state: State,
+    /// Opaque, store-specific: an ETag, the raw item, the file bytes.
+    pub version: Version,
+}
+
+impl Observed {
+    /// The valid record, if any.
+    pub fn record(&self) -> Option<&Record> {
+        match &self.state {
+            State::Valid(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// A store's version of a record, for `Expect::Exact` and whole-record writes.
+#[derive(Debug, Clone, Default)]
+pub struct Version(pub(crate) VersionKind);
+
+#[derive(Debug, Clone, Default)]
+pub(crate) enum VersionKind {
+    #[default]
+    None,
+    Etag(String),
+    Item(Arc<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>),
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// The condition a write is made under (DESIGN rules 2 to 5).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expect {
+    /// No record, or a valid free tombstone. Grant from free.
+    Vacant,
+    /// Held by this owner (renew/release from a later job that knows only its identity).
+    Owner(String),
+    /// Held under this token (renew/release by the process that holds the grant).
+    Token(String),
+    /// Held under this token at this version: takeover of what the taker read.
+    TokenRvn {
+        /// The token read.
+        token: String,
+        /// The record version read.
+        rvn: String,
+    },
+    /// Exactly the record in `base`, whatever it is: break-glass over a corrupt record.
+    Exact,
+}
+
+impl Expect {
+    /// Does `state` satisfy the condition? Whole-record stores check this before writing,
+    /// the stores with server-side conditions only after a refusal.
+    pub fn holds(&self, state: &State) -> bool {
+        match (self, state) {
+            (Expect::Exact, _) => true,
+            (Expect::Vacant, State::Absent) => true,
+            (Expect::Vacant, State::Valid(r)) => r.is_free(),
+            (Expect::Owner(o), State::Valid(r)) => r.owner.as_deref() == Some(o.as_str()),
+            (Expect::Token(t), State::Valid(r)) => r.token.as_deref() == Some(t.as_str()),
+            (Expect::TokenRvn { token, rvn }, State::Valid(r)) => {
+                r.token.as_deref() == Some(token.as_str()) && &r.rvn == rvn
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One conditional write.
+#[derive(Debug, Clone)]
+pub struct Write<'a> {
+    /// The lock name.
+    pub lock: &'a str,
+    /// The condition.
+    pub expect: Expect,
+    /// What the decision was based on, if anything was read. Whole-record stores read first
+    /// when this is `None`; `Expect::Exact` requires it.
+    pub base: Option<&'a Observed>,
+    /// What to change.
+    pub change: &'a Change,
+}
+
+/// The answer to a conditional write: contention is a value, not an error.
+#[derive(Debug, Clone)]
+pub enum Written {
+    /// The write happened; the record as it is now.
+    Done(Record),
+    /// The condition did not hold; what the store holds instead.
+    Conflict(Observed),
+}
+
+/// Compare-and-set primitives over lock records.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The store's URL, for messages: `dynamodb://table`.
+    fn url(&self) -> String;
+
+    /// The store's clock.
+    fn clock(&self) -> &StoreClock;
+
+    /// Requests sent to the store so far (for `--output json` and the request-count tests).
+    fn requests(&self) -> u64;
+
+    /// Reads one record. `consistent` asks for a strongly consistent read (after a lost
+    /// reply); polling may read eventually consistently.
+    async fn read(&self, lock: &str, consistent: bool) -> Result<Observed>;
+
+    /// Writes conditionally. Errors are only for failures to get an answer, or answers that
+    /// are not about the condition; the caller treats a transient error as "may have landed".
+    async fn write(&self, write: Write<'_>) -> Result<Written>;
+
+    /// Every lock record in the store, with its name.
+    async fn list(&self) -> Result<Vec<(String, Observed)>>;
+
+    /// Operator checks for `doctor`: one line each.
+    async fn doctor(&self) -> Vec<Check>;
+}
+
+/// One `doctor` line.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Pass, warn or fail.
+    pub outcome: Outcome,
+    /// What was found, and the fix when it failed.
+    pub detail: String,
+}
+
+/// The verdict of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Fine.
+    Pass,
+    /// Works, but an operator should know.
+    Warn,
+    /// Locks on this store are not safe, or cannot work.
+    Fail,
+}
+
+impl Check {
+    pub(crate) fn new(name: &str, outcome: Outcome, detail: impl Into<String>) -> Check {
+        Check { name: name.to_string(), outcome, detail: detail.into() }
+    }
+}
+
+/// The tombstone that replaces a corrupt record (break-glass). Its fence must not go back:
+/// the old one where it could still be read, else the store-clock milliseconds, which are
+/// larger than any fence a lock reaches by counting.
+pub(crate) fn salvage(lock: &str, old_fence: Option<u64>, change: &Change) -> Record {
+    let mut base = Record::vacant(lock);
+    base.fence = old_fence.unwrap_or(change.now.max(0) as u64);
+    base.apply(change)
+}
+
+/// Opens the store a URL names. AWS stores resolve their region and credentials here.
+pub async fn open(url: &StoreUrl, aws_opts: &aws::AwsOptions) -> Result<Arc<dyn Store>> {
+    Ok(match url {
+        StoreUrl::DynamoDb { table } => Arc::new(dynamo::DynamoStore::connect(table, aws_opts).await?),
+        StoreUrl::File { dir } => Arc::new(file::FileStore::open(dir)?),
+        StoreUrl::S3 { .. } => {
+            return Err(crate::error::Error::Config(format!("{url}: the S3 store is not built yet")));
+        }
+    })
+}
