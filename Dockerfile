@@ -15,7 +15,10 @@ ARG RUST_VERSION=1
 ARG ALPINE_VERSION=3
 
 FROM rust:${RUST_VERSION}-alpine AS build
-# aws-lc-sys (TLS) compiles C; Alpine's toolchain links against musl.
+SHELL ["/bin/ash", "-eo", "pipefail", "-c"]
+# aws-lc-sys (TLS) compiles C; Alpine's toolchain links against musl. Versions follow the
+# Alpine release of the base image (pinning them would break on its next point release).
+# hadolint ignore=DL3018
 RUN apk add --no-cache build-base cmake perl musl-dev
 WORKDIR /src
 
@@ -30,13 +33,14 @@ RUN target="$(uname -m)-unknown-linux-musl" \
 
 COPY . .
 RUN target="$(uname -m)-unknown-linux-musl" \
- && touch src/main.rs src/lib.rs \
+ && find src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --target "$target" --bin pipeline-lock \
  && install -m 0755 "target/$target/release/pipeline-lock" /usr/local/bin/pipeline-lock \
  && if ldd /usr/local/bin/pipeline-lock 2>&1 | grep -q '=>'; then echo "not a static binary" >&2; exit 1; fi \
  && /usr/local/bin/pipeline-lock --help > /dev/null
 
 FROM alpine:${ALPINE_VERSION}
+# hadolint ignore=DL3018
 RUN apk add --no-cache ca-certificates \
  && addgroup -S -g 10001 pipeline-lock \
  && adduser -S -D -H -u 10001 -G pipeline-lock -h /tmp -s /sbin/nologin pipeline-lock
@@ -45,5 +49,7 @@ USER 10001:10001
 WORKDIR /tmp
 LABEL org.opencontainers.image.title="pipeline-lock" \
       org.opencontainers.image.description="A lock that CI pipelines take in one job and give back in a later one (DynamoDB, S3)"
+# A one-shot command line tool, not a service: nothing to probe.
+HEALTHCHECK NONE
 # No ENTRYPOINT: CI systems run their job scripts through /bin/sh in this image.
 CMD ["pipeline-lock", "--help"]

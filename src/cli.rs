@@ -300,10 +300,10 @@ mod tests {
 
     #[test]
     fn store_options_accepted_before_or_after_the_command() {
-        let a = Cli::try_parse_from(["pipeline-lock", "--table", "t", "acquire", "--no-wait"]).unwrap();
-        let b = Cli::try_parse_from(["pipeline-lock", "acquire", "--table", "t", "--no-wait"]).unwrap();
+        let a = Cli::try_parse_from(["pipeline-lock", "--table", "tbl", "acquire", "--no-wait"]).unwrap();
+        let b = Cli::try_parse_from(["pipeline-lock", "acquire", "--table", "tbl", "--no-wait"]).unwrap();
         assert_eq!(a.global.store_url().unwrap(), b.global.store_url().unwrap());
-        assert_eq!(a.global.store_url().unwrap(), StoreUrl::DynamoDb { table: "t".into() });
+        assert_eq!(a.global.store_url().unwrap(), StoreUrl::DynamoDb { table: "tbl".into() });
     }
 
     #[test]

@@ -175,9 +175,10 @@ mod tests {
         // A renewal (new Rvn) restarts the watch.
         let mut renewed = r.clone();
         renewed.rvn = "v2".into();
-        Watch::observe(&mut watch, &renewed, start + Duration::from_secs(12));
-        j.watch = watch.as_ref();
-        assert_eq!(j.takeover(&renewed), None);
+        let mut watch2 = watch.clone();
+        Watch::observe(&mut watch2, &renewed, start + Duration::from_secs(12));
+        let j2 = Judge { watch: watch2.as_ref(), ..j };
+        assert_eq!(j2.takeover(&renewed), None);
     }
 
     #[test]
