@@ -88,6 +88,9 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
             let now = locker.store().clock().now_ms();
             let json = status_json(&lock, &observed, now, locker.store().requests());
             emit(output, &status_text(&lock, &url.to_string(), &observed, now), &json)?;
+            if let State::Corrupt(why) = &observed.state {
+                return Err(locker.corrupt(&lock, why));
+            }
             Ok(exit::OK)
         }
         Command::List => {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Debug)]
 pub struct StoreClock {
     base: Instant,
+    /// Read the kernel's clock directly (the file store: the host is the store).
+    kernel: bool,
     /// Bounds on (store unix ms) - (ms since `base`).
     bounds: Mutex<Option<(i64, i64)>>,
 }
@@ -26,7 +28,14 @@ impl Default for StoreClock {
 impl StoreClock {
     /// A clock with no samples: it reads the local wall clock until the store answers.
     pub fn new() -> Self {
-        StoreClock { base: Instant::now(), bounds: Mutex::new(None) }
+        StoreClock { base: Instant::now(), kernel: false, bounds: Mutex::new(None) }
+    }
+
+    /// The clock of a store on this host: the kernel's real-time clock, read with a raw
+    /// system call so that a process whose time is faked (LD_PRELOAD time shifters) still
+    /// agrees with every other process on the host.
+    pub fn kernel() -> Self {
+        StoreClock { kernel: true, ..Self::new() }
     }
 
     fn mono_ms(&self, at: Instant) -> i64 {
@@ -56,7 +65,7 @@ impl StoreClock {
 
     /// Has any store response been seen?
     pub fn is_synced(&self) -> bool {
-        self.bounds.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.kernel || self.bounds.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// Current store time in unix milliseconds: the middle of the known bounds, or the local
@@ -64,6 +73,7 @@ impl StoreClock {
     pub fn now_ms(&self) -> i64 {
         match *self.bounds.lock().unwrap_or_else(|e| e.into_inner()) {
             Some((lo, hi)) => (lo + hi) / 2 + self.mono_ms(Instant::now()),
+            None if self.kernel => kernel_wall_ms(),
             None => local_wall_ms(),
         }
     }
@@ -80,6 +90,24 @@ impl StoreClock {
 /// The local wall clock in unix milliseconds.
 pub fn local_wall_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// CLOCK_REALTIME straight from the kernel, bypassing libc (and anything interposed on it).
+#[cfg(target_os = "linux")]
+pub fn kernel_wall_ms() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec to the pointer we pass, which outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_REALTIME, &mut ts as *mut libc::timespec) };
+    if rc != 0 {
+        return local_wall_ms();
+    }
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
+/// CLOCK_REALTIME (no raw system call off Linux).
+#[cfg(not(target_os = "linux"))]
+pub fn kernel_wall_ms() -> i64 {
+    local_wall_ms()
 }
 
 #[cfg(test)]
@@ -118,6 +146,11 @@ mod tests {
         let c = StoreClock::new();
         assert!(!c.is_synced());
         assert!((c.now_ms() - local_wall_ms()).abs() < 1_000);
+    }
+
+    #[test]
+    fn kernel_clock_agrees_with_an_unfaked_wall_clock() {
+        assert!((StoreClock::kernel().now_ms() - local_wall_ms()).abs() < 1_000);
     }
 
     #[test]

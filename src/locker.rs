@@ -219,7 +219,8 @@ impl Locker {
         &self.store
     }
 
-    fn corrupt(&self, lock: &str, why: &str) -> Error {
+    /// The error for an unreadable record: exit 78, with the break-glass command.
+    pub fn corrupt(&self, lock: &str, why: &str) -> Error {
         Error::Config(format!(
             "lock {lock:?} in {store} holds a record that cannot be read ({why}); it is never treated as free. \
              Look at it, then clear it with: pipeline-lock release --store {store} --lock '{lock}' --force --reason '...'",

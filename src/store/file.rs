@@ -33,7 +33,7 @@ impl FileStore {
     /// Opens (creating if needed) the directory and proves that exclusive create and `flock`
     /// work there; a filesystem without them cannot hold a lock, so we refuse to start.
     pub fn open(dir: &Path) -> Result<FileStore> {
-        let store = FileStore { dir: dir.to_path_buf(), clock: StoreClock::new(), requests: Default::default() };
+        let store = FileStore { dir: dir.to_path_buf(), clock: StoreClock::kernel(), requests: Default::default() };
         let url = store.url();
         fs::create_dir_all(dir).map_err(|e| Error::Config(format!("{url}: cannot create the lock directory: {e}")))?;
         let _guard = store.lock_dir()?;

@@ -12,8 +12,10 @@ use crate::record::{Change, Record};
 
 pub mod aws;
 mod doctor_dynamo;
+mod doctor_s3;
 pub mod dynamo;
 pub mod file;
+pub mod s3;
 pub(crate) mod url;
 
 pub use url::{StoreUrl, decode_name, encode_name};
@@ -192,8 +194,6 @@ pub async fn open(url: &StoreUrl, aws_opts: &aws::AwsOptions) -> Result<Arc<dyn 
     Ok(match url {
         StoreUrl::DynamoDb { table } => Arc::new(dynamo::DynamoStore::connect(table, aws_opts).await?),
         StoreUrl::File { dir } => Arc::new(file::FileStore::open(dir)?),
-        StoreUrl::S3 { .. } => {
-            return Err(crate::error::Error::Config(format!("{url}: the S3 store is not built yet")));
-        }
+        StoreUrl::S3 { bucket, prefix } => Arc::new(s3::S3Store::connect(bucket, prefix, aws_opts).await?),
     })
 }

