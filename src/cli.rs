@@ -81,7 +81,7 @@ pub struct Global {
     #[arg(long, global = true, env = "PIPELINE_LOCK_OUTPUT", value_enum, default_value_t)]
     pub output: Output,
     /// Skew margin for comparisons on the store clock.
-    #[arg(long, global = true, env = "PIPELINE_LOCK_CLOCK_MARGIN", default_value = "2s")]
+    #[arg(long, global = true, env = "PIPELINE_LOCK_CLOCK_MARGIN", default_value = "2s", allow_hyphen_values = true)]
     pub clock_margin: String,
     /// More detail: progress on every poll (-v), debug logs (-vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -109,22 +109,22 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct AcquireArgs {
     /// Take over a lock acquired longer ago than this (e.g. 3600, 1h).
-    #[arg(long, env = "PIPELINE_LOCK_FORCE_AFTER")]
+    #[arg(long, env = "PIPELINE_LOCK_FORCE_AFTER", allow_hyphen_values = true)]
     pub force_after: Option<String>,
     /// Lease length; renew before it ends [default: 1h]
-    #[arg(long, env = "PIPELINE_LOCK_TTL", conflicts_with = "disable_ttl")]
+    #[arg(long, env = "PIPELINE_LOCK_TTL", conflicts_with = "disable_ttl", allow_hyphen_values = true)]
     pub ttl: Option<String>,
     /// No lease: only --force-after or --force can take the lock from a dead holder.
     #[arg(long, env = "PIPELINE_LOCK_DISABLE_TTL", value_parser = FalseyValueParser::new(), default_value_t = false)]
     pub disable_ttl: bool,
     /// Give up waiting after this long (exit 75) [default: wait forever]
-    #[arg(long, alias = "timeout", env = "PIPELINE_LOCK_WAIT", conflicts_with = "no_wait")]
+    #[arg(long, alias = "timeout", env = "PIPELINE_LOCK_WAIT", conflicts_with = "no_wait", allow_hyphen_values = true)]
     pub wait: Option<String>,
     /// Do not wait: exit 73 if the lock is held.
     #[arg(long, env = "PIPELINE_LOCK_NO_WAIT", value_parser = FalseyValueParser::new(), default_value_t = false)]
     pub no_wait: bool,
     /// Time between polls, jittered.
-    #[arg(long, env = "PIPELINE_LOCK_RETRY_INTERVAL", default_value = "2s")]
+    #[arg(long, env = "PIPELINE_LOCK_RETRY_INTERVAL", default_value = "2s", allow_hyphen_values = true)]
     pub retry_interval: String,
     /// Give up after this many polls (exit 75).
     #[arg(long, env = "PIPELINE_LOCK_MAX_RETRIES")]
@@ -158,7 +158,7 @@ pub struct ReleaseArgs {
 #[derive(Debug, Args)]
 pub struct RenewArgs {
     /// New lease length from now [default: 1h]
-    #[arg(long, env = "PIPELINE_LOCK_TTL", conflicts_with = "disable_ttl")]
+    #[arg(long, env = "PIPELINE_LOCK_TTL", conflicts_with = "disable_ttl", allow_hyphen_values = true)]
     pub ttl: Option<String>,
     /// Renew without a lease end.
     #[arg(long, env = "PIPELINE_LOCK_DISABLE_TTL", value_parser = FalseyValueParser::new(), default_value_t = false)]

@@ -45,9 +45,14 @@ impl DynamoStore {
     /// there is no region or no credentials; does not touch the table.
     pub async fn connect(table: &str, opts: &AwsOptions) -> Result<DynamoStore> {
         let config = aws::load(opts, &format!("dynamodb://{table}")).await?;
+        Ok(Self::from_config(table, &config))
+    }
+
+    /// A store on an AWS configuration the caller built (credentials, region, endpoint).
+    pub fn from_config(table: &str, config: &aws_config::SdkConfig) -> DynamoStore {
         let meter = Meter::default();
-        let conf = aws_sdk_dynamodb::config::Builder::from(&config).interceptor(meter.clone()).build();
-        Ok(DynamoStore { client: Client::from_conf(conf), table: table.to_string(), meter })
+        let conf = aws_sdk_dynamodb::config::Builder::from(config).interceptor(meter.clone()).build();
+        DynamoStore { client: Client::from_conf(conf), table: table.to_string(), meter }
     }
 
     fn key(lock: &str) -> Item {

@@ -132,8 +132,9 @@ impl S3Store {
         if let Failure::Service { code, status, message } = &failure {
             match classify(*status, code) {
                 Answer::NoBucket => {
+                    let at = if what.is_empty() { String::new() } else { format!(" (at {what})") };
                     return Error::Config(format!(
-                        "{store}: bucket {b:?} does not exist ({what}). Create it with the Terraform module in terraform/ \
+                        "{store}: bucket {b:?} does not exist{at}. Create it with the Terraform module in terraform/ \
                          (create_bucket = true, bucket_name = \"{b}\"), or check the bucket name and --endpoint-url",
                         b = self.bucket
                     ));
