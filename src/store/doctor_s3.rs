@@ -7,7 +7,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::aws::Failure;
+use super::aws::{Failure, failure};
 use super::s3::{Answer, S3Store, classify, list_prefix};
 use super::{Check, Outcome, Store};
 
@@ -33,14 +33,19 @@ pub(super) async fn run(store: &S3Store) -> Vec<Check> {
             checks.push(Check::new("bucket exists", Outcome::Pass, format!("{bucket} is reachable (region {region})")));
         }
         Err(e) => {
-            let err = match &e {
-                // HEAD answers have no body, so a missing bucket is a bare 404.
-                SdkError::ServiceError(se) if se.raw().status().as_u16() == 404 => store.map_failure(
-                    Failure::Service { code: "NoSuchBucket".into(), status: 404, message: "HeadBucket: 404".into() },
-                    None,
-                    "s3:ListBucket",
-                    "",
-                ),
+            let err = match (failure(&e), &e) {
+                // HEAD answers have no body, so only the status tells what went wrong.
+                (Failure::Service { status, .. }, SdkError::ServiceError(se)) if se.err().code().is_none() => {
+                    let code = match status {
+                        404 => "NoSuchBucket",
+                        403 => "AccessDenied",
+                        301 => "PermanentRedirect",
+                        _ => "Unknown",
+                    };
+                    let bucket_region = se.raw().headers().get("x-amz-bucket-region").map(str::to_string);
+                    let message = format!("HeadBucket answered {status} without a body");
+                    store.map_failure(Failure::Service { code: code.into(), status, message }, bucket_region, "s3:ListBucket", "")
+                }
                 _ => store.error(&e, "s3:ListBucket", ""),
             };
             checks.push(Check::new("bucket exists", Outcome::Fail, err.to_string()));
@@ -114,15 +119,10 @@ async fn conditional_writes(store: &S3Store) -> Vec<Check> {
     let etag = match client.get_object().bucket(bucket).key(&key).send().await {
         Ok(out) => {
             let etag = out.e_tag().map(str::to_string);
-            let detail = if etag.is_some() && etag == first_etag || first_etag.is_none() {
-                "read the scratch object back".to_string()
-            } else {
-                format!("read the scratch object back, but its ETag {etag:?} is not the one the first write returned ({first_etag:?})")
-            };
-            checks.push(Check::new("permission GetObject", if etag.is_some() { Outcome::Pass } else { Outcome::Fail }, match etag {
-                Some(_) => detail,
-                None => "GetObject returned no ETag: conditional writes cannot be based on a read here".into(),
-            }));
+            checks.push(match &etag {
+                Some(_) => Check::new("permission GetObject", Outcome::Pass, "read the scratch object back"),
+                None => Check::new("permission GetObject", Outcome::Fail, "GetObject returned no ETag: writes cannot be based on a read here"),
+            });
             etag
         }
         Err(e) => {
