@@ -19,6 +19,7 @@ pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod exit;
+pub mod lease;
 pub mod locker;
 pub mod policy;
 pub mod record;
@@ -26,4 +27,5 @@ pub mod report;
 pub mod store;
 
 pub use error::{Error, Result};
+pub use lease::{Lease, LeaseState};
 pub use locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released, Wait};

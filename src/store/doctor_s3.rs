@@ -8,7 +8,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::aws::{Failure, failure};
-use super::s3::{Answer, S3Store, classify, list_prefix};
+use super::s3::{Answer, DOCTOR_SCRATCH, S3Store, classify, list_prefix};
 use super::{Check, Outcome, Store};
 
 /// An ETag no object has: S3 ETags are quoted MD5s (or MD5-N for multipart uploads).
@@ -70,8 +70,8 @@ pub(super) async fn run(store: &S3Store) -> Vec<Check> {
 async fn conditional_writes(store: &S3Store) -> Vec<Check> {
     let client = store.client();
     let bucket = store.bucket();
-    // `list` skips names with a leading dot; the random part keeps it clear of any real lock.
-    let key = format!("{}.pipeline-lock-doctor-{:016x}.lock", list_prefix(store.prefix()), rand::random::<u64>());
+    // `list` skips these; the random part keeps it clear of any real lock.
+    let key = format!("{}{DOCTOR_SCRATCH}{:016x}.lock", list_prefix(store.prefix()), rand::random::<u64>());
     let body = |n: &str| ByteStream::from(format!("{{\"Doctor\":\"{n}\",\"At\":{}}}", store.clock().now_ms()).into_bytes());
     let mut checks = Vec::new();
 

@@ -22,6 +22,10 @@ use crate::record::{Change, Record};
 
 const SUFFIX: &str = ".lock";
 
+/// How `doctor`'s scratch object names start; `list` skips them (their random tail keeps them
+/// clear of real locks).
+pub(crate) const DOCTOR_SCRATCH: &str = ".pipeline-lock-doctor-";
+
 /// Locks under one prefix of one S3 bucket.
 #[derive(Debug, Clone)]
 pub struct S3Store {
@@ -87,7 +91,7 @@ pub(crate) fn list_prefix(prefix: &str) -> String {
 /// (deeper prefixes, doctor scratch objects, foreign files).
 pub(crate) fn lock_name(prefix: &str, key: &str) -> Option<String> {
     let encoded = key.strip_prefix(&list_prefix(prefix))?.strip_suffix(SUFFIX)?;
-    if encoded.is_empty() || encoded.starts_with('.') || encoded.contains('/') {
+    if encoded.is_empty() || encoded.starts_with(DOCTOR_SCRATCH) || encoded.contains('/') {
         return None;
     }
     decode_name(encoded)
@@ -363,6 +367,7 @@ mod tests {
         }
         assert_eq!(lock_name("ci", "ci/sub/deploy.lock"), None);
         assert_eq!(lock_name("ci", "ci/.pipeline-lock-doctor-00ff.lock"), None);
+        assert_eq!(lock_name("", &object_key("", "../x")).as_deref(), Some("../x"));
         assert_eq!(lock_name("ci", "ci/notes.txt"), None);
         assert_eq!(lock_name("ci", "other/deploy.lock"), None);
         assert_eq!(lock_name("", "ci/deploy.lock"), None);
