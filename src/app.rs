@@ -20,7 +20,8 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
     let g = &cli.global;
     let url = g.store_url()?;
     let margin = g.clock_margin()?;
-    let scope = g.scope.unwrap_or(Scope::Pipeline);
+    // `run` guards one job's command; the other commands act for the whole pipeline.
+    let scope = g.scope.unwrap_or(if matches!(cli.command, Command::Run(_)) { Scope::Job } else { Scope::Pipeline });
     let lock = || -> Result<String> {
         match g.lock.clone().or_else(|| ci::default_lock(&env)) {
             Some(l) => cli::validate_lock(&l),
@@ -36,14 +37,21 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
     let retention = crate::AcquireOptions::default().retention;
     let output = g.output;
     match &cli.command {
+        Command::Run(args) => {
+            let (lock, me) = (lock()?, identity()?);
+            let opts = with_progress(args.acquire.options(margin)?, g.verbose);
+            let spec = crate::run::RunSpec {
+                argv: args.command.clone(),
+                heartbeat: args.heartbeat.as_deref().map(|h| cli::parse_duration("--heartbeat", h)).transpose()?,
+                kill_grace: cli::parse_duration("--kill-grace", &args.kill_grace)?,
+            };
+            crate::lease::check_heartbeat(opts.ttl, spec.heartbeat)?;
+            let locker = connect(&url, g).await?;
+            crate::run::run(&locker, &lock, &me, &opts, &spec).await
+        }
         Command::Acquire(args) => {
             let (lock, me) = (lock()?, identity()?);
-            let mut opts = args.options(margin)?;
-            let verbose = g.verbose > 0;
-            opts.progress = Some(Arc::new(move |r: &WaitReport| eprintln!("pipeline-lock: {}", progress_line(r))));
-            if verbose {
-                opts.progress_every = Duration::ZERO;
-            }
+            let opts = with_progress(args.options(margin)?, g.verbose);
             let locker = connect(&url, g).await?;
             let grant = locker.acquire(&lock, &me, &opts).await?;
             print_grant(&grant, output, locker.store().requests())?;
@@ -123,6 +131,14 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+fn with_progress(mut opts: crate::AcquireOptions, verbose: u8) -> crate::AcquireOptions {
+    opts.progress = Some(Arc::new(|r: &WaitReport| eprintln!("pipeline-lock: {}", progress_line(r))));
+    if verbose > 0 {
+        opts.progress_every = Duration::ZERO;
+    }
+    opts
 }
 
 async fn connect(url: &store::StoreUrl, g: &cli::Global) -> Result<Locker> {

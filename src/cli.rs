@@ -103,6 +103,25 @@ pub enum Command {
     List,
     /// Check that the store can hold locks safely.
     Doctor,
+    /// Hold the lock (job-scoped) around one command: `run [options] -- CMD ARGS...`.
+    Run(RunArgs),
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// How to acquire.
+    #[command(flatten)]
+    pub acquire: AcquireArgs,
+    /// Renew the lease this often [default: a third of the lease; at most half]
+    #[arg(long, env = "PIPELINE_LOCK_HEARTBEAT", allow_hyphen_values = true)]
+    pub heartbeat: Option<String>,
+    /// When the lease is lost: time between TERM and KILL for the command.
+    #[arg(long, env = "PIPELINE_LOCK_KILL_GRACE", default_value = "10s", allow_hyphen_values = true)]
+    pub kill_grace: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Options of acquiring.

@@ -89,12 +89,13 @@ impl Locker {
     {
         let mut lease = self.lease(lock, who, opts, None).await?;
         let work = f(lease.fence());
+        let lost = lease.lost();
         tokio::select! {
             value = work => {
                 lease.release().await?;
                 Ok(value)
             }
-            end = lease.lost() => {
+            end = lost => {
                 lease.stop_heartbeat().await;
                 Err(end)
             }
@@ -174,18 +175,21 @@ impl Lease {
         self.state.borrow().clone()
     }
 
-    /// Resolves when the lease is lost, with the error to report (exit 76).
-    pub async fn lost(&mut self) -> Error {
+    /// Resolves when the lease is lost, with the error to report (exit 76). Borrows nothing,
+    /// so it can be polled beside other uses of the lease.
+    pub fn lost(&self) -> impl Future<Output = Error> + Send + 'static {
         let mut rx = self.state.clone();
-        loop {
-            match rx.borrow_and_update().clone() {
-                LeaseState::Lost(m) => return Error::LeaseLost(m),
-                LeaseState::Unknown(m) => return Error::LeaseLost(format!("{m} (the lock may be someone else's now)")),
-                LeaseState::Held => {}
-            }
-            if rx.changed().await.is_err() {
-                // The heartbeat ended without a verdict (no lease end): never lost.
-                std::future::pending::<()>().await;
+        async move {
+            loop {
+                match rx.borrow_and_update().clone() {
+                    LeaseState::Lost(m) => return Error::LeaseLost(m),
+                    LeaseState::Unknown(m) => return Error::LeaseLost(format!("{m} (the lock may be someone else's now)")),
+                    LeaseState::Held => {}
+                }
+                if rx.changed().await.is_err() {
+                    // The heartbeat ended without a verdict (no lease end): never lost.
+                    std::future::pending::<()>().await;
+                }
             }
         }
     }

@@ -24,6 +24,7 @@ pub mod locker;
 pub mod policy;
 pub mod record;
 pub mod report;
+pub mod run;
 pub mod store;
 
 pub use error::{Error, Result};

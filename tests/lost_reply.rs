@@ -56,18 +56,29 @@ async fn locker(e: &Env, drop: u32) -> Locker {
     // The library reads credentials from its own environment; tests pass them explicitly.
     let inner = match b {
         Backend::File => store::open(&StoreUrl::parse(&e.store).unwrap(), &aws).await.unwrap(),
+        Backend::MotoS3 => Arc::new(support_s3(e, &aws).await),
         _ => Arc::new(support_dynamo(e, &aws).await),
     };
     Locker::new(Arc::new(DropReplies { inner, drop: AtomicU32::new(drop) }))
 }
 
-async fn support_dynamo(e: &Env, aws: &store::aws::AwsOptions) -> store::dynamo::DynamoStore {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+async fn support_s3(e: &Env, aws: &store::aws::AwsOptions) -> store::s3::S3Store {
+    let config = test_config(aws).await;
+    let (bucket, prefix) = e.store.trim_start_matches("s3://").split_once('/').unwrap();
+    store::s3::S3Store::from_config(bucket, prefix, &config, true)
+}
+
+async fn test_config(aws: &store::aws::AwsOptions) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(aws.endpoint_url.clone().unwrap())
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "tests"))
         .load()
-        .await;
+        .await
+}
+
+async fn support_dynamo(e: &Env, aws: &store::aws::AwsOptions) -> store::dynamo::DynamoStore {
+    let config = test_config(aws).await;
     store::dynamo::DynamoStore::from_config(e.store.trim_start_matches("dynamodb://"), &config)
 }
 
@@ -118,6 +129,7 @@ macro_rules! per_store {
         mod file { $( #[test] fn $name() { super::run(super::Backend::File, stringify!($name), super::$name) } )* }
         mod dynamodb_local { $( #[test] fn $name() { super::run(super::Backend::DynamoLocal, stringify!($name), super::$name) } )* }
         mod moto_dynamodb { $( #[test] fn $name() { super::run(super::Backend::MotoDynamo, stringify!($name), super::$name) } )* }
+        mod moto_s3 { $( #[test] fn $name() { super::run(super::Backend::MotoS3, stringify!($name), super::$name) } )* }
     };
 }
 

@@ -103,16 +103,19 @@ impl S3Store {
     pub async fn connect(bucket: &str, prefix: &str, opts: &AwsOptions) -> Result<S3Store> {
         let url = super::StoreUrl::s3(bucket, prefix)?;
         let config = aws::load(opts, &url.to_string()).await?;
-        let meter = Meter::default();
-        let conf = aws_sdk_s3::config::Builder::from(&config)
-            .interceptor(meter.clone())
-            .force_path_style(opts.force_path_style)
-            .build();
-        let super::StoreUrl::S3 { bucket, prefix } = url.clone() else {
+        let super::StoreUrl::S3 { bucket, prefix } = url else {
             return Err(Error::Usage(format!("{url} is not an S3 store URL")));
         };
+        Ok(Self::from_config(&bucket, &prefix, &config, opts.force_path_style))
+    }
+
+    /// A store on an AWS configuration the caller built. `bucket` and `prefix` must already
+    /// be valid (see [`super::StoreUrl::s3`]).
+    pub fn from_config(bucket: &str, prefix: &str, config: &aws_config::SdkConfig, force_path_style: bool) -> S3Store {
+        let meter = Meter::default();
+        let conf = aws_sdk_s3::config::Builder::from(config).interceptor(meter.clone()).force_path_style(force_path_style).build();
         let region = config.region().map(|r| r.to_string()).unwrap_or_default();
-        Ok(S3Store { client: Client::from_conf(conf), bucket, prefix, region, meter })
+        S3Store { client: Client::from_conf(conf), bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string(), region, meter }
     }
 
     pub(super) fn key(&self, lock: &str) -> String {

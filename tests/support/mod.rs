@@ -198,5 +198,6 @@ macro_rules! on_every_store {
         mod file { $( #[test] fn $name() { super::$name($crate::support::Backend::File) } )* }
         mod dynamodb_local { $( #[test] fn $name() { super::$name($crate::support::Backend::DynamoLocal) } )* }
         mod moto_dynamodb { $( #[test] fn $name() { super::$name($crate::support::Backend::MotoDynamo) } )* }
+        mod moto_s3 { $( #[test] fn $name() { super::$name($crate::support::Backend::MotoS3) } )* }
     };
 }

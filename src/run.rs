@@ -1,0 +1,120 @@
+//! `pipeline-lock run -- CMD`: hold a lock around one command. The command runs in its own
+//! process group with the lock in its environment; signals to us are forwarded to that
+//! group; its exit code is ours. If the lease is lost, the command is stopped (TERM, grace,
+//! KILL) and we exit 76 without touching the record, which is someone else's now.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::ci::Identity;
+use crate::error::{Error, Result};
+use crate::locker::{AcquireOptions, Locker};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Renewal interval (default: a third of the lease).
+    pub heartbeat: Option<Duration>,
+    /// Between TERM and KILL when the lease is lost.
+    pub kill_grace: Duration,
+}
+
+/// The shell's convention: 128 + signal number for a command killed by a signal.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code & 0xff) as u8,
+        (None, Some(sig)) => (128 + sig).min(255) as u8,
+        _ => crate::exit::UNEXPECTED,
+    }
+}
+
+fn send(pgid: i32, sig: i32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+    unsafe {
+        libc::kill(-pgid, sig);
+    }
+}
+
+/// Acquires, runs the command, releases, and returns the command's exit code.
+pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOptions, spec: &RunSpec) -> Result<u8> {
+    let mut lease = locker.lease(lock, who, opts, spec.heartbeat).await?;
+    let grant = lease.grant().clone();
+    let mut cmd = tokio::process::Command::new(&spec.argv[0]);
+    cmd.args(&spec.argv[1..])
+        .env("PIPELINE_LOCK_NAME", &grant.lock)
+        .env("PIPELINE_LOCK_OWNER", &grant.owner)
+        .env("PIPELINE_LOCK_TOKEN", &grant.token)
+        .env("PIPELINE_LOCK_FENCE", grant.fence.to_string())
+        .process_group(0)
+        .kill_on_drop(false);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to send SIGTERM to the
+    // command if we die (SIGKILL included), so an orphan does not go on without the lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            eprintln!("pipeline-lock: cannot run {:?}: {e}; releasing lock {lock:?}", spec.argv[0]);
+            lease.release().await?;
+            return Ok(code);
+        }
+    };
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    let sig = |kind| signal(kind).map_err(|e| Error::other("cannot install signal handlers", e));
+    let (mut int, mut term, mut hup) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?, sig(SignalKind::hangup())?);
+    let lost = lease.lost();
+    tokio::pin!(lost);
+    let mut interrupts = 0;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map_err(|e| Error::other("cannot wait for the command", e))?;
+                let code = exit_code(status);
+                if let Err(e) = lease.release().await {
+                    eprintln!("pipeline-lock: warning: the command ended (exit {code}) but releasing lock {lock:?} failed: {}; \
+                               it frees itself when its lease ends", crate::report::chain(&e));
+                }
+                return Ok(code);
+            }
+            _ = int.recv() => {
+                interrupts += 1;
+                // A second Ctrl-C means "now": KILL, then release as usual.
+                send(pgid, if interrupts > 1 { libc::SIGKILL } else { libc::SIGINT });
+            }
+            _ = term.recv() => send(pgid, libc::SIGTERM),
+            _ = hup.recv() => send(pgid, libc::SIGHUP),
+            err = &mut lost => {
+                eprintln!("pipeline-lock: {err}; stopping the command (TERM, then KILL after {})", humantime::format_duration(spec.kill_grace));
+                send(pgid, libc::SIGTERM);
+                if tokio::time::timeout(spec.kill_grace, child.wait()).await.is_err() {
+                    send(pgid, libc::SIGKILL);
+                    let _ = child.wait().await;
+                }
+                return Err(err);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(255 << 8)), 255);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGTERM)), 143);
+    }
+}
