@@ -86,7 +86,11 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
             let who = Holding { owner: me.owner.clone(), token: args.token.clone() };
             let locker = connect(&url, g).await?;
             let grant = locker.renew(&lock, &who, ttl, retention, true).await?;
-            print_grant(&grant, output, locker.store().requests())?;
+            let lease = grant.lease_expires_at.map(|t| format!("lease until {}", rfc3339(t))).unwrap_or_else(|| "no lease end".into());
+            let text = format!("renewed lock {lock:?} in {url} for {}: fence {}, {lease}", grant.owner, grant.fence);
+            let mut json = serde_json::to_value(&grant).map_err(|e| Error::other("cannot encode the grant", e))?;
+            json["requests"] = locker.store().requests().into();
+            emit(output, &text, &json)?;
             Ok(exit::OK)
         }
         Command::Status => {
