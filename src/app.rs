@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::ci::{self, Identity, Scope};
+use crate::ciapi::CiApi;
 use crate::cli::{self, Cli, Command, Output};
 use crate::error::{Error, Result};
 use crate::exit;
 use crate::locker::{Grant, Holding, How, Locker, ReleaseOptions, Released, WaitReport};
+use crate::queue::{self, QueueMode};
 use crate::record::Record;
 use crate::store::{self, Observed, Outcome, State};
 
@@ -21,11 +23,19 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
     let url = g.store_url()?;
     let margin = g.clock_margin()?;
     // `run` guards one job's command; the other commands act for the whole pipeline.
-    let scope = g.scope.unwrap_or(if matches!(cli.command, Command::Run(_)) { Scope::Job } else { Scope::Pipeline });
+    let scope = g
+        .scope
+        .unwrap_or(if matches!(cli.command, Command::Run(_)) {
+            Scope::Job
+        } else {
+            Scope::Pipeline
+        });
     let lock = || -> Result<String> {
         match g.lock.clone().or_else(|| ci::default_lock(&env)) {
             Some(l) => cli::validate_lock(&l),
-            None => Err(Error::Usage("no lock name: pass --lock NAME (in CI it defaults to the project path)".into())),
+            None => Err(Error::Usage(
+                "no lock name: pass --lock NAME (in CI it defaults to the project path)".into(),
+            )),
         }
     };
     let identity = || -> Result<Identity> {
@@ -39,10 +49,15 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
     match &cli.command {
         Command::Run(args) => {
             let (lock, me) = (lock()?, identity()?);
-            let opts = with_progress(args.acquire.options(margin)?, g.verbose);
+            let mut opts = with_progress(args.acquire.options(margin)?, g.verbose);
+            opts.ci_api = CiApi::from_env(&env, &me, args.acquire.ci_api_wanted())?;
             let spec = crate::run::RunSpec {
                 argv: args.command.clone(),
-                heartbeat: args.heartbeat.as_deref().map(|h| cli::parse_duration("--heartbeat", h)).transpose()?,
+                heartbeat: args
+                    .heartbeat
+                    .as_deref()
+                    .map(|h| cli::parse_duration("--heartbeat", h))
+                    .transpose()?,
                 kill_grace: cli::parse_duration("--kill-grace", &args.kill_grace)?,
             };
             crate::lease::check_heartbeat(opts.ttl, spec.heartbeat)?;
@@ -51,7 +66,8 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
         }
         Command::Acquire(args) => {
             let (lock, me) = (lock()?, identity()?);
-            let opts = with_progress(args.options(margin)?, g.verbose);
+            let mut opts = with_progress(args.options(margin)?, g.verbose);
+            opts.ci_api = CiApi::from_env(&env, &me, args.ci_api_wanted())?;
             let locker = connect(&url, g).await?;
             let grant = locker.acquire(&lock, &me, &opts).await?;
             print_grant(&grant, output, locker.store().requests())?;
@@ -60,16 +76,29 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
         }
         Command::Release(args) => {
             let (lock, me) = (lock()?, identity()?);
-            let opts = ReleaseOptions { force: args.force.then(|| args.reason.clone().unwrap_or_default()), retention };
-            let who = Holding { owner: me.owner.clone(), token: args.token.clone() };
+            let opts = ReleaseOptions {
+                force: args.force.then(|| args.reason.clone().unwrap_or_default()),
+                retention,
+            };
+            let who = Holding {
+                owner: me.owner.clone(),
+                token: args.token.clone(),
+            };
             let locker = connect(&url, g).await?;
             let result = locker.release(&lock, &who, &opts).await?;
             let requests = locker.store().requests();
             let text = match &result {
-                Released::Released { fence } => format!("released lock {lock:?} in {url} (fence {fence})"),
-                Released::NotHeld => format!("lock {lock:?} in {url} was not held; nothing to release"),
+                Released::Released { fence } => {
+                    format!("released lock {lock:?} in {url} (fence {fence})")
+                }
+                Released::NotHeld => {
+                    format!("lock {lock:?} in {url} was not held; nothing to release")
+                }
                 Released::HeldByOther { owner, fence } => {
-                    let msg = format!("lock {lock:?} in {url} is held by {owner} (fence {fence}), not by {}; left alone", me.owner);
+                    let msg = format!(
+                        "lock {lock:?} in {url} is held by {owner} (fence {fence}), not by {}; left alone",
+                        me.owner
+                    );
                     if args.strict {
                         return Err(Error::HeldByOther(format!("{msg} (--strict)")));
                     }
@@ -77,29 +106,48 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
                     msg
                 }
             };
-            emit(output, &text, &serde_json::json!({"lock": lock, "store": url.to_string(), "release": result, "requests": requests}))?;
+            emit(
+                output,
+                &text,
+                &serde_json::json!({"lock": lock, "store": url.to_string(), "release": result, "requests": requests}),
+            )?;
             Ok(exit::OK)
         }
         Command::Renew(args) => {
             let (lock, me) = (lock()?, identity()?);
             let ttl = cli::lease(args.ttl.as_deref(), args.disable_ttl)?;
-            let who = Holding { owner: me.owner.clone(), token: args.token.clone() };
+            let who = Holding {
+                owner: me.owner.clone(),
+                token: args.token.clone(),
+            };
             let locker = connect(&url, g).await?;
             let grant = locker.renew(&lock, &who, ttl, retention, true).await?;
-            let lease = grant.lease_expires_at.map(|t| format!("lease until {}", rfc3339(t))).unwrap_or_else(|| "no lease end".into());
-            let text = format!("renewed lock {lock:?} in {url} for {}: fence {}, {lease}", grant.owner, grant.fence);
-            let mut json = serde_json::to_value(&grant).map_err(|e| Error::other("cannot encode the grant", e))?;
+            let lease = grant
+                .lease_expires_at
+                .map(|t| format!("lease until {}", rfc3339(t)))
+                .unwrap_or_else(|| "no lease end".into());
+            let text = format!(
+                "renewed lock {lock:?} in {url} for {}: fence {}, {lease}",
+                grant.owner, grant.fence
+            );
+            let mut json = serde_json::to_value(&grant)
+                .map_err(|e| Error::other("cannot encode the grant", e))?;
             json["requests"] = locker.store().requests().into();
             emit(output, &text, &json)?;
             Ok(exit::OK)
         }
-        Command::Status => {
+        Command::Status(args) => {
             let lock = lock()?;
             let locker = connect(&url, g).await?;
             let observed = locker.status(&lock).await?;
             let now = locker.store().clock().now_ms();
-            let json = status_json(&lock, &observed, now, locker.store().requests());
-            emit(output, &status_text(&lock, &url.to_string(), &observed, now), &json)?;
+            let mut json = status_json(&lock, &observed, now, locker.store().requests());
+            json["queue"] = queue_json(&observed, now, args.queue);
+            emit(
+                output,
+                &status_text(&lock, &url.to_string(), &observed, now, args.queue),
+                &json,
+            )?;
             if let State::Corrupt(why) = &observed.state {
                 return Err(locker.corrupt(&lock, why));
             }
@@ -117,7 +165,11 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
                 text.push_str(&format!("no locks in {url}\n"));
             }
             let json: Vec<_> = all.iter().map(|(n, o)| status_json(n, o, now, 0)).collect();
-            emit(output, text.trim_end(), &serde_json::json!({"store": url.to_string(), "locks": json}))?;
+            emit(
+                output,
+                text.trim_end(),
+                &serde_json::json!({"store": url.to_string(), "locks": json}),
+            )?;
             Ok(exit::OK)
         }
         Command::Doctor => {
@@ -126,11 +178,24 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
             let failed = checks.iter().any(|c| c.outcome == Outcome::Fail);
             let text: Vec<String> = checks
                 .iter()
-                .map(|c| format!("{:<5} {}: {}", format!("{:?}", c.outcome).to_uppercase(), c.name, c.detail))
+                .map(|c| {
+                    format!(
+                        "{:<5} {}: {}",
+                        format!("{:?}", c.outcome).to_uppercase(),
+                        c.name,
+                        c.detail
+                    )
+                })
                 .collect();
-            emit(output, &text.join("\n"), &serde_json::json!({"store": url.to_string(), "ok": !failed, "checks": checks}))?;
+            emit(
+                output,
+                &text.join("\n"),
+                &serde_json::json!({"store": url.to_string(), "ok": !failed, "checks": checks}),
+            )?;
             if failed {
-                return Err(Error::Config(format!("{url} failed doctor checks; see the FAIL lines above")));
+                return Err(Error::Config(format!(
+                    "{url} failed doctor checks; see the FAIL lines above"
+                )));
             }
             Ok(exit::OK)
         }
@@ -138,7 +203,9 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
 }
 
 fn with_progress(mut opts: crate::AcquireOptions, verbose: u8) -> crate::AcquireOptions {
-    opts.progress = Some(Arc::new(|r: &WaitReport| eprintln!("pipeline-lock: {}", progress_line(r))));
+    opts.progress = Some(Arc::new(|r: &WaitReport| {
+        eprintln!("pipeline-lock: {}", progress_line(r))
+    }));
     if verbose > 0 {
         opts.progress_every = Duration::ZERO;
     }
@@ -175,14 +242,18 @@ fn print_grant(g: &Grant, output: Output, requests: u64) -> Result<()> {
         Some(t) => format!("lease until {}", rfc3339(t)),
         None => "no lease end (--disable-ttl)".into(),
     };
-    let text = format!("acquired lock {:?} in {} as {}: fence {}, {lease}{how}", g.lock, g.store, g.owner, g.fence);
+    let text = format!(
+        "acquired lock {:?} in {} as {}: fence {}, {lease}{how}",
+        g.lock, g.store, g.owner, g.fence
+    );
     match output {
         Output::Env => {
             print!("{}", env_lines(g));
             Ok(())
         }
         _ => {
-            let mut json = serde_json::to_value(g).map_err(|e| Error::other("cannot encode the grant", e))?;
+            let mut json =
+                serde_json::to_value(g).map_err(|e| Error::other("cannot encode the grant", e))?;
             json["requests"] = requests.into();
             emit(output, &text, &json)
         }
@@ -191,7 +262,10 @@ fn print_grant(g: &Grant, output: Output, requests: u64) -> Result<()> {
 
 /// Appends the grant to `$GITHUB_ENV` and `$GITHUB_OUTPUT` when they are set.
 fn export_github(env: &EnvFn, g: &Grant) -> Result<()> {
-    let outputs = format!("name={}\nowner={}\ntoken={}\nfence={}\n", g.lock, g.owner, g.token, g.fence);
+    let outputs = format!(
+        "name={}\nowner={}\ntoken={}\nfence={}\n",
+        g.lock, g.owner, g.token, g.fence
+    );
     for (var, text) in [("GITHUB_ENV", env_lines(g)), ("GITHUB_OUTPUT", outputs)] {
         if let Some(path) = env(var).filter(|p| !p.is_empty()) {
             std::fs::OpenOptions::new()
@@ -199,7 +273,12 @@ fn export_github(env: &EnvFn, g: &Grant) -> Result<()> {
                 .create(true)
                 .open(&path)
                 .and_then(|mut f| f.write_all(text.as_bytes()))
-                .map_err(|e| Error::other(format!("cannot append the lock's outputs to ${var} ({path})"), e))?;
+                .map_err(|e| {
+                    Error::other(
+                        format!("cannot append the lock's outputs to ${var} ({path})"),
+                        e,
+                    )
+                })?;
         }
     }
     Ok(())
@@ -218,8 +297,28 @@ fn ago(now: i64, then: i64) -> String {
 /// The line printed while waiting.
 pub fn progress_line(r: &WaitReport) -> String {
     let h = &r.holder;
-    let url = h.holder.as_ref().and_then(|x| x.url.as_deref()).map(|u| format!(" ({u})")).unwrap_or_default();
-    let since = h.acquired_at.map(|a| format!(" since {} ({} ago)", rfc3339(a), ago(r.now, a))).unwrap_or_default();
+    let waited = format!(
+        "attempt {}, waited {}",
+        r.attempt,
+        humantime::format_duration(Duration::from_secs(r.waited.as_secs()))
+    );
+    let queue = queue_line(r);
+    if h.is_free() {
+        return format!(
+            "waiting for lock {:?} in {}: free, but others are ahead of us{queue}; {waited}",
+            r.lock, r.store
+        );
+    }
+    let url = h
+        .holder
+        .as_ref()
+        .and_then(|x| x.url.as_deref())
+        .map(|u| format!(" ({u})"))
+        .unwrap_or_default();
+    let since = h
+        .acquired_at
+        .map(|a| format!(" since {} ({} ago)", rfc3339(a), ago(r.now, a)))
+        .unwrap_or_default();
     let lease = match h.lease_expires_at {
         Some(end) if end > r.now => format!("lease left {}", ago(end, r.now)),
         Some(_) => "lease ended".into(),
@@ -231,13 +330,47 @@ pub fn progress_line(r: &WaitReport) -> String {
         None => "no takeover possible (no lease end and no --force-after)".into(),
     };
     format!(
-        "waiting for lock {:?} in {}: held by {}{url}{since}, fence {}, {lease}; attempt {}, waited {}; {takeover}",
+        "waiting for lock {:?} in {}: held by {}{url}{since}, fence {}, {lease}{queue}; {waited}; {takeover}",
         r.lock,
         r.store,
         h.owner.as_deref().unwrap_or("?"),
         h.fence,
-        r.attempt,
-        humantime::format_duration(Duration::from_secs(r.waited.as_secs()))
+    )
+}
+
+/// `; queue (fifo): 2nd of 3, ahead: OWNER (URL)`, or nothing when nobody else waits.
+fn queue_line(r: &WaitReport) -> String {
+    let Some(position) = r.position else {
+        return if r.queued > 1 {
+            format!("; {} waiting (--queue none: first writer wins)", r.queued)
+        } else {
+            String::new()
+        };
+    };
+    if r.queued <= 1 && position == 1 {
+        return String::new();
+    }
+    let mut ahead: Vec<String> = r
+        .ahead
+        .iter()
+        .take(3)
+        .map(|(owner, url)| match url {
+            Some(u) => format!("{owner} ({u})"),
+            None => owner.clone(),
+        })
+        .collect();
+    if r.ahead.len() > 3 {
+        ahead.push(format!("and {} more", r.ahead.len() - 3));
+    }
+    let ahead = if ahead.is_empty() {
+        "next in line".to_string()
+    } else {
+        format!("ahead: {}", ahead.join(", "))
+    };
+    format!(
+        "; queue ({}): position {position} of {}, {ahead}",
+        r.queue.as_str(),
+        r.queued
     )
 }
 
@@ -252,7 +385,12 @@ fn summary(o: &Observed, now: i64) -> String {
                 Some(_) => "lease ended".into(),
                 None => "no lease end".into(),
             };
-            format!("held by {}\tfence {}\tfor {}\t{lease}", r.owner.as_deref().unwrap_or("?"), r.fence, ago(now, r.acquired_at.unwrap_or(now)))
+            format!(
+                "held by {}\tfence {}\tfor {}\t{lease}",
+                r.owner.as_deref().unwrap_or("?"),
+                r.fence,
+                ago(now, r.acquired_at.unwrap_or(now))
+            )
         }
     }
 }
@@ -275,11 +413,46 @@ fn status_json(lock: &str, o: &Observed, now: i64, requests: u64) -> serde_json:
     })
 }
 
-fn status_text(lock: &str, url: &str, o: &Observed, now: i64) -> String {
-    let mut s = format!("lock:     {lock}\nstore:    {url}\nstate:    {}\n", summary(o, now));
+/// The queue in order, for `status --output json`.
+fn queue_json(o: &Observed, now: i64, mode: QueueMode) -> serde_json::Value {
+    let Some(r) = o.record() else {
+        return serde_json::json!([]);
+    };
+    let window = queue::prune_window(Duration::ZERO, queue::PRUNE_FLOOR);
+    let entries: Vec<_> = queue::ordered(r, mode)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (token, w))| {
+            serde_json::json!({
+                "position": i + 1,
+                "token": token,
+                "owner": w.owner,
+                "url": w.url,
+                "ordinal": w.ordinal,
+                "enqueued_at": w.enqueued_at,
+                "seen_at": w.seen_at,
+                "waiting_ms": (now - w.enqueued_at).max(0),
+                "live": queue::is_live(w, now, window),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(entries)
+}
+
+fn status_text(lock: &str, url: &str, o: &Observed, now: i64, mode: QueueMode) -> String {
+    let mut s = format!(
+        "lock:     {lock}\nstore:    {url}\nstate:    {}\n",
+        summary(o, now)
+    );
     if let State::Valid(r) = &o.state {
         if let Some(h) = &r.holder {
-            for (k, v) in [("pipeline", &h.url), ("job", &h.job), ("job url", &h.job_url), ("host", &h.host), ("reason", &h.reason)] {
+            for (k, v) in [
+                ("pipeline", &h.url),
+                ("job", &h.job),
+                ("job url", &h.job_url),
+                ("host", &h.host),
+                ("reason", &h.reason),
+            ] {
                 if let Some(v) = v {
                     s.push_str(&format!("{:<9} {v}\n", format!("{k}:")));
                 }
@@ -295,17 +468,50 @@ fn status_text(lock: &str, url: &str, o: &Observed, now: i64) -> String {
         if r.waiters.is_empty() {
             s.push_str("queue:    empty\n");
         } else {
-            s.push_str("queue:\n");
-            for w in r.waiters.values() {
-                s.push_str(&format!("  {} waiting {} {}\n", w.owner, ago(now, w.enqueued_at), w.url.as_deref().unwrap_or("")));
+            s.push_str(&format!("queue:    ({} order)\n", mode.as_str()));
+            let window = queue::prune_window(Duration::ZERO, queue::PRUNE_FLOOR);
+            for (i, (_, w)) in queue::ordered(r, mode).into_iter().enumerate() {
+                let ordinal = w
+                    .ordinal
+                    .map(|n| format!(" pipeline {n}"))
+                    .unwrap_or_default();
+                let url = w
+                    .url
+                    .as_deref()
+                    .map(|u| format!(" {u}"))
+                    .unwrap_or_default();
+                let stale = if queue::is_live(w, now, window) {
+                    String::new()
+                } else {
+                    format!(" (unseen for {}: dead, pruned next)", ago(now, w.seen_at))
+                };
+                s.push_str(&format!(
+                    "  {}. {}{ordinal} waiting {}{url}{stale}\n",
+                    i + 1,
+                    w.owner,
+                    ago(now, w.enqueued_at)
+                ));
             }
         }
         if !r.history.is_empty() {
             s.push_str("history:\n");
             for e in &r.history {
-                let by = e.by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
-                let why = e.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
-                s.push_str(&format!("  {} {:<10} {} fence {}{by}{why}\n", rfc3339(e.at), e.event.as_str(), e.owner, e.fence.unwrap_or(0)));
+                let by =
+                    e.by.as_deref()
+                        .map(|b| format!(" by {b}"))
+                        .unwrap_or_default();
+                let why = e
+                    .why
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default();
+                s.push_str(&format!(
+                    "  {} {:<10} {} fence {}{by}{why}\n",
+                    rfc3339(e.at),
+                    e.event.as_str(),
+                    e.owner,
+                    e.fence.unwrap_or(0)
+                ));
             }
         }
     }

@@ -13,8 +13,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod acquire;
 pub mod app;
 pub mod ci;
+pub mod ciapi;
 pub mod cli;
 pub mod clock;
 pub mod error;
@@ -22,6 +24,7 @@ pub mod exit;
 pub mod lease;
 pub mod locker;
 pub mod policy;
+pub mod queue;
 pub mod record;
 pub mod report;
 pub mod run;

@@ -2,13 +2,13 @@
 //! replies and waiting. Everything here is store-agnostic; see DESIGN rules 1 to 8.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::ci::Identity;
+use crate::ciapi::CiApi;
 use crate::clock::local_wall_ms;
 use crate::error::{Error, Result};
-use crate::policy::{Judge, Takeover, Watch};
-use crate::record::{Action, Change, Event, EventKind, Grantee, Record};
+use crate::queue::QueueMode;
+use crate::record::{Action, Change, Event, EventKind, Record};
 use crate::store::{Expect, Observed, State, Store, Write, Written};
 
 /// How long to wait for a held lock.
@@ -50,6 +50,16 @@ pub struct AcquireOptions {
     pub progress: Option<ProgressFn>,
     /// How often to report after the first (zero: every poll).
     pub progress_every: Duration,
+    /// Who gets a free lock.
+    pub queue: QueueMode,
+    /// Exit 74 when a newer pipeline of the same project waits for or holds the lock.
+    pub supersede: bool,
+    /// Our pipeline number, overriding the CI's (`--ordinal`).
+    pub ordinal: Option<u64>,
+    /// The floor of the prune window (normally 30 s; shorter only for tests).
+    pub prune_floor: Duration,
+    /// Our CI server's API, for early takeover of holders whose pipeline ended.
+    pub ci_api: Option<Arc<CiApi>>,
 }
 
 impl Default for AcquireOptions {
@@ -66,6 +76,11 @@ impl Default for AcquireOptions {
             retention: Duration::from_secs(30 * 24 * 3600),
             progress: None,
             progress_every: Duration::from_secs(30),
+            queue: QueueMode::Fifo,
+            supersede: false,
+            ordinal: None,
+            prune_floor: crate::queue::PRUNE_FLOOR,
+            ci_api: None,
         }
     }
 }
@@ -78,6 +93,9 @@ impl std::fmt::Debug for AcquireOptions {
             .field("wait", &self.wait)
             .field("retry_interval", &self.retry_interval)
             .field("max_retries", &self.max_retries)
+            .field("queue", &self.queue)
+            .field("supersede", &self.supersede)
+            .field("ci_api", &self.ci_api)
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +138,8 @@ pub struct Grant {
     pub how: How,
     /// Polls made while waiting.
     pub polls: u32,
+    /// Time spent before the grant, in ms.
+    pub waited_ms: u64,
 }
 
 /// One progress report while waiting.
@@ -139,6 +159,14 @@ pub struct WaitReport {
     pub waited: Duration,
     /// Store ms at which a takeover becomes possible, if the holder does nothing.
     pub takeover_at: Option<i64>,
+    /// The queue order we wait in.
+    pub queue: QueueMode,
+    /// Our place among the live waiters (1: next), when we are queued.
+    pub position: Option<usize>,
+    /// Live waiters, us included.
+    pub queued: usize,
+    /// The live waiters ahead of us, in order: owner and pipeline URL.
+    pub ahead: Vec<(String, Option<String>)>,
 }
 
 /// Who is asking to renew or release: an owner (a later job) and, if known, the grant's token.
@@ -194,7 +222,7 @@ pub struct Locker {
     store: Arc<dyn Store>,
 }
 
-fn random_hex<const BYTES: usize>() -> String {
+pub(crate) fn random_hex<const BYTES: usize>() -> String {
     let bytes: [u8; BYTES] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -206,7 +234,7 @@ fn ms(d: Duration) -> i64 {
 /// A lost-reply read-back is tried this many times before the store counts as unreachable.
 const READ_BACK_TRIES: u32 = 3;
 /// Decisions in a row without a pause (conflicts from racing writers) before we back off.
-const EAGER_ROUNDS: u32 = 8;
+pub(crate) const EAGER_ROUNDS: u32 = 8;
 
 impl Locker {
     /// A locker on `store`.
@@ -228,7 +256,13 @@ impl Locker {
         ))
     }
 
-    fn change(&self, action: Action, lease: Option<Duration>, retention: Duration, event: Option<Event>) -> Change {
+    pub(crate) fn change(
+        &self,
+        action: Action,
+        lease: Option<Duration>,
+        retention: Duration,
+        event: Option<Event>,
+    ) -> Change {
         let now = self.store.clock().now_ms();
         let lease_expires_at = lease.map(|l| now.saturating_add(ms(l)));
         let event = event.map(|e| Event { at: now, ..e });
@@ -246,10 +280,71 @@ impl Locker {
         }
     }
 
-    /// One conditional write, surviving lost replies (DESIGN rule 6): when the store does not
-    /// answer, read the record back; our fresh Rvn there means the write landed.
-    async fn commit(&self, lock: &str, expect: Expect, base: Option<&Observed>, change: &Change) -> Result<Written> {
-        let err = match self.store.write(Write { lock, expect, base, change }).await {
+    /// One conditional write, surviving lost replies (DESIGN rule 6) and queue traffic.
+    ///
+    /// A holder's write made without a base (renew, release, retime) only cares about its
+    /// Token (and Rvn), which waiter bookkeeping never changes. A whole-record store still
+    /// refuses it when a waiter rewrote the record between its read and its write; the
+    /// refusal then shows a record that meets the condition, and the write is made again on
+    /// that record. Grants are left to the caller, who must decide again (the queue moved).
+    pub(crate) async fn commit(
+        &self,
+        lock: &str,
+        expect: Expect,
+        base: Option<&Observed>,
+        change: &Change,
+    ) -> Result<Written> {
+        let holder_write = matches!(
+            expect,
+            Expect::Owner(_) | Expect::Token(_) | Expect::TokenRvn { .. }
+        );
+        let mut rebased: Option<Observed> = None;
+        for round in 0..EAGER_ROUNDS {
+            let written = self
+                .commit_once(lock, expect.clone(), rebased.as_ref().or(base), change)
+                .await?;
+            match written {
+                Written::Conflict(obs)
+                    if base.is_none()
+                        && holder_write
+                        && expect.holds(&obs.state)
+                        && round + 1 < EAGER_ROUNDS =>
+                {
+                    tracing::debug!(
+                        "write to {lock:?} crossed a queue update; again on the new record"
+                    );
+                    rebased = Some(obs);
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(Error::Unavailable {
+            message: format!(
+                "lock {lock:?} in {} kept changing under our write",
+                self.store.url()
+            ),
+            source: None,
+        })
+    }
+
+    /// One conditional write; after no answer, the read-back of rule 6.
+    async fn commit_once(
+        &self,
+        lock: &str,
+        expect: Expect,
+        base: Option<&Observed>,
+        change: &Change,
+    ) -> Result<Written> {
+        let err = match self
+            .store
+            .write(Write {
+                lock,
+                expect,
+                base,
+                change,
+            })
+            .await
+        {
             Err(e @ Error::Unavailable { .. }) => e,
             other => return other,
         };
@@ -273,15 +368,27 @@ impl Locker {
 
     /// After a write made before the store's clock was known (the one-request fast path),
     /// rewrites the times if this machine's clock turned out to disagree with the store's.
-    async fn retime(&self, lock: &str, record: Record, lease: Option<Duration>, retention: Duration, restamp: bool) -> Result<Option<Record>> {
+    pub(crate) async fn retime(
+        &self,
+        lock: &str,
+        record: Record,
+        lease: Option<Duration>,
+        retention: Duration,
+        restamp: bool,
+    ) -> Result<Option<Record>> {
         let skew = (self.store.clock().now_ms() - local_wall_ms()).abs();
         if skew <= 1000 {
             return Ok(Some(record));
         }
-        tracing::info!("this machine's clock is {skew} ms off the store's; rewriting the lease times on the store clock");
+        tracing::info!(
+            "this machine's clock is {skew} ms off the store's; rewriting the lease times on the store clock"
+        );
         let token = record.token.clone().unwrap_or_default();
         let change = self.change(Action::Renew { restamp }, lease, retention, None);
-        let expect = Expect::TokenRvn { token, rvn: record.rvn.clone() };
+        let expect = Expect::TokenRvn {
+            token,
+            rvn: record.rvn.clone(),
+        };
         match self.commit(lock, expect, None, &change).await? {
             Written::Done(r) => Ok(Some(r)),
             // Taken over in between: the grant is gone; the caller goes back to waiting.
@@ -289,146 +396,7 @@ impl Locker {
         }
     }
 
-    /// Takes the lock for `who`, waiting as `opts` says.
-    pub async fn acquire(&self, lock: &str, who: &Identity, opts: &AcquireOptions) -> Result<Grant> {
-        let started = Instant::now();
-        let deadline = match opts.wait {
-            Wait::For(d) => Some(started + d),
-            _ => None,
-        };
-        let mut seen: Option<Observed> = None;
-        let mut watch: Option<Watch> = None;
-        let mut polls = 0u32;
-        let mut eager = 0u32;
-        let mut last_report: Option<Instant> = None;
-        let mut holder = who.holder.clone();
-        holder.reason = opts.reason.clone().or(holder.reason);
-
-        loop {
-            let synced = self.store.clock().is_synced();
-            let record = match seen.as_ref().map(|o| &o.state) {
-                Some(State::Corrupt(why)) => return Err(self.corrupt(lock, why)),
-                Some(State::Valid(r)) => Some(r.clone()),
-                _ => None,
-            };
-            // What to write, if anything.
-            let plan = match &record {
-                None => Some((Expect::Vacant, None, how_event(EventKind::Acquired, &who.owner, None))),
-                Some(r) if r.is_free() => Some((Expect::Vacant, None, how_event(EventKind::Acquired, &who.owner, None))),
-                Some(r) if r.owner.as_deref() == Some(&who.owner) => {
-                    Some((Expect::Token(r.token.clone().unwrap_or_default()), Some(How::Reentered), None))
-                }
-                Some(r) => {
-                    let judge = Judge {
-                        now: self.store.clock().now_ms(),
-                        margin: opts.clock_margin + self.store.clock().uncertainty(),
-                        force_after: opts.force_after,
-                        force: opts.force.as_deref(),
-                        watch: watch.as_ref(),
-                        mono_now: Instant::now(),
-                    };
-                    judge.takeover(r).map(|t| {
-                        let kind = if matches!(t, Takeover::Forced(_)) { EventKind::Forced } else { EventKind::TakenOver };
-                        let how = How::TookOver { from: r.owner.clone().unwrap_or_default(), why: t.why() };
-                        let expect = Expect::TokenRvn { token: r.token.clone().unwrap_or_default(), rvn: r.rvn.clone() };
-                        (expect, Some(how), how_event(kind, &who.owner, Some(t.why())))
-                    })
-                }
-            };
-
-            if let Some((expect, how, event)) = plan {
-                let reentered = how == Some(How::Reentered);
-                let action = if reentered {
-                    Action::Renew { restamp: false }
-                } else {
-                    Action::Grant(Grantee { owner: who.owner.clone(), token: random_hex::<16>(), holder: holder.clone() })
-                };
-                let change = self.change(action, opts.ttl, opts.retention, event);
-                match self.commit(lock, expect, seen.as_ref(), &change).await? {
-                    Written::Done(r) => {
-                        let r = if synced { Some(r) } else { self.retime(lock, r, opts.ttl, opts.retention, !reentered).await? };
-                        if let Some(r) = r {
-                            return Ok(self.grant(lock, &r, how.unwrap_or(How::Acquired), polls));
-                        }
-                        seen = Some(self.store.read(lock, true).await?);
-                    }
-                    Written::Conflict(obs) => seen = Some(obs),
-                }
-                eager += 1;
-                if eager < EAGER_ROUNDS {
-                    continue;
-                }
-            }
-            eager = 0;
-
-            // Held by someone else (or racing writers): wait, report, poll.
-            if let Some(r) = &record {
-                if opts.wait == Wait::No {
-                    return Err(Error::Held(format!(
-                        "lock {lock:?} in {} is held by {} (fence {}{}); --no-wait given",
-                        self.store.url(),
-                        r.owner.as_deref().unwrap_or("?"),
-                        r.fence,
-                        r.holder.as_ref().and_then(|h| h.url.as_deref()).map(|u| format!(", {u}")).unwrap_or_default()
-                    )));
-                }
-                let give_up = opts.max_retries.is_some_and(|m| polls >= m) || deadline.is_some_and(|d| Instant::now() >= d);
-                if give_up {
-                    return Err(Error::TimedOut(format!(
-                        "gave up waiting for lock {lock:?} in {} after {} and {polls} polls: still held by {} (fence {}); \
-                         raise --wait/--max-retries, or set --force-after to take over stale locks",
-                        self.store.url(),
-                        humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),
-                        r.owner.as_deref().unwrap_or("?"),
-                        r.fence
-                    )));
-                }
-                let judge = Judge {
-                    now: self.store.clock().now_ms(),
-                    margin: opts.clock_margin + self.store.clock().uncertainty(),
-                    force_after: opts.force_after,
-                    force: None,
-                    watch: watch.as_ref(),
-                    mono_now: Instant::now(),
-                };
-                let takeover_at = judge.takeover_at(r);
-                let due = last_report.is_none_or(|t| t.elapsed() >= opts.progress_every);
-                if let (Some(progress), true) = (&opts.progress, due) {
-                    last_report = Some(Instant::now());
-                    progress(&WaitReport {
-                        lock: lock.to_string(),
-                        store: self.store.url(),
-                        holder: r.clone(),
-                        now: judge.now,
-                        attempt: polls + 1,
-                        waited: started.elapsed(),
-                        takeover_at,
-                    });
-                }
-                let mut pause = jitter(opts.retry_interval);
-                // Wake up right when a takeover becomes possible, or at the deadline.
-                if let Some(at) = takeover_at {
-                    pause = pause.min(Duration::from_millis((at - judge.now).max(0) as u64 + 50));
-                }
-                if let Some(d) = deadline {
-                    pause = pause.min(d.saturating_duration_since(Instant::now()));
-                }
-                tokio::time::sleep(pause).await;
-            } else {
-                tokio::time::sleep(jitter(Duration::from_millis(100))).await;
-            }
-            polls += 1;
-            let obs = self.store.read(lock, false).await?;
-            if let State::Valid(r) = &obs.state {
-                if !r.is_free() {
-                    Watch::observe(&mut watch, r, Instant::now());
-                }
-            }
-            seen = Some(obs);
-        }
-    }
-
-    fn grant(&self, lock: &str, r: &Record, how: How, polls: u32) -> Grant {
+    pub(crate) fn grant(&self, lock: &str, r: &Record, how: How, polls: u32) -> Grant {
         Grant {
             lock: lock.to_string(),
             store: self.store.url(),
@@ -439,17 +407,31 @@ impl Locker {
             lease_expires_at: r.lease_expires_at,
             how,
             polls,
+            waited_ms: 0,
         }
     }
 
     /// Extends the lease of a lock `who` holds. Exit 76 if it is no longer theirs.
-    pub async fn renew(&self, lock: &str, who: &Holding, ttl: Option<Duration>, retention: Duration, event: bool) -> Result<Grant> {
+    pub async fn renew(
+        &self,
+        lock: &str,
+        who: &Holding,
+        ttl: Option<Duration>,
+        retention: Duration,
+        event: bool,
+    ) -> Result<Grant> {
         let synced = self.store.clock().is_synced();
-        let event = event.then(|| how_event(EventKind::Renewed, &who.owner, None)).flatten();
+        let event = event
+            .then(|| how_event(EventKind::Renewed, &who.owner, None))
+            .flatten();
         let change = self.change(Action::Renew { restamp: false }, ttl, retention, event);
         match self.commit(lock, who.expect(), None, &change).await? {
             Written::Done(r) => {
-                let r = if synced { Some(r) } else { self.retime(lock, r, ttl, retention, false).await? };
+                let r = if synced {
+                    Some(r)
+                } else {
+                    self.retime(lock, r, ttl, retention, false).await?
+                };
                 match r {
                     Some(r) => Ok(self.grant(lock, &r, How::Reentered, 0)),
                     None => Err(self.lost(lock, who, &self.store.read(lock, true).await?)),
@@ -462,7 +444,11 @@ impl Locker {
     fn lost(&self, lock: &str, who: &Holding, obs: &Observed) -> Error {
         let now = match &obs.state {
             State::Corrupt(why) => return self.corrupt(lock, why),
-            State::Valid(r) if !r.is_free() => format!("held by {} (fence {})", r.owner.as_deref().unwrap_or("?"), r.fence),
+            State::Valid(r) if !r.is_free() => format!(
+                "held by {} (fence {})",
+                r.owner.as_deref().unwrap_or("?"),
+                r.fence
+            ),
             _ => "free".to_string(),
         };
         Error::LeaseLost(format!(
@@ -474,7 +460,12 @@ impl Locker {
     }
 
     /// Gives back the lock `who` holds. Someone else's lock is left alone.
-    pub async fn release(&self, lock: &str, who: &Holding, opts: &ReleaseOptions) -> Result<Released> {
+    pub async fn release(
+        &self,
+        lock: &str,
+        who: &Holding,
+        opts: &ReleaseOptions,
+    ) -> Result<Released> {
         if let Some(reason) = &opts.force {
             return self.force_release(lock, who, reason, opts).await;
         }
@@ -493,22 +484,40 @@ impl Locker {
                     expect = Expect::Token(r.token.clone().unwrap_or_default());
                 }
                 State::Valid(r) if !r.is_free() => {
-                    return Ok(Released::HeldByOther { owner: r.owner.clone().unwrap_or_default(), fence: r.fence });
+                    return Ok(Released::HeldByOther {
+                        owner: r.owner.clone().unwrap_or_default(),
+                        fence: r.fence,
+                    });
                 }
                 _ => return Ok(Released::NotHeld),
             }
         }
-        Err(Error::Unavailable { message: format!("lock {lock:?} in {} kept changing under release", self.store.url()), source: None })
+        Err(Error::Unavailable {
+            message: format!(
+                "lock {lock:?} in {} kept changing under release",
+                self.store.url()
+            ),
+            source: None,
+        })
     }
 
-    async fn force_release(&self, lock: &str, who: &Holding, reason: &str, opts: &ReleaseOptions) -> Result<Released> {
+    async fn force_release(
+        &self,
+        lock: &str,
+        who: &Holding,
+        reason: &str,
+        opts: &ReleaseOptions,
+    ) -> Result<Released> {
         for _ in 0..EAGER_ROUNDS {
             let obs = self.store.read(lock, true).await?;
             let (expect, previous) = match &obs.state {
                 State::Absent => return Ok(Released::NotHeld),
                 State::Valid(r) if r.is_free() => return Ok(Released::NotHeld),
                 State::Valid(r) => (
-                    Expect::TokenRvn { token: r.token.clone().unwrap_or_default(), rvn: r.rvn.clone() },
+                    Expect::TokenRvn {
+                        token: r.token.clone().unwrap_or_default(),
+                        rvn: r.rvn.clone(),
+                    },
                     r.owner.clone().unwrap_or_default(),
                 ),
                 State::Corrupt(_) => (Expect::Exact, "an unreadable record".to_string()),
@@ -523,11 +532,20 @@ impl Locker {
             };
             let change = self.change(Action::Release, None, opts.retention, Some(event));
             if let Written::Done(r) = self.commit(lock, expect, Some(&obs), &change).await? {
-                tracing::warn!("force-released lock {lock:?} in {} from {previous}: {reason}", self.store.url());
+                tracing::warn!(
+                    "force-released lock {lock:?} in {} from {previous}: {reason}",
+                    self.store.url()
+                );
                 return Ok(Released::Released { fence: r.fence });
             }
         }
-        Err(Error::Unavailable { message: format!("lock {lock:?} in {} kept changing under release --force", self.store.url()), source: None })
+        Err(Error::Unavailable {
+            message: format!(
+                "lock {lock:?} in {} kept changing under release --force",
+                self.store.url()
+            ),
+            source: None,
+        })
     }
 
     /// The record of one lock, read consistently.
@@ -541,11 +559,18 @@ impl Locker {
     }
 }
 
-fn how_event(kind: EventKind, owner: &str, why: Option<String>) -> Option<Event> {
-    Some(Event { event: kind, owner: owner.to_string(), fence: None, at: 0, by: None, why })
+pub(crate) fn how_event(kind: EventKind, owner: &str, why: Option<String>) -> Option<Event> {
+    Some(Event {
+        event: kind,
+        owner: owner.to_string(),
+        fence: None,
+        at: 0,
+        by: None,
+        why,
+    })
 }
 
-/// `base` scaled by a random factor in [0.75, 1.25): waiters do not poll in lockstep.
-fn jitter(base: Duration) -> Duration {
+/// `base` scaled by a random factor in [0.75, 1.25): racing writers do not retry in lockstep.
+pub(crate) fn jitter(base: Duration) -> Duration {
     base.mul_f64(0.75 + rand::random::<f64>() * 0.5)
 }

@@ -16,6 +16,8 @@ pub enum Takeover {
     ForceAfter,
     /// We watched Rvn stay unchanged for the whole lease on our monotonic clock.
     Unrenewed,
+    /// Our CI server says the holder's pipeline has ended; its status.
+    PipelineEnded(String),
 }
 
 impl Takeover {
@@ -25,7 +27,12 @@ impl Takeover {
             Takeover::Forced(reason) => format!("--force: {reason}"),
             Takeover::LeaseEnded => "the lease ended".into(),
             Takeover::ForceAfter => "held longer than --force-after".into(),
-            Takeover::Unrenewed => "not renewed for a whole lease (watched on the taker's monotonic clock)".into(),
+            Takeover::Unrenewed => {
+                "not renewed for a whole lease (watched on the taker's monotonic clock)".into()
+            }
+            Takeover::PipelineEnded(status) => {
+                format!("the holder's pipeline has ended ({status}, per the CI API)")
+            }
         }
     }
 }
@@ -41,7 +48,10 @@ impl Watch {
     /// Notes a read of `record` that returned at `at`: a new version restarts the watch.
     pub fn observe(watch: &mut Option<Watch>, record: &Record, at: Instant) {
         if watch.as_ref().is_none_or(|w| w.rvn != record.rvn) {
-            *watch = Some(Watch { rvn: record.rvn.clone(), since: at });
+            *watch = Some(Watch {
+                rvn: record.rvn.clone(),
+                since: at,
+            });
         }
     }
 }
@@ -61,6 +71,9 @@ pub struct Judge<'a> {
     pub watch: Option<&'a Watch>,
     /// Monotonic now.
     pub mono_now: Instant,
+    /// The status our CI server gave for the holder's pipeline, when it said it has ended.
+    /// Only ever set for the Token it was asked about.
+    pub pipeline_ended: Option<&'a str>,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -70,7 +83,9 @@ fn ms(d: Duration) -> i64 {
 /// The record's lease length: LeaseExpiresAt - RenewedAt.
 pub fn lease_len(record: &Record) -> Option<Duration> {
     let (end, renewed) = (record.lease_expires_at?, record.renewed_at?);
-    Some(Duration::from_millis(end.saturating_sub(renewed).max(0) as u64))
+    Some(Duration::from_millis(
+        end.saturating_sub(renewed).max(0) as u64
+    ))
 }
 
 impl Judge<'_> {
@@ -89,22 +104,32 @@ impl Judge<'_> {
             }
         }
         if let (Some(lease), Some(w)) = (lease_len(record), self.watch) {
-            if w.rvn == record.rvn && self.mono_now.saturating_duration_since(w.since) > lease + self.margin {
+            if w.rvn == record.rvn
+                && self.mono_now.saturating_duration_since(w.since) > lease + self.margin
+            {
                 return Some(Takeover::Unrenewed);
             }
         }
-        None
+        self.pipeline_ended
+            .map(|status| Takeover::PipelineEnded(status.to_string()))
     }
 
     /// Store-clock time at which a takeover becomes possible, if the record stays as it is.
     pub fn takeover_at(&self, record: &Record) -> Option<i64> {
         let m = ms(self.margin);
         let by_lease = record.lease_expires_at.map(|end| end + m + 1);
-        let by_age = self.force_after.zip(record.acquired_at).map(|(fa, a)| a + ms(fa) + m + 1);
-        let by_watch = lease_len(record).zip(self.watch).filter(|(_, w)| w.rvn == record.rvn).map(|(lease, w)| {
-            let left = (lease + self.margin).saturating_sub(self.mono_now.saturating_duration_since(w.since));
-            self.now + ms(left) + 1
-        });
+        let by_age = self
+            .force_after
+            .zip(record.acquired_at)
+            .map(|(fa, a)| a + ms(fa) + m + 1);
+        let by_watch = lease_len(record)
+            .zip(self.watch)
+            .filter(|(_, w)| w.rvn == record.rvn)
+            .map(|(lease, w)| {
+                let left = (lease + self.margin)
+                    .saturating_sub(self.mono_now.saturating_duration_since(w.since));
+                self.now + ms(left) + 1
+            });
         [by_lease, by_age, by_watch].into_iter().flatten().min()
     }
 }
@@ -127,7 +152,15 @@ mod tests {
     }
 
     fn judge(now: i64) -> Judge<'static> {
-        Judge { now, margin: Duration::from_secs(2), force_after: None, force: None, watch: None, mono_now: Instant::now() }
+        Judge {
+            now,
+            margin: Duration::from_secs(2),
+            force_after: None,
+            force: None,
+            watch: None,
+            mono_now: Instant::now(),
+            pipeline_ended: None,
+        }
     }
 
     #[test]
@@ -177,8 +210,24 @@ mod tests {
         renewed.rvn = "v2".into();
         let mut watch2 = watch.clone();
         Watch::observe(&mut watch2, &renewed, start + Duration::from_secs(12));
-        let j2 = Judge { watch: watch2.as_ref(), ..j };
+        let j2 = Judge {
+            watch: watch2.as_ref(),
+            ..j
+        };
         assert_eq!(j2.takeover(&renewed), None);
+    }
+
+    #[test]
+    fn an_ended_pipeline_is_taken_at_once() {
+        let r = held(0, 0, Some(i64::MAX / 2));
+        let mut j = judge(0);
+        assert_eq!(j.takeover(&r), None);
+        j.pipeline_ended = Some("canceled");
+        assert_eq!(
+            j.takeover(&r),
+            Some(Takeover::PipelineEnded("canceled".into()))
+        );
+        assert!(j.takeover(&r).unwrap().why().contains("canceled"));
     }
 
     #[test]

@@ -155,6 +155,9 @@ pub struct Grantee {
     pub token: String,
     /// Who, for people.
     pub holder: Holder,
+    /// Queue entries this grant removes in the same write: the grantee's own, and entries the
+    /// grantee saw stale. Waiter bookkeeping otherwise never rides on a holder write.
+    pub dequeue: Vec<String>,
 }
 
 /// What a holder-side write does.
@@ -254,6 +257,9 @@ impl Record {
                 next.acquired_at = Some(change.now);
                 next.renewed_at = Some(change.now);
                 next.holder = Some(g.holder.clone());
+                for token in &g.dequeue {
+                    next.waiters.remove(token);
+                }
             }
             Action::Renew { restamp } => {
                 next.renewed_at = Some(change.now);
@@ -270,9 +276,37 @@ impl Record {
             }
         }
         if let Some(event) = &change.event {
-            next.history.push(Event { fence: Some(next.fence), ..event.clone() });
+            next.history.push(Event {
+                fence: Some(next.fence),
+                ..event.clone()
+            });
             let excess = next.history.len().saturating_sub(HISTORY_LEN);
             next.history.drain(..excess);
+        }
+        next
+    }
+
+    /// The record after a waiter's own bookkeeping, for whole-record stores: `set` registers or
+    /// refreshes one entry, `remove` drops one, and entries unseen since `prune_before` (store
+    /// ms) go, except the one being set. Nothing else changes, Rvn included: a holder's or a
+    /// taker's condition on Token and Rvn still holds afterwards.
+    pub fn with_waiters(
+        &self,
+        set: Option<(&str, &Waiter)>,
+        remove: Option<&str>,
+        prune_before: Option<i64>,
+    ) -> Record {
+        let mut next = self.clone();
+        if let Some(cut) = prune_before {
+            let keep = set.map(|(t, _)| t);
+            next.waiters
+                .retain(|t, w| Some(t.as_str()) == keep || w.seen_at >= cut);
+        }
+        if let Some(token) = remove {
+            next.waiters.remove(token);
+        }
+        if let Some((token, entry)) = set {
+            next.waiters.insert(token.to_string(), entry.clone());
         }
         next
     }
@@ -294,7 +328,10 @@ impl Record {
 impl EventKind {
     /// Does this event hand the lock to a new token (and move the fence)?
     pub fn is_grant(self) -> bool {
-        matches!(self, EventKind::Acquired | EventKind::TakenOver | EventKind::Forced)
+        matches!(
+            self,
+            EventKind::Acquired | EventKind::TakenOver | EventKind::Forced
+        )
     }
 }
 
@@ -309,12 +346,27 @@ mod tests {
             now: 1_000,
             lease_expires_at: Some(61_000),
             expires_at: Some(99),
-            event: Some(Event { event: kind, owner: "me".into(), fence: None, at: 1_000, by: None, why: None }),
+            event: Some(Event {
+                event: kind,
+                owner: "me".into(),
+                fence: None,
+                at: 1_000,
+                by: None,
+                why: None,
+            }),
         }
     }
 
     fn grant() -> Change {
-        change(Action::Grant(Grantee { owner: "me".into(), token: "t".into(), holder: Holder::default() }), EventKind::Acquired)
+        change(
+            Action::Grant(Grantee {
+                owner: "me".into(),
+                token: "t".into(),
+                holder: Holder::default(),
+                dequeue: vec![],
+            }),
+            EventKind::Acquired,
+        )
     }
 
     #[test]
@@ -323,7 +375,10 @@ mod tests {
         assert_eq!(held.fence, 1);
         assert_eq!(held.history[0].fence, Some(1));
         assert!(held.validate("l").is_ok());
-        let renewed = held.apply(&change(Action::Renew { restamp: false }, EventKind::Renewed));
+        let renewed = held.apply(&change(
+            Action::Renew { restamp: false },
+            EventKind::Renewed,
+        ));
         assert_eq!((renewed.fence, renewed.token.as_deref()), (1, Some("t")));
         let free = renewed.apply(&change(Action::Release, EventKind::Released));
         assert_eq!(free.fence, 1);
@@ -346,7 +401,12 @@ mod tests {
     #[test]
     fn history_fences_follow_from_grant_events() {
         let mut r = Record::vacant("l");
-        for c in [grant(), change(Action::Release, EventKind::Released), grant(), change(Action::Renew { restamp: false }, EventKind::Renewed)] {
+        for c in [
+            grant(),
+            change(Action::Release, EventKind::Released),
+            grant(),
+            change(Action::Renew { restamp: false }, EventKind::Renewed),
+        ] {
             r = r.apply(&c);
         }
         let written: Vec<_> = r.history.iter().map(|e| e.fence).collect();
@@ -354,7 +414,10 @@ mod tests {
             e.fence = None;
         }
         r.fill_history_fences();
-        assert_eq!(r.history.iter().map(|e| e.fence).collect::<Vec<_>>(), written);
+        assert_eq!(
+            r.history.iter().map(|e| e.fence).collect::<Vec<_>>(),
+            written
+        );
         assert_eq!(written, vec![Some(1), Some(1), Some(2), Some(2)]);
     }
 
@@ -366,11 +429,70 @@ mod tests {
         assert!(r.validate("other").is_err());
     }
 
+    fn waiter(seen: i64) -> Waiter {
+        Waiter {
+            owner: "w".into(),
+            enqueued_at: 1,
+            seen_at: seen,
+            ordinal: Some(3),
+            url: None,
+        }
+    }
+
+    #[test]
+    fn waiter_bookkeeping_never_touches_the_holder() {
+        let held = Record::vacant("l").apply(&grant());
+        let queued = held
+            .with_waiters(Some(("a", &waiter(10))), None, None)
+            .with_waiters(Some(("b", &waiter(1))), None, None);
+        assert_eq!(
+            (queued.rvn.as_str(), queued.token.as_deref(), queued.fence),
+            (held.rvn.as_str(), held.token.as_deref(), held.fence)
+        );
+        // Pruning spares the entry being set, and drops those unseen since the cut.
+        let pruned = queued.with_waiters(Some(("c", &waiter(0))), None, Some(5));
+        assert_eq!(pruned.waiters.keys().collect::<Vec<_>>(), vec!["a", "c"]);
+        assert!(
+            pruned
+                .with_waiters(None, Some("a"), None)
+                .waiters
+                .contains_key("c")
+        );
+        // Holder writes keep the queue; a grant removes what it dequeues.
+        let renewed = queued.apply(&change(
+            Action::Renew { restamp: false },
+            EventKind::Renewed,
+        ));
+        assert_eq!(renewed.waiters, queued.waiters);
+        let released = renewed.apply(&change(Action::Release, EventKind::Released));
+        let g = Grantee {
+            owner: "w".into(),
+            token: "t2".into(),
+            holder: Holder::default(),
+            dequeue: vec!["a".into()],
+        };
+        let next = released.apply(&change(Action::Grant(g), EventKind::Acquired));
+        assert_eq!(next.waiters.keys().collect::<Vec<_>>(), vec!["b"]);
+        let v = serde_json::to_value(&queued).unwrap();
+        assert_eq!(v["Waiters"]["a"]["SeenAt"], 10);
+        assert_eq!(v["Waiters"]["a"]["Ordinal"], 3);
+    }
+
     #[test]
     fn json_uses_design_names() {
         let r = Record::vacant("l").apply(&grant());
         let v = serde_json::to_value(&r).unwrap();
-        for key in ["LockID", "Owner", "Token", "Fence", "Rvn", "AcquiredAt", "LeaseExpiresAt", "ExpiresAt", "History"] {
+        for key in [
+            "LockID",
+            "Owner",
+            "Token",
+            "Fence",
+            "Rvn",
+            "AcquiredAt",
+            "LeaseExpiresAt",
+            "ExpiresAt",
+            "History",
+        ] {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
         }
         assert_eq!(v["History"][0]["Event"], "acquired");

@@ -10,12 +10,14 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::aws::{self, AwsOptions, Failure, Meter};
-use super::{Check, Expect, Observed, State, Store, Version, VersionKind, Write, Written};
+use super::{
+    Check, Expect, Observed, State, Store, Version, VersionKind, WaiterUpdate, Write, Written,
+};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::{Action, HISTORY_LEN, Record};
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// Attribute-name placeholders: `Owner` is a reserved word, so every name goes through one.
 const NAMES: &[(&str, &str)] = &[
@@ -30,6 +32,8 @@ const NAMES: &[(&str, &str)] = &[
     ("#e", "ExpiresAt"),
     ("#h", "Holder"),
     ("#hi", "History"),
+    ("#ws", "Waiters"),
+    ("#sa", "SeenAt"),
 ];
 
 /// Locks in one DynamoDB table.
@@ -51,11 +55,17 @@ impl DynamoStore {
     /// A store on an AWS configuration the caller built (credentials, region, endpoint).
     pub fn from_config(table: &str, config: &aws_config::SdkConfig) -> DynamoStore {
         let meter = Meter::default();
-        let conf = aws_sdk_dynamodb::config::Builder::from(config).interceptor(meter.clone()).build();
-        DynamoStore { client: Client::from_conf(conf), table: table.to_string(), meter }
+        let conf = aws_sdk_dynamodb::config::Builder::from(config)
+            .interceptor(meter.clone())
+            .build();
+        DynamoStore {
+            client: Client::from_conf(conf),
+            table: table.to_string(),
+            meter,
+        }
     }
 
-    fn key(lock: &str) -> Item {
+    pub(super) fn key(lock: &str) -> Item {
         HashMap::from([("LockID".to_string(), AttributeValue::S(lock.to_string()))])
     }
 
@@ -78,15 +88,24 @@ impl DynamoStore {
                 } else {
                     ""
                 };
-                return Error::Config(format!("{store}: {action} of lock {lock:?} was refused: {message}{hint}"));
+                return Error::Config(format!(
+                    "{store}: {action} of lock {lock:?} was refused: {message}{hint}"
+                ));
             }
         }
-        failure.into_error(&format!("dynamodb:{action}"), &format!("table {} (lock {lock:?})", self.table), &store)
+        failure.into_error(
+            &format!("dynamodb:{action}"),
+            &format!("table {} (lock {lock:?})", self.table),
+            &store,
+        )
     }
 
-    fn parse(&self, lock: &str, item: Option<&Item>) -> Observed {
+    pub(super) fn parse(&self, lock: &str, item: Option<&Item>) -> Observed {
         let Some(item) = item.filter(|i| !i.is_empty()) else {
-            return Observed { state: State::Absent, version: Version::default() };
+            return Observed {
+                state: State::Absent,
+                version: Version::default(),
+            };
         };
         let version = Version(VersionKind::Item(Arc::new(item.clone())));
         let state = match serde_dynamo::from_item::<_, Record>(item.clone()) {
@@ -122,20 +141,34 @@ impl DynamoStore {
             .await;
         // A refusal means a newer write happened; it will trim instead. Nothing is lost.
         if let Err(e) = result {
-            tracing::debug!("history trim of {lock:?} skipped: {}", crate::report::chain(&e));
+            tracing::debug!(
+                "history trim of {lock:?} skipped: {}",
+                crate::report::chain(&e)
+            );
         }
     }
 
     async fn put_exact(&self, w: &Write<'_>) -> Result<Written> {
-        let base = w.base.ok_or_else(|| Error::Usage("a break-glass write needs the record it replaces".into()))?;
+        let base = w.base.ok_or_else(|| {
+            Error::Usage("a break-glass write needs the record it replaces".into())
+        })?;
         let raw = match &base.version.0 {
             VersionKind::Item(item) => Some(item.clone()),
             _ => None,
         };
-        let fence = raw.as_ref().and_then(|i| i.get("Fence")).and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok());
+        let fence = raw
+            .as_ref()
+            .and_then(|i| i.get("Fence"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok());
         let record = super::salvage(w.lock, fence, w.change);
-        let item = serde_dynamo::to_item(&record).map_err(|e| Error::other("cannot encode the lock record", e))?;
-        let mut req = self.client.put_item().table_name(&self.table).set_item(Some(item))
+        let item = serde_dynamo::to_item(&record)
+            .map_err(|e| Error::other("cannot encode the lock record", e))?;
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         match raw {
             None => req = req.condition_expression("attribute_not_exists(LockID)"),
@@ -144,7 +177,9 @@ impl DynamoStore {
                 let mut conds = Vec::new();
                 for (i, (name, value)) in raw.iter().enumerate() {
                     conds.push(format!("#c{i} = :c{i}"));
-                    req = req.expression_attribute_names(format!("#c{i}"), name).expression_attribute_values(format!(":c{i}"), value.clone());
+                    req = req
+                        .expression_attribute_names(format!("#c{i}"), name)
+                        .expression_attribute_values(format!(":c{i}"), value.clone());
                 }
                 req = req.condition_expression(conds.join(" AND "));
             }
@@ -163,47 +198,69 @@ impl DynamoStore {
 
 /// The `ExpressionAttributeNames` for the placeholders used (DynamoDB refuses unused ones).
 fn names(used: &[&str]) -> Item2 {
-    NAMES.iter().filter(|(p, _)| used.contains(p)).map(|(p, n)| (p.to_string(), n.to_string())).collect()
+    NAMES
+        .iter()
+        .filter(|(p, _)| used.contains(p))
+        .map(|(p, n)| (p.to_string(), n.to_string()))
+        .collect()
 }
 
-type Item2 = HashMap<String, String>;
+pub(super) type Item2 = HashMap<String, String>;
 
 /// Placeholders that occur in `expr` as whole tokens (`#h` is not `#hi`).
 fn used_names(expr: &str) -> Vec<&'static str> {
-    let tokens: Vec<&str> = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).collect();
-    NAMES.iter().map(|(p, _)| *p).filter(|p| tokens.contains(p)).collect()
+    let tokens: Vec<&str> = expr
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '#'))
+        .collect();
+    NAMES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| tokens.contains(p))
+        .collect()
 }
 
-fn av<T: serde::Serialize>(value: &T) -> Result<AttributeValue> {
-    serde_dynamo::to_attribute_value(value).map_err(|e| Error::other("cannot encode a lock attribute", e))
+pub(super) fn av<T: serde::Serialize>(value: &T) -> Result<AttributeValue> {
+    serde_dynamo::to_attribute_value(value)
+        .map_err(|e| Error::other("cannot encode a lock attribute", e))
 }
 
-/// The update expression and values for a change.
-fn update_for(w: &Write<'_>) -> Result<(String, Item)> {
+/// The update expression, values and the placeholders of queue keys for a change. With
+/// `dequeue`, a grant also removes the queue entries it names (they were in the map it read).
+fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Item2)> {
     let c = w.change;
     let mut set = vec!["#r = :r".to_string()];
     let mut remove = Vec::new();
     let mut add = Vec::new();
     let mut values: Item = HashMap::from([(":r".to_string(), AttributeValue::S(c.rvn.clone()))]);
-    let mut opt = |name: &str, value: Option<i64>, set: &mut Vec<String>, values: &mut Item| match value {
-        Some(v) => {
-            set.push(format!("{name} = :{}", &name[1..]));
-            values.insert(format!(":{}", &name[1..]), AttributeValue::N(v.to_string()));
-        }
-        None => remove.push(name.to_string()),
-    };
+    let mut opt =
+        |name: &str, value: Option<i64>, set: &mut Vec<String>, values: &mut Item| match value {
+            Some(v) => {
+                set.push(format!("{name} = :{}", &name[1..]));
+                values.insert(format!(":{}", &name[1..]), AttributeValue::N(v.to_string()));
+            }
+            None => remove.push(name.to_string()),
+        };
     opt("#l", c.lease_expires_at, &mut set, &mut values);
     opt("#e", c.expires_at, &mut set, &mut values);
     let now = AttributeValue::N(c.now.to_string());
+    let mut keys = Item2::new();
     match &c.action {
         Action::Grant(g) => {
-            set.extend(["#o = :o", "#t = :t", "#a = :now", "#rn = :now", "#h = :h"].map(String::from));
+            set.extend(
+                ["#o = :o", "#t = :t", "#a = :now", "#rn = :now", "#h = :h"].map(String::from),
+            );
             values.insert(":o".into(), AttributeValue::S(g.owner.clone()));
             values.insert(":t".into(), AttributeValue::S(g.token.clone()));
             values.insert(":h".into(), av(&g.holder)?);
             values.insert(":now".into(), now);
             add.push("#f :one");
             values.insert(":one".into(), AttributeValue::N("1".into()));
+            for (i, token) in g.dequeue.iter().enumerate().filter(|_| dequeue) {
+                // Removing map keys leaves Rvn and the holder fields alone; no path overlaps them.
+                remove.push(format!("#ws.#q{i}"));
+                keys.insert(format!("#q{i}"), token.clone());
+                keys.insert("#ws".into(), "Waiters".into());
+            }
         }
         Action::Renew { restamp } => {
             set.push("#rn = :now".into());
@@ -226,18 +283,27 @@ fn update_for(w: &Write<'_>) -> Result<(String, Item)> {
     if !add.is_empty() {
         expr.push_str(&format!(" ADD {}", add.join(", ")));
     }
-    Ok((expr, values))
+    Ok((expr, values, keys))
 }
 
 /// The condition for an expectation (DESIGN rules 2, 4, 5); `None` for `Expect::Exact`,
 /// which is written whole with PutItem (see `put_exact`).
-fn condition_for(expect: &Expect, values: &mut Item) -> Option<String> {
+fn condition_for(expect: &Expect, blind: bool, values: &mut Item) -> Option<String> {
     let mut s = |k: &str, v: &str| {
         values.insert(k.to_string(), AttributeValue::S(v.to_string()));
     };
     let condition = match expect {
         // A free tombstone must still be a well-formed one: a grant over an item whose Fence
         // is missing or mistyped would restart the fence.
+        Expect::Vacant if blind => {
+            s(":tn", "N");
+            s(":ts", "S");
+            values.insert(":zero".into(), AttributeValue::N("0".into()));
+            // A blind grant must not jump a queue it never saw (see `Write::admits`).
+            "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND attribute_type(#r, :ts) \
+             AND (attribute_not_exists(#ws) OR size(#ws) = :zero))"
+                .into()
+        }
         Expect::Vacant => {
             s(":tn", "N");
             s(":ts", "S");
@@ -289,55 +355,42 @@ impl Store for DynamoStore {
     }
 
     async fn write(&self, w: Write<'_>) -> Result<Written> {
-        let (update, mut values) = update_for(&w)?;
-        let Some(condition) = condition_for(&w.expect, &mut values) else {
-            return self.put_exact(&w).await;
-        };
-        let used = used_names(&format!("{update} {condition}"));
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(w.lock)))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names(&used)))
-            .set_expression_attribute_values(Some(values))
-            .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(out) => match self.parse(w.lock, out.attributes()).state {
-                State::Valid(record) => {
-                    self.trim_history(w.lock, &record).await;
-                    Ok(Written::Done(record))
-                }
-                other => Err(Error::Config(format!(
-                    "{}: lock {:?} reads back unparseable after our write ({other:?}); another tool may be writing to this table",
-                    self.url(), w.lock
-                ))),
-            },
-            Err(e) => {
-                use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-                if let Some(UpdateItemError::ConditionalCheckFailedException(c)) = e.as_service_error() {
-                    // Emulators that ignore ALL_OLD send no item: read it instead.
-                    return Ok(Written::Conflict(match c.item() {
-                        Some(item) => self.parse(w.lock, Some(item)),
-                        None => self.read(w.lock, true).await?,
-                    }));
-                }
-                Err(self.error(aws::failure(&e), "UpdateItem", w.lock))
+        match self.update(&w, true).await {
+            // The queue map we saw is gone (only a break-glass rewrite drops it): grant anyway.
+            Err(Error::Config(m))
+                if m.contains("document path")
+                    && matches!(&w.change.action, Action::Grant(g) if !g.dequeue.is_empty()) =>
+            {
+                tracing::debug!(
+                    "{}: the queue entries to remove are gone ({m}); granting without",
+                    self.url()
+                );
+                self.update(&w, false).await
             }
+            other => other,
         }
+    }
+
+    async fn update_waiters(&self, u: WaiterUpdate<'_>) -> Result<Option<Observed>> {
+        super::dynamo_queue::update_waiters(self, u).await
     }
 
     async fn list(&self) -> Result<Vec<(String, Observed)>> {
         let mut out = Vec::new();
-        let mut pages = self.client.scan().table_name(&self.table).into_paginator().items().send();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .into_paginator()
+            .items()
+            .send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| self.error(aws::failure(&e), "Scan", "*"))?;
-            let name = item.get("LockID").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            let name = item
+                .get("LockID")
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
             let observed = self.parse(&name, Some(&item));
             out.push((name, observed));
         }
@@ -351,6 +404,55 @@ impl Store for DynamoStore {
 }
 
 impl DynamoStore {
+    /// One conditional UpdateItem for a holder-side write (see `write`).
+    async fn update(&self, w: &Write<'_>, dequeue: bool) -> Result<Written> {
+        let (update, mut values, keys) = update_for(w, dequeue)?;
+        let Some(condition) = condition_for(&w.expect, w.is_blind_grant(), &mut values) else {
+            return self.put_exact(w).await;
+        };
+        let mut names = names(&used_names(&format!("{update} {condition}")));
+        names.extend(keys);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(w.lock)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => match self.parse(w.lock, out.attributes()).state {
+                State::Valid(record) => {
+                    self.trim_history(w.lock, &record).await;
+                    Ok(Written::Done(record))
+                }
+                other => Err(Error::Config(format!(
+                    "{}: lock {:?} reads back unparseable after our write ({other:?}); another tool may be writing to this table",
+                    self.url(),
+                    w.lock
+                ))),
+            },
+            Err(e) => {
+                use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+                if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
+                    e.as_service_error()
+                {
+                    // Emulators that ignore ALL_OLD send no item: read it instead.
+                    return Ok(Written::Conflict(match c.item() {
+                        Some(item) => self.parse(w.lock, Some(item)),
+                        None => self.read(w.lock, true).await?,
+                    }));
+                }
+                Err(self.error(aws::failure(&e), "UpdateItem", w.lock))
+            }
+        }
+    }
+
     pub(super) fn client(&self) -> &Client {
         &self.client
     }
@@ -378,26 +480,75 @@ mod tests {
     #[test]
     fn grant_sets_holder_fields_and_adds_one_to_the_fence() {
         let change = Change {
-            action: Action::Grant(Grantee { owner: "o".into(), token: "t".into(), holder: Holder::default() }),
+            action: Action::Grant(Grantee {
+                owner: "o".into(),
+                token: "t".into(),
+                holder: Holder::default(),
+                dequeue: vec!["q".into()],
+            }),
             rvn: "r".into(),
             now: 5,
             lease_expires_at: None,
             expires_at: None,
-            event: Some(Event { event: EventKind::Acquired, owner: "o".into(), fence: None, at: 5, by: None, why: None }),
+            event: Some(Event {
+                event: EventKind::Acquired,
+                owner: "o".into(),
+                fence: None,
+                at: 5,
+                by: None,
+                why: None,
+            }),
         };
-        let w = Write { lock: "l", expect: Expect::Vacant, base: None, change: &change };
-        let (expr, values) = update_for(&w).unwrap();
+        let w = Write {
+            lock: "l",
+            expect: Expect::Vacant,
+            base: None,
+            change: &change,
+        };
+        let (expr, values, keys) = update_for(&w, true).unwrap();
         assert!(expr.contains("ADD #f :one"), "{expr}");
-        assert!(expr.contains("REMOVE #l, #e"), "{expr}");
-        assert!(expr.contains("#o = :o") && expr.contains("list_append"), "{expr}");
+        assert!(expr.contains("REMOVE #l, #e, #ws.#q0"), "{expr}");
+        assert_eq!(keys["#q0"], "q");
+        assert!(!update_for(&w, false).unwrap().0.contains("#ws"));
+        assert!(
+            expr.contains("#o = :o") && expr.contains("list_append"),
+            "{expr}"
+        );
         assert_eq!(values[":one"], AttributeValue::N("1".into()));
     }
 
     #[test]
+    fn a_blind_grant_needs_an_empty_queue() {
+        let mut values = Item::new();
+        assert!(
+            condition_for(&Expect::Vacant, true, &mut values)
+                .unwrap()
+                .contains("size(#ws) = :zero")
+        );
+        assert!(
+            !condition_for(&Expect::Vacant, false, &mut Item::new())
+                .unwrap()
+                .contains("#ws")
+        );
+    }
+
+    #[test]
     fn release_removes_holder_fields_and_keeps_the_fence() {
-        let change = Change { action: Action::Release, rvn: "r".into(), now: 5, lease_expires_at: None, expires_at: Some(9), event: None };
-        let w = Write { lock: "l", expect: Expect::Owner("o".into()), base: None, change: &change };
-        let (expr, _) = update_for(&w).unwrap();
+        let change = Change {
+            action: Action::Release,
+            rvn: "r".into(),
+            now: 5,
+            lease_expires_at: None,
+            expires_at: Some(9),
+            event: None,
+        };
+        let w = Write {
+            lock: "l",
+            expect: Expect::Owner("o".into()),
+            base: None,
+            change: &change,
+        };
+        let (expr, _, _) = update_for(&w, true).unwrap();
         assert!(expr.contains("REMOVE #l, #o, #t, #a, #rn, #h"), "{expr}");
         assert!(!expr.contains("#f"), "{expr}");
     }

@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Check, Expect, Observed, Outcome, State, Store, Version, VersionKind, Write, Written, decode_name, encode_name};
+use super::{
+    Check, Expect, Observed, Outcome, State, Store, Version, VersionKind, WaiterUpdate, Write,
+    Written, decode_name, encode_name,
+};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::Record;
@@ -33,9 +36,14 @@ impl FileStore {
     /// Opens (creating if needed) the directory and proves that exclusive create and `flock`
     /// work there; a filesystem without them cannot hold a lock, so we refuse to start.
     pub fn open(dir: &Path) -> Result<FileStore> {
-        let store = FileStore { dir: dir.to_path_buf(), clock: StoreClock::kernel(), requests: Default::default() };
+        let store = FileStore {
+            dir: dir.to_path_buf(),
+            clock: StoreClock::kernel(),
+            requests: Default::default(),
+        };
         let url = store.url();
-        fs::create_dir_all(dir).map_err(|e| Error::Config(format!("{url}: cannot create the lock directory: {e}")))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| Error::Config(format!("{url}: cannot create the lock directory: {e}")))?;
         let _guard = store.lock_dir()?;
         let probe = dir.join(format!(".probe-{:016x}", rand::random::<u64>()));
         let first = OpenOptions::new().write(true).create_new(true).open(&probe);
@@ -43,7 +51,9 @@ impl FileStore {
         let _ = fs::remove_file(&probe);
         match (first, second) {
             (Ok(_), Err(e)) if e.kind() == ErrorKind::AlreadyExists => Ok(store),
-            (Err(e), _) => Err(Error::Config(format!("{url}: cannot create files in the lock directory: {e}"))),
+            (Err(e), _) => Err(Error::Config(format!(
+                "{url}: cannot create files in the lock directory: {e}"
+            ))),
             (Ok(_), _) => Err(Error::Config(format!(
                 "{url}: this filesystem does not honour exclusive create, so it cannot hold a lock; use a local directory"
             ))),
@@ -57,7 +67,9 @@ impl FileStore {
     fn io_error(&self, what: &str, lock: &str, e: std::io::Error) -> Error {
         let message = format!("{}: cannot {what} lock {lock:?}: {e}", self.url());
         match e.kind() {
-            ErrorKind::PermissionDenied => Error::AccessDenied { message: format!("{message}; fix the directory's permissions") },
+            ErrorKind::PermissionDenied => Error::AccessDenied {
+                message: format!("{message}; fix the directory's permissions"),
+            },
             _ => Error::other(message, e),
         }
     }
@@ -65,28 +77,50 @@ impl FileStore {
     /// Holds the directory lock until dropped.
     fn lock_dir(&self) -> Result<File> {
         let path = self.dir.join(DIR_LOCK);
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| self.io_error("open the directory lock for", "*", e))?;
-        file.lock().map_err(|e| Error::Config(format!("{}: flock does not work on this filesystem ({e}); use a local directory", self.url())))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.io_error("open the directory lock for", "*", e))?;
+        file.lock().map_err(|e| {
+            Error::Config(format!(
+                "{}: flock does not work on this filesystem ({e}); use a local directory",
+                self.url()
+            ))
+        })?;
         Ok(file)
     }
 
     fn load(&self, lock: &str, path: &Path) -> Result<Observed> {
-        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Ok(Observed { state: State::Absent, version: Version::default() });
+                return Ok(Observed {
+                    state: State::Absent,
+                    version: Version::default(),
+                });
             }
             Err(e) => return Err(self.io_error("read", lock, e)),
         };
         let mut bytes = Vec::new();
-        file.take(MAX_RECORD_BYTES + 1).read_to_end(&mut bytes).map_err(|e| self.io_error("read", lock, e))?;
+        file.take(MAX_RECORD_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.io_error("read", lock, e))?;
         Ok(parse_bytes(lock, bytes))
     }
 
-    fn replace(&self, lock: &str, path: &Path, record: &Record) -> Result<()> {
-        let tmp = self.dir.join(format!(".{}.{:016x}.tmp", encode_name(lock), rand::random::<u64>()));
-        let body = serde_json::to_vec_pretty(record).map_err(|e| Error::other("cannot encode the lock record", e))?;
+    /// Writes `record` in place of the lock's file; returns the bytes written (its new version).
+    fn replace(&self, lock: &str, path: &Path, record: &Record) -> Result<Vec<u8>> {
+        let tmp = self.dir.join(format!(
+            ".{}.{:016x}.tmp",
+            encode_name(lock),
+            rand::random::<u64>()
+        ));
+        let body = serde_json::to_vec_pretty(record)
+            .map_err(|e| Error::other("cannot encode the lock record", e))?;
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(&body)?;
@@ -97,14 +131,17 @@ impl FileStore {
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
             self.io_error("write", lock, e)
-        })
+        })?;
+        Ok(body)
     }
 }
 
 /// Parses a stored JSON record. Shared with the S3 store, which stores the same bytes.
 pub(crate) fn parse_bytes(lock: &str, bytes: Vec<u8>) -> Observed {
     let state = if bytes.len() as u64 > MAX_RECORD_BYTES {
-        State::Corrupt(format!("the record is larger than {MAX_RECORD_BYTES} bytes"))
+        State::Corrupt(format!(
+            "the record is larger than {MAX_RECORD_BYTES} bytes"
+        ))
     } else {
         match serde_json::from_slice::<Record>(&bytes) {
             Ok(mut r) => match r.validate(lock) {
@@ -117,13 +154,19 @@ pub(crate) fn parse_bytes(lock: &str, bytes: Vec<u8>) -> Observed {
             Err(e) => State::Corrupt(format!("not a lock record: {e}")),
         }
     };
-    Observed { state, version: Version(VersionKind::Bytes(Arc::new(bytes))) }
+    Observed {
+        state,
+        version: Version(VersionKind::Bytes(Arc::new(bytes))),
+    }
 }
 
 /// The fence of a record we cannot parse, when its JSON still carries one.
 pub(crate) fn salvage_fence(version: &Version) -> Option<u64> {
     match &version.0 {
-        VersionKind::Bytes(b) => serde_json::from_slice::<serde_json::Value>(b).ok()?.get("Fence")?.as_u64(),
+        VersionKind::Bytes(b) => serde_json::from_slice::<serde_json::Value>(b)
+            .ok()?
+            .get("Fence")?
+            .as_u64(),
         _ => None,
     }
 }
@@ -160,8 +203,10 @@ impl Store for FileStore {
         let path = self.path(w.lock);
         let _guard = self.lock_dir()?;
         let current = self.load(w.lock, &path)?;
-        let unchanged = w.base.is_none_or(|b| same_version(&b.version, &current.version));
-        if !unchanged || !w.expect.holds(&current.state) {
+        let unchanged = w
+            .base
+            .is_none_or(|b| same_version(&b.version, &current.version));
+        if !unchanged || !w.admits(&current.state) {
             return Ok(Written::Conflict(current));
         }
         let next = match (&w.expect, &current.state) {
@@ -174,12 +219,37 @@ impl Store for FileStore {
         Ok(Written::Done(next))
     }
 
+    async fn update_waiters(&self, u: WaiterUpdate<'_>) -> Result<Option<Observed>> {
+        // Under the directory lock the read and the write cannot be interleaved with anyone
+        // else's, so the base is not needed: the update applies to what is there now.
+        let path = self.path(u.lock);
+        let _guard = self.lock_dir()?;
+        let current = self.load(u.lock, &path)?;
+        let State::Valid(record) = &current.state else {
+            return Ok(Some(current));
+        };
+        let next = record.with_waiters(u.set, u.remove, u.prune_before);
+        if next.waiters == record.waiters {
+            return Ok(Some(current));
+        }
+        let bytes = self.replace(u.lock, &path, &next)?;
+        Ok(Some(Observed {
+            state: State::Valid(next),
+            version: Version(VersionKind::Bytes(Arc::new(bytes))),
+        }))
+    }
+
     async fn list(&self) -> Result<Vec<(String, Observed)>> {
         let entries = fs::read_dir(&self.dir).map_err(|e| self.io_error("list", "*", e))?;
         let mut out = Vec::new();
         for entry in entries.flatten() {
             let file_name = entry.file_name();
-            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(SUFFIX)).filter(|n| !n.starts_with('.')).and_then(decode_name) else {
+            let Some(name) = file_name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SUFFIX))
+                .filter(|n| !n.starts_with('.'))
+                .and_then(decode_name)
+            else {
                 continue;
             };
             let observed = self.load(&name, &entry.path())?;
@@ -191,7 +261,14 @@ impl Store for FileStore {
 
     async fn doctor(&self) -> Vec<Check> {
         // `open` already refused a directory without exclusive create or flock.
-        let mut checks = vec![Check::new("directory", Outcome::Pass, format!("{} is writable; exclusive create and flock work", self.dir.display()))];
+        let mut checks = vec![Check::new(
+            "directory",
+            Outcome::Pass,
+            format!(
+                "{} is writable; exclusive create and flock work",
+                self.dir.display()
+            ),
+        )];
         let lock = format!("pipeline-lock-doctor-{:016x}", rand::random::<u64>());
         let change = crate::record::Change {
             action: crate::record::Action::Release,
@@ -201,12 +278,37 @@ impl Store for FileStore {
             expires_at: None,
             event: None,
         };
-        let first = self.write(Write { lock: &lock, expect: Expect::Vacant, base: None, change: &change }).await;
-        let stale = Observed { state: State::Absent, version: Version::default() };
-        let second = self.write(Write { lock: &lock, expect: Expect::Vacant, base: Some(&stale), change: &change }).await;
+        let first = self
+            .write(Write {
+                lock: &lock,
+                expect: Expect::Vacant,
+                base: None,
+                change: &change,
+            })
+            .await;
+        let stale = Observed {
+            state: State::Absent,
+            version: Version::default(),
+        };
+        let second = self
+            .write(Write {
+                lock: &lock,
+                expect: Expect::Vacant,
+                base: Some(&stale),
+                change: &change,
+            })
+            .await;
         checks.push(match (first, second) {
-            (Ok(Written::Done(_)), Ok(Written::Conflict(_))) => Check::new("conditional writes", Outcome::Pass, "a write based on a stale read is refused"),
-            other => Check::new("conditional writes", Outcome::Fail, format!("unexpected answers {other:?}")),
+            (Ok(Written::Done(_)), Ok(Written::Conflict(_))) => Check::new(
+                "conditional writes",
+                Outcome::Pass,
+                "a write based on a stale read is refused",
+            ),
+            other => Check::new(
+                "conditional writes",
+                Outcome::Fail,
+                format!("unexpected answers {other:?}"),
+            ),
         });
         let _ = fs::remove_file(self.path(&lock));
         checks

@@ -8,12 +8,15 @@ use async_trait::async_trait;
 
 use crate::clock::StoreClock;
 use crate::error::Result;
-use crate::record::{Change, Record};
+use crate::record::{Change, Record, Waiter};
 
 pub mod aws;
+#[cfg(feature = "negative-control")]
+mod broken;
 mod doctor_dynamo;
 mod doctor_s3;
 pub mod dynamo;
+mod dynamo_queue;
 pub mod file;
 pub mod s3;
 pub(crate) mod url;
@@ -66,7 +69,9 @@ pub(crate) enum VersionKind {
 /// The condition a write is made under (DESIGN rules 2 to 5).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expect {
-    /// No record, or a valid free tombstone. Grant from free.
+    /// No record, or a valid free tombstone. Grant from free. A blind grant (a write without a
+    /// `base`, decided before anything was read) also needs an empty queue: a decision that
+    /// never saw the waiters must not jump them (see [`Write::admits`]).
     Vacant,
     /// Held by this owner (renew/release from a later job that knows only its identity).
     Owner(String),
@@ -115,6 +120,37 @@ pub struct Write<'a> {
     pub change: &'a Change,
 }
 
+impl Write<'_> {
+    /// Does `state` satisfy this write's condition, the blind-grant rule included? Whole-record
+    /// stores check this before writing; DynamoDB says the same in its condition expression.
+    pub fn admits(&self, state: &State) -> bool {
+        let queued = matches!(state, State::Valid(r) if !r.waiters.is_empty());
+        self.expect.holds(state) && !(self.is_blind_grant() && queued)
+    }
+
+    /// A grant from free decided without reading the record.
+    pub fn is_blind_grant(&self) -> bool {
+        self.base.is_none() && self.expect == Expect::Vacant
+    }
+}
+
+/// A waiter's own bookkeeping in `Waiters`. It never changes Rvn or any holder field, so it
+/// cannot make a holder's renewal or a taker's compare-and-set on Token and Rvn fail.
+#[derive(Debug, Clone)]
+pub struct WaiterUpdate<'a> {
+    /// The lock name.
+    pub lock: &'a str,
+    /// The record this update was planned on. Whole-record stores write over it (and re-read
+    /// and retry when it changed meanwhile); DynamoDB picks its expression by it.
+    pub base: Option<&'a Observed>,
+    /// Register or refresh this entry.
+    pub set: Option<(&'a str, &'a Waiter)>,
+    /// Remove this entry (we got the lock or gave up).
+    pub remove: Option<&'a str>,
+    /// Also remove entries unseen since this store time (ms), except `set`'s own.
+    pub prune_before: Option<i64>,
+}
+
 /// The answer to a conditional write: contention is a value, not an error.
 #[derive(Debug, Clone)]
 pub enum Written {
@@ -143,6 +179,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Writes conditionally. Errors are only for failures to get an answer, or answers that
     /// are not about the condition; the caller treats a transient error as "may have landed".
     async fn write(&self, write: Write<'_>) -> Result<Written>;
+
+    /// Waiter bookkeeping (see [`WaiterUpdate`]). Nothing is written when the record is absent,
+    /// free of the entry to remove, or unreadable. Returns the record as it is afterwards when
+    /// the store knows it without another request, so the write can stand in for a poll.
+    /// Stores that keep no queue (test wrappers) answer `Ok(None)` and their locks simply have
+    /// no waiters; the lock itself stays safe, only the order is lost.
+    async fn update_waiters(&self, update: WaiterUpdate<'_>) -> Result<Option<Observed>> {
+        let _ = update;
+        Ok(None)
+    }
 
     /// Every lock record in the store, with its name.
     async fn list(&self) -> Result<Vec<(String, Observed)>>;
@@ -176,7 +222,11 @@ pub enum Outcome {
 
 impl Check {
     pub(crate) fn new(name: &str, outcome: Outcome, detail: impl Into<String>) -> Check {
-        Check { name: name.to_string(), outcome, detail: detail.into() }
+        Check {
+            name: name.to_string(),
+            outcome,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -191,9 +241,18 @@ pub(crate) fn salvage(lock: &str, old_fence: Option<u64>, change: &Change) -> Re
 
 /// Opens the store a URL names. AWS stores resolve their region and credentials here.
 pub async fn open(url: &StoreUrl, aws_opts: &aws::AwsOptions) -> Result<Arc<dyn Store>> {
+    // The safety checker's negative control; never compiled into a release build.
+    #[cfg(feature = "negative-control")]
+    if let Some(mode) = broken::Mode::from_env()? {
+        return broken::open(mode, url, aws_opts).await;
+    }
     Ok(match url {
-        StoreUrl::DynamoDb { table } => Arc::new(dynamo::DynamoStore::connect(table, aws_opts).await?),
+        StoreUrl::DynamoDb { table } => {
+            Arc::new(dynamo::DynamoStore::connect(table, aws_opts).await?)
+        }
         StoreUrl::File { dir } => Arc::new(file::FileStore::open(dir)?),
-        StoreUrl::S3 { bucket, prefix } => Arc::new(s3::S3Store::connect(bucket, prefix, aws_opts).await?),
+        StoreUrl::S3 { bucket, prefix } => {
+            Arc::new(s3::S3Store::connect(bucket, prefix, aws_opts).await?)
+        }
     })
 }

@@ -15,12 +15,18 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::aws::{self, AwsOptions, Failure, Meter};
 use super::file::{MAX_RECORD_BYTES, parse_bytes, salvage_fence};
-use super::{Check, Expect, Observed, State, Store, Version, VersionKind, Write, Written, decode_name, encode_name};
+use super::{
+    Check, Expect, Observed, State, Store, Version, VersionKind, WaiterUpdate, Write, Written,
+    decode_name, encode_name,
+};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::{Change, Record};
 
 const SUFFIX: &str = ".lock";
+
+/// Rewrites a waiter update tries before leaving it to the next poll.
+const WAITER_ROUNDS: u32 = 3;
 
 /// How `doctor`'s scratch object names start; `list` skips them (their random tail keeps them
 /// clear of real locks).
@@ -59,7 +65,9 @@ pub(crate) fn classify(status: u16, code: &str) -> Answer {
         "NoSuchBucket" => return Answer::NoBucket,
         // S3 answers 301 (PermanentRedirect) or 400 (AuthorizationHeaderMalformed: "the region
         // 'x' is wrong; expecting 'y'") to requests signed for the wrong region.
-        "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException" => return Answer::WrongRegion,
+        "PermanentRedirect"
+        | "AuthorizationHeaderMalformed"
+        | "IllegalLocationConstraintException" => return Answer::WrongRegion,
         "PreconditionFailed" => return Answer::Changed,
         // S3 answers 409 when two conditional writes to one key overlap; it is not "held".
         "ConditionalRequestConflict" | "OperationAborted" => return Answer::Concurrent,
@@ -84,13 +92,19 @@ pub(crate) fn object_key(prefix: &str, lock: &str) -> String {
 
 /// The key prefix that every lock object of this store starts with.
 pub(crate) fn list_prefix(prefix: &str) -> String {
-    if prefix.is_empty() { String::new() } else { format!("{prefix}/") }
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    }
 }
 
 /// The lock name of a listed key, `None` for keys that are not lock objects of this prefix
 /// (deeper prefixes, doctor scratch objects, foreign files).
 pub(crate) fn lock_name(prefix: &str, key: &str) -> Option<String> {
-    let encoded = key.strip_prefix(&list_prefix(prefix))?.strip_suffix(SUFFIX)?;
+    let encoded = key
+        .strip_prefix(&list_prefix(prefix))?
+        .strip_suffix(SUFFIX)?;
     if encoded.is_empty() || encoded.starts_with(DOCTOR_SCRATCH) || encoded.contains('/') {
         return None;
     }
@@ -106,16 +120,35 @@ impl S3Store {
         let super::StoreUrl::S3 { bucket, prefix } = url else {
             return Err(Error::Usage(format!("{url} is not an S3 store URL")));
         };
-        Ok(Self::from_config(&bucket, &prefix, &config, opts.force_path_style))
+        Ok(Self::from_config(
+            &bucket,
+            &prefix,
+            &config,
+            opts.force_path_style,
+        ))
     }
 
     /// A store on an AWS configuration the caller built. `bucket` and `prefix` must already
     /// be valid (see [`super::StoreUrl::s3`]).
-    pub fn from_config(bucket: &str, prefix: &str, config: &aws_config::SdkConfig, force_path_style: bool) -> S3Store {
+    pub fn from_config(
+        bucket: &str,
+        prefix: &str,
+        config: &aws_config::SdkConfig,
+        force_path_style: bool,
+    ) -> S3Store {
         let meter = Meter::default();
-        let conf = aws_sdk_s3::config::Builder::from(config).interceptor(meter.clone()).force_path_style(force_path_style).build();
+        let conf = aws_sdk_s3::config::Builder::from(config)
+            .interceptor(meter.clone())
+            .force_path_style(force_path_style)
+            .build();
         let region = config.region().map(|r| r.to_string()).unwrap_or_default();
-        S3Store { client: Client::from_conf(conf), bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string(), region, meter }
+        S3Store {
+            client: Client::from_conf(conf),
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            region,
+            meter,
+        }
     }
 
     pub(super) fn key(&self, lock: &str) -> String {
@@ -123,23 +156,47 @@ impl S3Store {
     }
 
     /// Maps an SDK failure of the IAM action `action` (`s3:GetObject`), bucket cases first.
-    pub(super) fn error<E>(&self, err: &SdkError<E, HttpResponse>, action: &str, what: &str) -> Error
+    pub(super) fn error<E>(
+        &self,
+        err: &SdkError<E, HttpResponse>,
+        action: &str,
+        what: &str,
+    ) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let bucket_region = match err {
-            SdkError::ServiceError(se) => se.raw().headers().get("x-amz-bucket-region").map(str::to_string),
+            SdkError::ServiceError(se) => se
+                .raw()
+                .headers()
+                .get("x-amz-bucket-region")
+                .map(str::to_string),
             _ => None,
         };
         self.map_failure(aws::failure(err), bucket_region, action, what)
     }
 
-    pub(super) fn map_failure(&self, failure: Failure, bucket_region: Option<String>, action: &str, what: &str) -> Error {
+    pub(super) fn map_failure(
+        &self,
+        failure: Failure,
+        bucket_region: Option<String>,
+        action: &str,
+        what: &str,
+    ) -> Error {
         let store = self.url();
-        if let Failure::Service { code, status, message } = &failure {
+        if let Failure::Service {
+            code,
+            status,
+            message,
+        } = &failure
+        {
             match classify(*status, code) {
                 Answer::NoBucket => {
-                    let at = if what.is_empty() { String::new() } else { format!(" (at {what})") };
+                    let at = if what.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (at {what})")
+                    };
                     return Error::Config(format!(
                         "{store}: bucket {b:?} does not exist{at}. Create it with the Terraform module in terraform/ \
                          (create_bucket = true, bucket_name = \"{b}\"), or check the bucket name and --endpoint-url",
@@ -148,7 +205,9 @@ impl S3Store {
                 }
                 Answer::WrongRegion => {
                     let hint = match bucket_region {
-                        Some(r) => format!("the bucket is in {r}: pass --region {r} or set AWS_REGION={r}"),
+                        Some(r) => {
+                            format!("the bucket is in {r}: pass --region {r} or set AWS_REGION={r}")
+                        }
                         None => "pass the bucket's region with --region or AWS_REGION".to_string(),
                     };
                     return Error::Config(format!(
@@ -165,11 +224,21 @@ impl S3Store {
     /// The object's ETag and body (at most `MAX_RECORD_BYTES + 1` bytes), `None` when absent.
     async fn fetch(&self, lock: &str) -> Result<Option<(Option<String>, Vec<u8>)>> {
         let key = self.key(lock);
-        let out = match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) => {
                 if let SdkError::ServiceError(se) = &e
-                    && classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()) == Answer::Gone
+                    && classify(
+                        se.raw().status().as_u16(),
+                        se.err().code().unwrap_or_default(),
+                    ) == Answer::Gone
                 {
                     return Ok(None);
                 }
@@ -184,7 +253,10 @@ impl S3Store {
             match body.next().await {
                 Some(Ok(chunk)) => bytes.extend_from_slice(&chunk),
                 Some(Err(e)) => {
-                    return Err(Error::unavailable(format!("{}: reading {key} was cut off", self.url()), e));
+                    return Err(Error::unavailable(
+                        format!("{}: reading {key} was cut off", self.url()),
+                        e,
+                    ));
                 }
                 None => break,
             }
@@ -195,10 +267,15 @@ impl S3Store {
 
     fn observed(lock: &str, fetched: Option<(Option<String>, Vec<u8>)>) -> Observed {
         match fetched {
-            None => Observed { state: State::Absent, version: Version::default() },
+            None => Observed {
+                state: State::Absent,
+                version: Version::default(),
+            },
             Some((etag, bytes)) => {
                 let state = parse_bytes(lock, bytes).state;
-                let version = etag.map(|e| Version(VersionKind::Etag(e))).unwrap_or_default();
+                let version = etag
+                    .map(|e| Version(VersionKind::Etag(e)))
+                    .unwrap_or_default();
                 Observed { state, version }
             }
         }
@@ -228,7 +305,11 @@ impl S3Store {
                     return Ok(Err(Written::Conflict(Self::observed(w.lock, fetched))));
                 }
                 let bytes = fetched.map(|f| f.1).unwrap_or_default();
-                super::salvage(w.lock, salvage_fence(&Version(VersionKind::Bytes(Arc::new(bytes)))), w.change)
+                super::salvage(
+                    w.lock,
+                    salvage_fence(&Version(VersionKind::Bytes(Arc::new(bytes)))),
+                    w.change,
+                )
             }
             (Expect::Exact, _) => super::salvage(w.lock, None, w.change),
             _ => Record::vacant(w.lock).apply(w.change),
@@ -239,7 +320,11 @@ impl S3Store {
 #[async_trait]
 impl Store for S3Store {
     fn url(&self) -> String {
-        super::StoreUrl::S3 { bucket: self.bucket.clone(), prefix: self.prefix.clone() }.to_string()
+        super::StoreUrl::S3 {
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+        }
+        .to_string()
     }
 
     fn clock(&self) -> &StoreClock {
@@ -264,7 +349,7 @@ impl Store for S3Store {
                 &fresh
             }
         };
-        if !w.expect.holds(&base.state) {
+        if !w.admits(&base.state) {
             return Ok(Written::Conflict(base.clone()));
         }
         let next = match self.next_record(&w, base).await? {
@@ -272,8 +357,15 @@ impl Store for S3Store {
             Err(conflict) => return Ok(conflict),
         };
         let key = self.key(w.lock);
-        let body = serde_json::to_vec_pretty(&next).map_err(|e| Error::other("cannot encode the lock record", e))?;
-        let req = self.client.put_object().bucket(&self.bucket).key(&key).content_type("application/json").body(ByteStream::from(body));
+        let body = serde_json::to_vec_pretty(&next)
+            .map_err(|e| Error::other("cannot encode the lock record", e))?;
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(body));
         let req = match (&base.state, &base.version.0) {
             (State::Absent, _) => req.if_none_match("*"),
             (_, VersionKind::Etag(etag)) => req.if_match(etag),
@@ -288,7 +380,10 @@ impl Store for S3Store {
             Ok(_) => Ok(Written::Done(next)),
             Err(e) => {
                 let answer = match &e {
-                    SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()),
+                    SdkError::ServiceError(se) => classify(
+                        se.raw().status().as_u16(),
+                        se.err().code().unwrap_or_default(),
+                    ),
                     _ => Answer::Other,
                 };
                 match answer {
@@ -306,13 +401,81 @@ impl Store for S3Store {
         }
     }
 
+    async fn update_waiters(&self, u: WaiterUpdate<'_>) -> Result<Option<Observed>> {
+        let key = self.key(u.lock);
+        let mut fresh = match u.base {
+            Some(b) => b.clone(),
+            None => self.read(u.lock, true).await?,
+        };
+        // Waiters race each other (and the holder) for the one object: each refusal means the
+        // record changed, so rewrite over what is there now. A few rounds, then let the next
+        // poll try again; bookkeeping is never worth an error.
+        for _ in 0..WAITER_ROUNDS {
+            let (State::Valid(record), VersionKind::Etag(etag)) = (&fresh.state, &fresh.version.0)
+            else {
+                return Ok(Some(fresh));
+            };
+            let next = record.with_waiters(u.set, u.remove, u.prune_before);
+            if next.waiters == record.waiters {
+                return Ok(Some(fresh));
+            }
+            let body = serde_json::to_vec_pretty(&next)
+                .map_err(|e| Error::other("cannot encode the lock record", e))?;
+            let req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .content_type("application/json")
+                .body(ByteStream::from(body));
+            match req.if_match(etag).send().await {
+                Ok(out) => {
+                    // Without the new ETag the record cannot be a base for the next write: read.
+                    let Some(etag) = out.e_tag() else {
+                        return Ok(None);
+                    };
+                    return Ok(Some(Observed {
+                        state: State::Valid(next),
+                        version: Version(VersionKind::Etag(etag.to_string())),
+                    }));
+                }
+                Err(e) => {
+                    let answer = match &e {
+                        SdkError::ServiceError(se) => classify(
+                            se.raw().status().as_u16(),
+                            se.err().code().unwrap_or_default(),
+                        ),
+                        _ => Answer::Other,
+                    };
+                    match answer {
+                        Answer::Changed | Answer::Concurrent | Answer::Gone => {
+                            fresh = self.read(u.lock, true).await?
+                        }
+                        _ => return Err(self.error(&e, "s3:PutObject", &key)),
+                    }
+                }
+            }
+        }
+        Ok(Some(fresh))
+    }
+
     async fn list(&self) -> Result<Vec<(String, Observed)>> {
         let prefix = list_prefix(&self.prefix);
         let mut names = Vec::new();
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&prefix).into_paginator().send();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.error(&e, "s3:ListBucket", &prefix))?;
-            names.extend(page.contents().iter().filter_map(|o| lock_name(&self.prefix, o.key()?)));
+            names.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| lock_name(&self.prefix, o.key()?)),
+            );
         }
         let mut out = Vec::with_capacity(names.len());
         for name in names {
@@ -365,12 +528,18 @@ mod tests {
     #[test]
     fn listed_keys_map_back_to_lock_names() {
         for name in ["deploy", "group/project", "deploy prod", "ünï"] {
-            assert_eq!(lock_name("ci", &object_key("ci", name)).as_deref(), Some(name));
+            assert_eq!(
+                lock_name("ci", &object_key("ci", name)).as_deref(),
+                Some(name)
+            );
             assert_eq!(lock_name("", &object_key("", name)).as_deref(), Some(name));
         }
         assert_eq!(lock_name("ci", "ci/sub/deploy.lock"), None);
         assert_eq!(lock_name("ci", "ci/.pipeline-lock-doctor-00ff.lock"), None);
-        assert_eq!(lock_name("", &object_key("", "../x")).as_deref(), Some("../x"));
+        assert_eq!(
+            lock_name("", &object_key("", "../x")).as_deref(),
+            Some("../x")
+        );
         assert_eq!(lock_name("ci", "ci/notes.txt"), None);
         assert_eq!(lock_name("ci", "other/deploy.lock"), None);
         assert_eq!(lock_name("", "ci/deploy.lock"), None);
@@ -379,11 +548,17 @@ mod tests {
     #[test]
     fn answers_are_normalised_once() {
         assert_eq!(classify(412, "PreconditionFailed"), Answer::Changed);
-        assert_eq!(classify(409, "ConditionalRequestConflict"), Answer::Concurrent);
+        assert_eq!(
+            classify(409, "ConditionalRequestConflict"),
+            Answer::Concurrent
+        );
         assert_eq!(classify(404, "NoSuchKey"), Answer::Gone);
         assert_eq!(classify(404, "NoSuchBucket"), Answer::NoBucket);
         assert_eq!(classify(301, "PermanentRedirect"), Answer::WrongRegion);
-        assert_eq!(classify(400, "AuthorizationHeaderMalformed"), Answer::WrongRegion);
+        assert_eq!(
+            classify(400, "AuthorizationHeaderMalformed"),
+            Answer::WrongRegion
+        );
         assert_eq!(classify(301, "Unknown"), Answer::WrongRegion);
         assert_eq!(classify(404, "Unknown"), Answer::Gone);
         assert_eq!(classify(403, "AccessDenied"), Answer::Other);

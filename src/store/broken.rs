@@ -1,0 +1,179 @@
+//! The safety checker's negative control (see `tests/safety.rs`): a store wrapper that breaks
+//! DESIGN rule 4 on purpose, so a test can show that the checker notices. A checker that
+//! cannot fail proves nothing.
+//!
+//! Compiled only with the `negative-control` feature (test builds enable it; release builds
+//! never do) and active only when `PIPELINE_LOCK_TEST_BREAK` names a mode. Without the
+//! variable the wrapper is not even constructed.
+//!
+//! `unconditional-takeover`: a takeover (`Expect::TokenRvn`) is written without its condition:
+//! the record the taker computed from what it read overwrites whatever is there now, like a
+//! read-then-unconditional-put. Two takers of one stale record then both "win", with the
+//! same fence, and a holder that renewed meanwhile is overwritten.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::dynamo::DynamoStore;
+use super::file::FileStore;
+use super::s3::S3Store;
+use super::{Check, Expect, Observed, State, Store, StoreUrl, WaiterUpdate, Write, Written, aws, encode_name};
+use crate::clock::StoreClock;
+use crate::error::{Error, Result};
+use crate::record::Record;
+
+/// The variable that switches the negative control on.
+pub const VAR: &str = "PIPELINE_LOCK_TEST_BREAK";
+
+/// How the protocol is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Takeovers ignore the Token+Rvn condition.
+    UnconditionalTakeover,
+}
+
+impl Mode {
+    /// The mode `PIPELINE_LOCK_TEST_BREAK` names, if set.
+    pub fn from_env() -> Result<Option<Mode>> {
+        match std::env::var(VAR).ok().as_deref() {
+            None | Some("") => Ok(None),
+            Some("unconditional-takeover") => Ok(Some(Mode::UnconditionalTakeover)),
+            Some(other) => Err(Error::Usage(format!("{VAR}={other:?} is not a known mode; the only one is unconditional-takeover"))),
+        }
+    }
+}
+
+/// Where an unconditional write goes: around the store's own compare-and-set.
+#[derive(Debug)]
+enum Raw {
+    File(PathBuf),
+    Dynamo(DynamoStore),
+    S3(S3Store),
+}
+
+/// A store whose takeovers are unconditional.
+#[derive(Debug)]
+pub struct Broken {
+    inner: Arc<dyn Store>,
+    raw: Raw,
+}
+
+/// Opens the store `url` names, wrapped.
+pub async fn open(mode: Mode, url: &StoreUrl, aws_opts: &aws::AwsOptions) -> Result<Arc<dyn Store>> {
+    let Mode::UnconditionalTakeover = mode;
+    tracing::warn!("negative control {VAR}=unconditional-takeover: this process takes locks over without the Token+Rvn condition");
+    let (inner, raw): (Arc<dyn Store>, Raw) = match url {
+        StoreUrl::DynamoDb { table } => {
+            let s = DynamoStore::connect(table, aws_opts).await?;
+            (Arc::new(s.clone()), Raw::Dynamo(s))
+        }
+        StoreUrl::S3 { bucket, prefix } => {
+            let s = S3Store::connect(bucket, prefix, aws_opts).await?;
+            (Arc::new(s.clone()), Raw::S3(s))
+        }
+        StoreUrl::File { dir } => (Arc::new(FileStore::open(dir)?), Raw::File(dir.clone())),
+    };
+    Ok(Arc::new(Broken { inner, raw }))
+}
+
+impl Broken {
+    async fn overwrite(&self, lock: &str, record: &Record) -> Result<()> {
+        match &self.raw {
+            Raw::File(dir) => {
+                // Under the directory lock, so the store's own writers see a whole file; but
+                // with no look at what is there.
+                let guard = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".pipeline-lock.dirlock"));
+                let io = |e: std::io::Error| Error::other("negative control: file write failed", e);
+                let guard: File = guard.map_err(io)?;
+                guard.lock().map_err(io)?;
+                let path = dir.join(format!("{}.lock", encode_name(lock)));
+                let tmp = dir.join(format!(".{}.{:016x}.broken", encode_name(lock), rand::random::<u64>()));
+                let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io)?;
+                f.write_all(&serde_json::to_vec_pretty(record).map_err(|e| Error::other("negative control: cannot encode the record", e))?)
+                    .map_err(io)?;
+                f.sync_all().map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)?;
+            }
+            Raw::Dynamo(s) => {
+                let item = serde_dynamo::to_item(record).map_err(|e| Error::other("negative control: cannot encode the record", e))?;
+                s.client()
+                    .put_item()
+                    .table_name(s.table())
+                    .set_item(Some(item))
+                    .send()
+                    .await
+                    .map_err(|e| Error::unavailable("negative control: PutItem failed", e))?;
+            }
+            Raw::S3(s) => {
+                let body = serde_json::to_vec_pretty(record).map_err(|e| Error::other("negative control: cannot encode the record", e))?;
+                s.client()
+                    .put_object()
+                    .bucket(s.bucket())
+                    .key(s.key(lock))
+                    .content_type("application/json")
+                    .body(body.into())
+                    .send()
+                    .await
+                    .map_err(|e| Error::unavailable("negative control: PutObject failed", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for Broken {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    fn clock(&self) -> &StoreClock {
+        self.inner.clock()
+    }
+
+    fn requests(&self) -> u64 {
+        self.inner.requests()
+    }
+
+    async fn read(&self, lock: &str, consistent: bool) -> Result<Observed> {
+        self.inner.read(lock, consistent).await
+    }
+
+    async fn write(&self, w: Write<'_>) -> Result<Written> {
+        if !matches!(w.expect, Expect::TokenRvn { .. }) {
+            return self.inner.write(w).await;
+        }
+        // The record as the taker saw it (a re-read only for the retime path, which has none).
+        let fresh;
+        let seen = match w.base {
+            Some(b) => b,
+            None => {
+                fresh = self.inner.read(w.lock, true).await?;
+                &fresh
+            }
+        };
+        let State::Valid(before) = &seen.state else {
+            return self.inner.write(w).await;
+        };
+        let next = before.apply(w.change);
+        tracing::warn!("negative control: overwriting lock {:?} unconditionally with fence {}", w.lock, next.fence);
+        self.overwrite(w.lock, &next).await?;
+        Ok(Written::Done(next))
+    }
+
+    async fn update_waiters(&self, update: WaiterUpdate<'_>) -> Result<Option<Observed>> {
+        self.inner.update_waiters(update).await
+    }
+
+    async fn list(&self) -> Result<Vec<(String, Observed)>> {
+        self.inner.list().await
+    }
+
+    async fn doctor(&self) -> Vec<Check> {
+        self.inner.doctor().await
+    }
+}

@@ -1,0 +1,451 @@
+//! The checker: judges one run from the witness's total order of events, the contenders'
+//! exit codes, the nemesis's notes and the lock record left at the end. Pure: it is tested
+//! on hand-written histories below, including ones it must reject.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Deserialize;
+
+/// One witness log entry (see `examples/witness.rs`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Event {
+    pub seq: u64,
+    /// Witness ms since it started.
+    pub t: u64,
+    pub kind: String,
+    pub owner: String,
+    pub fence: u64,
+    pub epoch: u64,
+    pub value: u64,
+    pub ok: bool,
+    pub text: String,
+}
+
+/// How one `pipeline-lock run` ended, as far as the checker cares.
+#[derive(Debug, Clone)]
+pub struct Exit {
+    pub owner: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub panicked: bool,
+    pub stderr: String,
+}
+
+/// Everything the checker looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub events: Vec<Event>,
+    pub exits: Vec<Exit>,
+    /// Did the witness reject stale fences? Without it every overlap is a violation.
+    pub fenced: bool,
+    /// Owners the nemesis SIGKILLed.
+    pub killed: BTreeSet<String>,
+    /// Harness-ms windows in which the store was down or empty.
+    pub restarts: Vec<(u64, u64)>,
+    /// Per contender slot: successful iterations, and whether it finished.
+    pub slots: Vec<(u32, bool)>,
+    pub min_iterations: u32,
+    /// The witness counter at the end.
+    pub counter: u64,
+    /// `status --output json` at the end: "free", "absent" or "held", and the holder.
+    pub final_state: String,
+    pub final_owner: Option<String>,
+    /// Owners whose process is still alive at the end.
+    pub alive: BTreeSet<String>,
+    /// Upper bound (ms) from a holder's SIGKILL to the next holder's begin.
+    pub takeover_bound_ms: u64,
+}
+
+/// The verdict.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub violations: Vec<String>,
+    pub notes: Vec<String>,
+    pub stats: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Interval {
+    owner: String,
+    epoch: u64,
+    fence: u64,
+    begin: u64,
+    /// Its `end`, or its last event when it never ended (killed, or stopped on lease loss).
+    close: u64,
+    ended: bool,
+    /// (seq, accepted) of its writes.
+    writes: Vec<(u64, bool)>,
+}
+
+fn intervals(events: &[Event]) -> Vec<Interval> {
+    let mut by_owner: HashMap<&str, Interval> = HashMap::new();
+    for e in events.iter().filter(|e| !e.owner.is_empty()) {
+        let iv = by_owner.entry(&e.owner).or_insert_with(|| Interval {
+            owner: e.owner.clone(),
+            epoch: e.epoch,
+            fence: e.fence,
+            begin: e.seq,
+            close: e.seq,
+            ended: false,
+            writes: Vec::new(),
+        });
+        iv.close = e.seq;
+        match e.kind.as_str() {
+            "write" => iv.writes.push((e.seq, e.ok)),
+            "end" => iv.ended = true,
+            _ => {}
+        }
+    }
+    let mut v: Vec<Interval> = by_owner.into_values().collect();
+    v.sort_by_key(|i| i.begin);
+    v
+}
+
+/// The checks on the witness's history alone: mutual exclusion, fences, the counter's
+/// increments. Also used while a run is going (the negative control stops at the first).
+pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
+    let ivs = intervals(events);
+    r.stats.insert("holders", ivs.len() as u64);
+    r.stats.insert("writes accepted", events.iter().filter(|e| e.kind == "write" && e.ok).count() as u64);
+    r.stats.insert("writes rejected (stale fence)", events.iter().filter(|e| e.kind == "write" && !e.ok).count() as u64);
+
+    // 1. Mutual exclusion: overlapping holders only where the stale one's writes were fenced off.
+    let mut fenced_overlaps = 0;
+    // Holders overrun by a newer one, each with the fault noted last before that happened.
+    let mut overrun: BTreeMap<&str, &str> = BTreeMap::new();
+    let cause = |at: u64| {
+        events
+            .iter()
+            .rev()
+            .filter(|e| e.seq < at && e.kind == "mark" && !e.text.starts_with("resumed") && e.text != "proxy pass")
+            .map(|e| e.text.split_whitespace().next().unwrap_or("?"))
+            .next()
+            .unwrap_or("no fault")
+    };
+    for (i, a) in ivs.iter().enumerate() {
+        for b in ivs[i + 1..].iter().take_while(|b| b.begin <= a.close) {
+            let (ka, kb) = ((a.epoch, a.fence), (b.epoch, b.fence));
+            if ka == kb {
+                r.violations.push(format!(
+                    "{} and {} held the lock at once with the same fence {} (epoch {}), events {}..{}",
+                    a.owner,
+                    b.owner,
+                    a.fence,
+                    a.epoch,
+                    b.begin,
+                    a.close.min(b.close)
+                ));
+                continue;
+            }
+            let (stale, newer) = if ka < kb { (a, b) } else { (b, a) };
+            let accepted: Vec<u64> = stale.writes.iter().filter(|(s, ok)| *ok && *s > newer.begin).map(|(s, _)| *s).collect();
+            if !fenced || !accepted.is_empty() {
+                r.violations.push(format!(
+                    "{} (fence {}) and {} (fence {}) held the lock at once (events {}..{}); the stale holder's writes at {:?} were accepted",
+                    stale.owner,
+                    stale.fence,
+                    newer.owner,
+                    newer.fence,
+                    newer.begin.max(stale.begin),
+                    a.close.min(b.close),
+                    accepted
+                ));
+            } else {
+                fenced_overlaps += 1;
+                overrun.entry(&stale.owner).or_insert_with(|| cause(newer.begin));
+                if fenced_overlaps <= 5 {
+                    r.notes.push(format!(
+                        "overlap fenced off: {} (fence {}) was still inside after {} (fence {}) began; its writes there were rejected",
+                        stale.owner, stale.fence, newer.owner, newer.fence
+                    ));
+                }
+            }
+        }
+    }
+    r.stats.insert("overlaps fenced off", fenced_overlaps);
+    r.stats.insert("holders overrun (fenced off)", overrun.len() as u64);
+    let mut by_cause: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in overrun.values() {
+        *by_cause.entry(c).or_default() += 1;
+    }
+    if !by_cause.is_empty() {
+        let list: Vec<String> = by_cause.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        r.notes.push(format!("holders overrun by a newer one, by the fault noted last before: {}", list.join(", ")));
+    }
+
+    // 2. Fences: unique per epoch, increasing in begin order unless fenced off, and the
+    //    accepted writes' fences never go back.
+    let mut owners_of: BTreeMap<(u64, u64), Vec<&str>> = BTreeMap::new();
+    for iv in &ivs {
+        owners_of.entry((iv.epoch, iv.fence)).or_default().push(&iv.owner);
+    }
+    for ((epoch, fence), owners) in &owners_of {
+        if owners.len() > 1 {
+            r.violations.push(format!("fence {fence} (epoch {epoch}) was granted to {} holders: {}", owners.len(), owners.join(", ")));
+        }
+    }
+    let mut top: HashMap<u64, (u64, &str)> = HashMap::new();
+    for iv in &ivs {
+        let entry = top.entry(iv.epoch).or_insert((0, ""));
+        if iv.fence < entry.0 {
+            if iv.writes.iter().any(|(_, ok)| *ok) {
+                r.violations.push(format!(
+                    "fence went backwards: {} began with fence {} after {} had {}, and its writes were accepted",
+                    iv.owner, iv.fence, entry.1, entry.0
+                ));
+            } else {
+                r.notes.push(format!("{} began with fence {} after {} had {}: a stale holder, fenced off", iv.owner, iv.fence, entry.1, entry.0));
+            }
+        } else {
+            *entry = (iv.fence, &iv.owner);
+        }
+    }
+    let mut last_key = (0, 0);
+    for e in events.iter().filter(|e| e.kind == "write" && e.ok) {
+        if (e.epoch, e.fence) < last_key {
+            r.violations.push(format!("accepted write #{} by {} has fence {} below an earlier accepted {}", e.seq, e.owner, e.fence, last_key.1));
+        }
+        last_key = last_key.max((e.epoch, e.fence));
+    }
+    for e in events.iter().filter(|e| e.kind == "epoch") {
+        r.notes.push(format!("event {}: {}; fences restart in epoch {} (the store kept nothing, as expected)", e.seq, e.text, e.epoch));
+    }
+    r.stats.insert("store restarts (fence epochs)", events.iter().filter(|e| e.kind == "epoch").count() as u64);
+
+    // 3. The counter: every accepted write added exactly one.
+    let mut counter = 0;
+    let mut lost = 0;
+    for e in events.iter().filter(|e| e.kind == "write" && e.ok) {
+        if e.value != counter + 1 {
+            lost += 1;
+            if lost <= 5 {
+                r.violations.push(format!("lost update: {} wrote {} over counter {} (event {})", e.owner, e.value, counter, e.seq));
+            }
+        }
+        counter = e.value;
+    }
+}
+
+/// Judges one run.
+pub fn check(input: &Input) -> Report {
+    let mut r = Report::default();
+    history(&input.events, input.fenced, &mut r);
+    let events = &input.events;
+    let accepted = r.stats["writes accepted"];
+    if input.counter != accepted {
+        r.violations.push(format!("final counter {} != {} accepted increments", input.counter, accepted));
+    }
+
+    // 4. Every contender finished its iterations.
+    for (i, (done, finished)) in input.slots.iter().enumerate() {
+        if !finished || *done < input.min_iterations {
+            let last = input.exits.iter().rev().find(|x| x.owner.starts_with(&format!("c{i}-")));
+            r.violations.push(format!(
+                "contender c{i} did not finish: {done} of {} iterations{}",
+                input.min_iterations,
+                last.map(|x| format!("; its last run {} ended {:?}/{:?}: {}", x.owner, x.code, x.signal, x.stderr)).unwrap_or_default()
+            ));
+        }
+    }
+
+    // 5. A killed holder's lock is taken over within the lease plus slack.
+    let mut worst = 0;
+    for m in events.iter().filter(|e| e.kind == "mark" && e.text.starts_with("kill-holder ")) {
+        let victim = m.text.trim_start_matches("kill-holder ").trim();
+        let next = events.iter().find(|e| e.seq > m.seq && e.kind == "begin" && e.owner != victim);
+        match next {
+            Some(n) if n.t - m.t <= input.takeover_bound_ms => worst = worst.max(n.t - m.t),
+            Some(n) => r.violations.push(format!(
+                "{victim} was killed holding the lock; the next holder {} began {} ms later (bound {} ms)",
+                n.owner,
+                n.t - m.t,
+                input.takeover_bound_ms
+            )),
+            None => r.violations.push(format!("{victim} was killed holding the lock and nobody took it over")),
+        }
+    }
+    r.stats.insert("slowest takeover after kill-holder (ms)", worst);
+
+    // 6. At the end the lock is free, or held by a live process.
+    match (input.final_state.as_str(), &input.final_owner) {
+        ("free" | "absent", _) => {}
+        ("held", Some(o)) if input.alive.contains(o) => {}
+        (state, owner) => r.violations.push(format!("at the end the lock is {state} by {owner:?}, which is not a live process")),
+    }
+
+    // 7. Exit codes: the documented ones, and a panic is always a bug.
+    let in_restart = |x: &Exit| input.restarts.iter().any(|(a, b)| x.start_ms <= b + 1500 && x.end_ms >= *a);
+    let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
+    for x in &input.exits {
+        let key = match (x.code, x.signal) {
+            (Some(c), _) => format!("exit {c}"),
+            (None, Some(s)) => format!("signal {s}"),
+            _ => "?".into(),
+        };
+        *by_code.entry(key).or_default() += 1;
+        let ok = match (x.code, x.signal) {
+            // done; child's write fenced off (exit 10); store unreachable; lease lost
+            (Some(0 | 10 | 69 | 76), _) => true,
+            // no table or bucket: only while the store restarts
+            (Some(78), _) => in_restart(x),
+            (None, Some(9)) => input.killed.contains(&x.owner),
+            _ => false,
+        };
+        if !ok || x.panicked {
+            r.violations.push(format!("{} ended {:?}/{:?} unexpectedly: {}", x.owner, x.code, x.signal, x.stderr));
+        }
+    }
+    for (k, n) in by_code {
+        r.notes.push(format!("runs that ended with {k}: {n}"));
+    }
+    r.stats.insert("runs", input.exits.len() as u64);
+    r.stats.insert("iterations", input.exits.iter().filter(|x| x.code == Some(0)).count() as u64);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, kind: &str, owner: &str, fence: u64, value: u64, ok: bool) -> Event {
+        Event { seq, t: seq * 10, kind: kind.into(), owner: owner.into(), fence, epoch: 0, value, ok, text: String::new() }
+    }
+
+    /// A clean history of `n` holders one after another.
+    fn clean(n: u64) -> Input {
+        let mut events = Vec::new();
+        for i in 0..n {
+            let o = format!("c0-r{i}");
+            let s = events.len() as u64;
+            events.push(ev(s, "begin", &o, i + 1, 0, true));
+            events.push(ev(s + 1, "read", &o, i + 1, i, true));
+            events.push(ev(s + 2, "write", &o, i + 1, i + 1, true));
+            events.push(ev(s + 3, "end", &o, i + 1, 0, true));
+        }
+        let exits = (0..n)
+            .map(|i| Exit { owner: format!("c0-r{i}"), start_ms: 0, end_ms: 1, code: Some(0), signal: None, panicked: false, stderr: String::new() })
+            .collect();
+        Input {
+            events,
+            exits,
+            fenced: true,
+            slots: vec![(n as u32, true)],
+            min_iterations: n as u32,
+            counter: n,
+            final_state: "free".into(),
+            takeover_bound_ms: 5000,
+            ..Input::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let r = check(&clean(5));
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.stats["iterations"], 5);
+    }
+
+    #[test]
+    fn two_holders_with_one_fence_fail() {
+        let mut i = clean(1);
+        i.events = vec![
+            ev(0, "begin", "a", 1, 0, true),
+            ev(1, "begin", "b", 1, 0, true),
+            ev(2, "read", "a", 1, 0, true),
+            ev(3, "read", "b", 1, 0, true),
+            ev(4, "write", "a", 1, 1, true),
+            ev(5, "write", "b", 1, 1, true),
+            ev(6, "end", "a", 1, 0, true),
+            ev(7, "end", "b", 1, 0, true),
+        ];
+        i.counter = 1;
+        let r = check(&i);
+        let all = r.violations.join("\n");
+        assert!(all.contains("same fence"), "{all}");
+        assert!(all.contains("granted to 2 holders"), "{all}");
+        assert!(all.contains("lost update") && all.contains("final counter 1 != 2"), "{all}");
+    }
+
+    #[test]
+    fn an_overlap_fenced_off_passes_and_an_unfenced_one_fails() {
+        let mut i = clean(1);
+        i.events = vec![
+            ev(0, "begin", "old", 1, 0, true),
+            ev(1, "read", "old", 1, 0, true),
+            ev(2, "begin", "new", 2, 0, true),
+            ev(3, "read", "new", 2, 0, true),
+            ev(4, "write", "new", 2, 1, true),
+            ev(5, "write", "old", 1, 1, false),
+            ev(6, "end", "new", 2, 0, true),
+        ];
+        i.counter = 1;
+        let r = check(&i);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.stats["overlaps fenced off"], 1);
+        // The same overlap where the witness accepted the stale write.
+        i.events[5].ok = true;
+        i.counter = 1;
+        let r = check(&i);
+        assert!(r.violations.iter().any(|v| v.contains("held the lock at once")), "{:?}", r.violations);
+        i.events[5].ok = false;
+        i.fenced = false;
+        assert!(!check(&i).violations.is_empty());
+    }
+
+    #[test]
+    fn fences_restart_only_with_an_epoch() {
+        let mut i = clean(2);
+        // A second holder with a lower fence and an accepted write: backwards.
+        i.events[4].fence = 1;
+        i.events[5].fence = 1;
+        i.events[6].fence = 1;
+        i.events[7].fence = 1;
+        assert!(!check(&i).violations.is_empty());
+        // The same after a store restart: expected, and said so.
+        let mut i = clean(2);
+        for e in &mut i.events[4..] {
+            e.epoch = 1;
+            e.fence = 1;
+            e.seq += 1;
+        }
+        i.events.insert(
+            4,
+            Event { seq: 4, t: 40, kind: "epoch".into(), owner: String::new(), fence: 0, epoch: 1, value: 0, ok: true, text: "restarted".into() },
+        );
+        let r = check(&i);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert!(r.notes.iter().any(|n| n.contains("fences restart")));
+    }
+
+    #[test]
+    fn slow_takeover_unfinished_contender_held_lock_and_odd_exits_fail() {
+        let mut i = clean(2);
+        i.events.insert(
+            4,
+            Event {
+                seq: 3,
+                t: 35,
+                kind: "mark".into(),
+                owner: String::new(),
+                fence: 0,
+                epoch: 0,
+                value: 0,
+                ok: true,
+                text: "kill-holder c0-r0".into(),
+            },
+        );
+        i.takeover_bound_ms = 1;
+        i.slots = vec![(1, false)];
+        i.final_state = "held".into();
+        i.final_owner = Some("c0-r1".into());
+        i.exits[0].code = Some(1);
+        i.exits[1].code = None;
+        i.exits[1].signal = Some(9);
+        let all = check(&i).violations.join("\n");
+        for needle in ["ms later", "did not finish", "not a live process", "c0-r0 ended Some(1)", "c0-r1 ended None/Some(9)"] {
+            assert!(all.contains(needle), "{needle}: {all}");
+        }
+    }
+}

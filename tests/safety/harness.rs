@@ -1,0 +1,241 @@
+//! One safety run: a store, the witness, the fault proxy, the contenders and the nemesis;
+//! then the checker's report.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::checker::{self, Exit, Input, Report};
+use crate::helpers::{Proxy, Witness};
+use crate::nemesis::{Fault, Nemesis};
+use crate::servers::{Kind, Server};
+use crate::tools::{Rng, example, signal};
+use crate::workload::{Invocation, Workload, lock};
+
+/// The takers' default skew margin (`--clock-margin`): a stale lease keeps others out this
+/// much longer.
+const CLOCK_MARGIN_MS: u64 = 2000;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kind: Kind,
+    pub contenders: usize,
+    /// At least this many successful runs per contender.
+    pub iterations: u32,
+    pub ttl_ms: u64,
+    pub heartbeat_ms: u64,
+    pub retry_ms: u64,
+    pub faults: Vec<Fault>,
+    /// Random faults after the deck of one-of-each, until this much time has passed.
+    pub budget: Duration,
+    /// `PIPELINE_LOCK_TEST_BREAK`.
+    pub broken: Option<&'static str>,
+    /// `--queue` for every contender; `None`: fifo or none, by the seed.
+    pub queue: Option<&'static str>,
+    /// See [`Invocation::prune_floor`].
+    pub prune_floor: &'static str,
+    pub seed: u64,
+}
+
+impl Config {
+    /// The short run (CI) or the long one (`scripts/safety --long`), per the environment.
+    pub fn for_store(kind: Kind) -> Config {
+        let long = std::env::var("PIPELINE_LOCK_SAFETY_LONG").is_ok_and(|v| !v.is_empty() && v != "0");
+        Config {
+            kind,
+            contenders: if long { 5 } else { 4 },
+            iterations: if long { 40 } else { 10 },
+            ttl_ms: 1500,
+            heartbeat_ms: 300,
+            retry_ms: 100,
+            faults: Fault::all_for(kind),
+            budget: Duration::from_secs(if long { 180 } else { 0 }),
+            broken: None,
+            queue: None,
+            prune_floor: "1s",
+            seed: seed(),
+        }
+    }
+}
+
+/// `PIPELINE_LOCK_SAFETY_SEED` replays a run's fault schedule; otherwise a fresh seed.
+pub fn seed() -> u64 {
+    std::env::var("PIPELINE_LOCK_SAFETY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u32>) as u64
+}
+
+pub struct Outcome {
+    pub report: Report,
+    pub text: String,
+}
+
+fn final_status(server: &Server, store: &str, lock_name: &str) -> (String, Option<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipeline-lock"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["--store", store, "--lock", lock_name, "status", "--output", "json"]);
+    if let Some(e) = server.endpoint() {
+        cmd.args(["--endpoint-url", &e]);
+    }
+    if server.kind == Kind::MotoS3 {
+        cmd.arg("--s3-force-path-style");
+    }
+    let out = cmd.output().expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let state = v["state"].as_str().map(str::to_string).unwrap_or_else(|| format!("unreadable ({})", String::from_utf8_lossy(&out.stderr).trim()));
+    (state, v["record"]["Owner"].as_str().map(str::to_string))
+}
+
+pub fn run(cfg: &Config) -> Outcome {
+    let started = Instant::now();
+    let name = cfg.kind.name();
+    let which = if cfg.broken.is_some() { "negative-control" } else { name };
+    let replay = format!("PIPELINE_LOCK_SAFETY_SEED={} scripts/safety {which}", cfg.seed);
+    println!("safety run on {name}: seed {} (replay the fault schedule: {replay})", cfg.seed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("safety/{name}-{}-{:06x}", cfg.seed, rand::random::<u32>() & 0xff_ffff));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The queue orders waiters; "none" lets every waiter race for a free or stale lock.
+    let queue = cfg.queue.unwrap_or(if cfg.seed.is_multiple_of(3) { "none" } else { "fifo" });
+    let mut server = Server::start(cfg.kind, &dir);
+    let witness = Witness::start(true);
+    let proxy = server.endpoint().map(|_| Proxy::start(&server.addr()));
+    let prefix = format!("safety-{:08x}", rand::random::<u32>());
+    let store = server.store_url(&prefix);
+    let lock_name = "safety/deploy".to_string();
+    let inv = Invocation {
+        store: store.clone(),
+        endpoint: proxy.as_ref().map(Proxy::url),
+        s3: cfg.kind == Kind::MotoS3,
+        lock: lock_name.clone(),
+        ttl_ms: cfg.ttl_ms,
+        heartbeat_ms: cfg.heartbeat_ms,
+        retry_ms: cfg.retry_ms,
+        witness: witness.addr(),
+        witness_bin: example("witness").display().to_string(),
+        broken: cfg.broken.map(str::to_string),
+        queue: queue.to_string(),
+        prune_floor: cfg.prune_floor.to_string(),
+    };
+    // Generous: the contenders must finish, but a hang must end the run, not the suite.
+    let deadline = Instant::now() + cfg.budget + Duration::from_secs(150);
+    let epoch = Instant::now();
+    let workload = Workload::start(inv, cfg.contenders, cfg.iterations, epoch, deadline, cfg.seed);
+    let stale_after = Duration::from_millis(cfg.ttl_ms + CLOCK_MARGIN_MS);
+    let mut nemesis = Nemesis {
+        rng: Rng::new(cfg.seed),
+        witness: &witness,
+        proxy: proxy.as_ref(),
+        server: &mut server,
+        workload: &workload,
+        epoch,
+        stale_after,
+        stop_on_violation: cfg.broken.is_some(),
+        log: Default::default(),
+    };
+    nemesis.run(&cfg.faults, cfg.budget);
+    let log = std::mem::take(&mut nemesis.log);
+    let nemesis_ms = epoch.elapsed().as_millis();
+    workload.nemesis_done.store(true, Ordering::SeqCst);
+    let slots = workload.slots.clone();
+    let records = workload.records.clone();
+    workload.join();
+    // Anything still running past the deadline is a hang: stop it, and say so below.
+    let alive: BTreeSet<String> = lock(&slots).iter().filter_map(|s| s.current.as_ref()).map(|c| c.owner.clone()).collect();
+    for c in lock(&slots).iter().filter_map(|s| s.current.as_ref()) {
+        signal(-c.pgid, libc::SIGKILL);
+    }
+
+    let events = witness.dump();
+    let (final_state, final_owner) = final_status(&server, &store, &lock_name);
+    let runs = lock(&records).clone();
+    let input = Input {
+        events,
+        exits: runs
+            .iter()
+            .map(|r| Exit {
+                owner: r.owner.clone(),
+                start_ms: r.start_ms,
+                end_ms: r.end_ms,
+                code: r.code,
+                signal: r.signal,
+                panicked: r.panicked,
+                stderr: r.stderr.clone(),
+            })
+            .collect(),
+        fenced: true,
+        killed: log.killed.clone(),
+        restarts: log.restarts.clone(),
+        slots: lock(&slots).iter().map(|s| (s.successes, s.finished)).collect(),
+        min_iterations: cfg.iterations,
+        counter: witness.counter(),
+        final_state: final_state.clone(),
+        final_owner,
+        alive,
+        // Lease, then the takers' margin, then a poll, a Date-header clock's uncertainty
+        // and starting the next command.
+        takeover_bound_ms: cfg.ttl_ms + CLOCK_MARGIN_MS + 2000,
+    };
+    let report = checker::check(&input);
+
+    let mut text = String::new();
+    let _ = writeln!(text, "== safety run on {name}: seed {} ({replay})", cfg.seed);
+    let _ = writeln!(
+        text,
+        "contenders {} x at least {} iterations, lease {} ms, heartbeat {} ms, retry {} ms, queue {queue}{}",
+        cfg.contenders,
+        cfg.iterations,
+        cfg.ttl_ms,
+        cfg.heartbeat_ms,
+        cfg.retry_ms,
+        cfg.broken.map(|b| format!(", NEGATIVE CONTROL {b}")).unwrap_or_default()
+    );
+    let _ = writeln!(text, "time: {:.1} s ({:.1} s of faults)", started.elapsed().as_secs_f64(), nemesis_ms as f64 / 1000.0);
+    let faults: Vec<String> = log.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(text, "faults: {} ({} in all)", faults.join(", "), log.counts.values().sum::<u32>());
+    if let Some(p) = &proxy {
+        let _ = writeln!(text, "proxy: {}", p.stats());
+    }
+    let stats: Vec<String> = report.stats.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(text, "stats: {}", stats.join(", "));
+    let _ = writeln!(text, "final lock state: {final_state}");
+    for l in &log.lines {
+        let _ = writeln!(text, "  nemesis {l}");
+    }
+    for n in &report.notes {
+        let _ = writeln!(text, "  note: {n}");
+    }
+    let _ = writeln!(text, "violations: {}", report.violations.len());
+    for v in &report.violations {
+        let _ = writeln!(text, "  VIOLATION: {v}");
+    }
+    let _ = writeln!(text, "files: {}", dir.display());
+    std::fs::write(dir.join("report.txt"), &text).unwrap();
+    let log_lines: Vec<String> = input.events.iter().map(|e| format!("{e:?}")).collect();
+    std::fs::write(dir.join("witness.log"), log_lines.join("\n")).unwrap();
+    let run_lines: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            let ft = r.faketime.as_deref().map(|f| format!(" faketime '{f}'")).unwrap_or_default();
+            format!(
+                "{} c{} {}..{}ms {:?}/{:?}{ft}\n    {}",
+                r.owner,
+                r.slot,
+                r.start_ms,
+                r.end_ms,
+                r.code,
+                r.signal,
+                r.stderr.replace('\n', "\n    ")
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("runs.log"), run_lines.join("\n")).unwrap();
+    println!("{text}");
+    Outcome { report, text }
+}

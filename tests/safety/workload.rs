@@ -1,0 +1,212 @@
+//! The workload: N contender threads, each running `pipeline-lock run` around the witness
+//! client again and again, each run under a new owner, until it has its iterations and the
+//! nemesis is done. A run the nemesis killed is followed by a new one: a new contender.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::tools::Rng;
+
+/// How each contender runs the tool.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub store: String,
+    /// The fault proxy's URL (AWS stores).
+    pub endpoint: Option<String>,
+    pub s3: bool,
+    pub lock: String,
+    pub ttl_ms: u64,
+    pub heartbeat_ms: u64,
+    pub retry_ms: u64,
+    pub witness: String,
+    pub witness_bin: String,
+    /// `PIPELINE_LOCK_TEST_BREAK`, for the negative control.
+    pub broken: Option<String>,
+    /// `--queue`: fifo or none.
+    pub queue: String,
+    /// The queue's prune window floor (a hidden test option). A killed waiter keeps its place
+    /// until pruned, by default for 30 s; with short leases that would stall every run.
+    pub prune_floor: String,
+}
+
+/// The run in progress in one slot.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub owner: String,
+    /// The root process (`pipeline-lock`, or `faketime` around it), leader of its own group.
+    pub pgid: i32,
+}
+
+#[derive(Debug, Default)]
+pub struct Slot {
+    pub current: Option<Current>,
+    /// `faketime -f` spec and how many more runs use it.
+    pub faketime: Option<(String, u32)>,
+    pub successes: u32,
+    pub finished: bool,
+}
+
+/// One `pipeline-lock run` and how it ended.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub slot: usize,
+    pub owner: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stderr: String,
+    /// The full stderr said "panicked".
+    pub panicked: bool,
+    pub faketime: Option<String>,
+}
+
+pub struct Workload {
+    pub slots: Arc<Mutex<Vec<Slot>>>,
+    pub records: Arc<Mutex<Vec<RunRecord>>>,
+    pub nemesis_done: Arc<AtomicBool>,
+    /// While set, no contender starts a run: with every running one SIGSTOPped, the whole
+    /// workload stands still (a paused host).
+    pub frozen: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Workload {
+    pub fn start(inv: Invocation, contenders: usize, iterations: u32, epoch: Instant, deadline: Instant, seed: u64) -> Workload {
+        let slots = Arc::new(Mutex::new((0..contenders).map(|_| Slot::default()).collect::<Vec<_>>()));
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let nemesis_done = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let threads = (0..contenders)
+            .map(|id| {
+                let (inv, slots, records) = (inv.clone(), slots.clone(), records.clone());
+                let (done, frozen) = (nemesis_done.clone(), frozen.clone());
+                let mut rng = Rng::new(seed ^ (id as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+                std::thread::spawn(move || contend(id, &inv, iterations, &slots, &records, (&done, &frozen), epoch, deadline, &mut rng))
+            })
+            .collect();
+        Workload { slots, records, nemesis_done, frozen, threads }
+    }
+
+    /// Waits for every contender (they stop by themselves at the deadline).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn contend(
+    id: usize,
+    inv: &Invocation,
+    iterations: u32,
+    slots: &Mutex<Vec<Slot>>,
+    records: &Mutex<Vec<RunRecord>>,
+    (nemesis_done, frozen): (&AtomicBool, &AtomicBool),
+    epoch: Instant,
+    deadline: Instant,
+    rng: &mut Rng,
+) {
+    let ms = |i: Instant| i.duration_since(epoch).as_millis() as u64;
+    for run in 1.. {
+        while frozen.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let faketime = {
+            let mut s = lock(slots);
+            let slot = &mut s[id];
+            if slot.successes >= iterations && nemesis_done.load(Ordering::SeqCst) {
+                slot.finished = true;
+                return;
+            }
+            if Instant::now() > deadline {
+                return;
+            }
+            let ft = slot.faketime.as_ref().map(|(spec, _)| spec.clone());
+            if let Some((_, left)) = &mut slot.faketime {
+                *left -= 1;
+                if *left == 0 {
+                    slot.faketime = None;
+                }
+            }
+            ft
+        };
+        let owner = format!("c{id}-r{run}");
+        let bin = env!("CARGO_BIN_EXE_pipeline-lock");
+        let mut cmd = match &faketime {
+            Some(spec) => {
+                let mut c = Command::new("faketime");
+                c.args(["-f", spec]).arg(bin);
+                c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::temp_dir())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("PIPELINE_LOCK_PRUNE_FLOOR", &inv.prune_floor);
+        cmd.env("PIPELINE_LOCK_QUEUE", &inv.queue);
+        if let Some(b) = &inv.broken {
+            cmd.env("PIPELINE_LOCK_TEST_BREAK", b);
+        }
+        cmd.args(["--store", &inv.store]);
+        if let Some(e) = &inv.endpoint {
+            cmd.args(["--endpoint-url", e]);
+        }
+        if inv.s3 {
+            cmd.arg("--s3-force-path-style");
+        }
+        cmd.args(["--owner", &owner, "--lock", &inv.lock, "run"])
+            .args(["--ttl", &format!("{}ms", inv.ttl_ms), "--heartbeat", &format!("{}ms", inv.heartbeat_ms)])
+            .args(["--retry-interval", &format!("{}ms", inv.retry_ms), "--kill-grace", "1s", "--"])
+            .args([&inv.witness_bin, "client", &inv.witness]);
+        cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let start = Instant::now();
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start {bin}: {e}"),
+        };
+        lock(slots)[id].current = Some(Current { owner: owner.clone(), pgid: child.id() as i32 });
+        let out = child.wait_with_output().expect("wait for pipeline-lock");
+        let end = Instant::now();
+        let ok = out.status.success();
+        {
+            let mut s = lock(slots);
+            s[id].current = None;
+            if ok {
+                s[id].successes += 1;
+            }
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: String = stderr.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        lock(records).push(RunRecord {
+            slot: id,
+            owner,
+            start_ms: ms(start),
+            end_ms: ms(end),
+            code: out.status.code(),
+            signal: out.status.signal(),
+            stderr: tail,
+            panicked: stderr.contains("panicked"),
+            faketime,
+        });
+        if !ok {
+            // A failed run (store down, lease lost, killed) backs off a little, as CI would.
+            std::thread::sleep(Duration::from_millis(rng.range(50, 250)));
+        }
+    }
+}
