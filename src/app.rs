@@ -39,7 +39,8 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
         }
     };
     let identity = || -> Result<Identity> {
-        ci::detect(&env, scope, g.owner.as_deref())?.ok_or_else(|| {
+        let owner = g.owner.as_deref().map(|o| cli::validate_text("owner (--owner, PIPELINE_LOCK_OWNER)", o)).transpose()?;
+        ci::detect(&env, scope, owner.as_deref())?.ok_or_else(|| {
             Error::Usage("no owner: outside GitLab CI and GitHub Actions pass --owner NAME (or set PIPELINE_LOCK_OWNER)".into())
         })
     };
@@ -76,10 +77,8 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
         }
         Command::Release(args) => {
             let (lock, me) = (lock()?, identity()?);
-            let opts = ReleaseOptions {
-                force: args.force.then(|| args.reason.clone().unwrap_or_default()),
-                retention,
-            };
+            let reason = args.reason.as_deref().map(|r| cli::validate_text("reason (--reason)", r)).transpose()?;
+            let opts = ReleaseOptions { force: args.force.then(|| reason.unwrap_or_default()), retention };
             let who = Holding {
                 owner: me.owner.clone(),
                 token: args.token.clone(),

@@ -317,6 +317,22 @@ pub fn validate_lock(name: &str) -> Result<String> {
     Ok(name.to_string())
 }
 
+/// Checks a text that is stored in the record and printed into dotenv outputs (`--owner`,
+/// `--reason`): not empty, at most 1024 bytes, no control characters (a newline would
+/// forge a line of the dotenv and `$GITHUB_ENV` outputs).
+pub fn validate_text(what: &str, value: &str) -> Result<String> {
+    if value.is_empty() {
+        return Err(Error::Usage(format!("the {what} is empty")));
+    }
+    if value.len() > 1024 {
+        return Err(Error::Usage(format!("the {what} is {} bytes long; at most 1024 are allowed", value.len())));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(Error::Usage(format!("the {what} contains the control character {c:?}")));
+    }
+    Ok(value.to_string())
+}
+
 /// The lease: `--ttl`, `--disable-ttl`, or the default hour.
 pub fn lease(ttl: Option<&str>, disable: bool) -> Result<Option<Duration>> {
     match (ttl, disable) {
@@ -329,6 +345,9 @@ pub fn lease(ttl: Option<&str>, disable: bool) -> Result<Option<Duration>> {
 impl Global {
     /// The store URL from `--store`, `--table` or `--bucket`/`--prefix`.
     pub fn store_url(&self) -> Result<StoreUrl> {
+        if self.prefix.is_some() && self.bucket.is_none() {
+            return Err(Error::Usage("--prefix only goes with --bucket; with --store put the prefix in the URL (s3://BUCKET/PREFIX)".into()));
+        }
         match (&self.store, &self.table, &self.bucket) {
             (_, Some(table), _) => StoreUrl::dynamodb(table),
             (_, _, Some(bucket)) => StoreUrl::s3(bucket, self.prefix.as_deref().unwrap_or("")),
@@ -376,7 +395,7 @@ impl AcquireArgs {
             retry_interval: positive("--retry-interval", &self.retry_interval)?,
             max_retries: self.max_retries,
             force,
-            reason: self.reason.clone(),
+            reason: self.reason.as_deref().map(|r| validate_text("reason (--reason)", r)).transpose()?,
             clock_margin: margin,
             queue: self.queue,
             supersede: self.supersede,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use crate::checker::{self, Exit, Input, Report};
 use crate::helpers::{Proxy, Witness};
 use crate::nemesis::{Fault, Nemesis};
 use crate::servers::{Kind, Server};
-use crate::tools::{Rng, example, signal};
+use crate::tools::{Rng, example, pinned_binary, signal};
 use crate::workload::{Invocation, Workload, lock};
 
 /// The takers' default skew margin (`--clock-margin`): a stale lease keeps others out this
@@ -71,8 +71,8 @@ pub struct Outcome {
     pub text: String,
 }
 
-fn final_status(server: &Server, store: &str, lock_name: &str) -> (String, Option<String>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipeline-lock"));
+fn final_status(bin: &Path, server: &Server, store: &str, lock_name: &str) -> (String, Option<String>) {
+    let mut cmd = Command::new(bin);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -103,6 +103,7 @@ pub fn run(cfg: &Config) -> Outcome {
 
     // The queue orders waiters; "none" lets every waiter race for a free or stale lock.
     let queue = cfg.queue.unwrap_or(if cfg.seed.is_multiple_of(3) { "none" } else { "fifo" });
+    let bin = pinned_binary(&dir, cfg.broken.is_some());
     let mut server = Server::start(cfg.kind, &dir);
     let witness = Witness::start(true);
     let proxy = server.endpoint().map(|_| Proxy::start(&server.addr()));
@@ -119,6 +120,7 @@ pub fn run(cfg: &Config) -> Outcome {
         retry_ms: cfg.retry_ms,
         witness: witness.addr(),
         witness_bin: example("witness").display().to_string(),
+        bin: bin.display().to_string(),
         broken: cfg.broken.map(str::to_string),
         queue: queue.to_string(),
         prune_floor: cfg.prune_floor.to_string(),
@@ -153,7 +155,7 @@ pub fn run(cfg: &Config) -> Outcome {
     }
 
     let events = witness.dump();
-    let (final_state, final_owner) = final_status(&server, &store, &lock_name);
+    let (final_state, final_owner) = final_status(&bin, &server, &store, &lock_name);
     let runs = lock(&records).clone();
     let input = Input {
         events,
@@ -183,6 +185,8 @@ pub fn run(cfg: &Config) -> Outcome {
         takeover_bound_ms: cfg.ttl_ms + CLOCK_MARGIN_MS + 2000,
     };
     let report = checker::check(&input);
+    // The pinned binary keeps a replaced build alive on disk: let it go.
+    let _ = std::fs::remove_file(&bin);
 
     let mut text = String::new();
     let _ = writeln!(text, "== safety run on {name}: seed {} ({replay})", cfg.seed);

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -25,6 +25,38 @@ pub fn example(name: &str) -> PathBuf {
     let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join(name);
     assert!(path.exists(), "{} is missing", path.display());
     path
+}
+
+fn has_switch(bin: &Path) -> bool {
+    let dir = std::env::temp_dir().join(format!("pipeline-lock-safety-probe-{}", std::process::id()));
+    let probe = Command::new(bin)
+        .env("PIPELINE_LOCK_TEST_BREAK", "no-such-mode")
+        .args(["--store", &format!("file://{}", dir.display()), "--lock", "probe", "status"])
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    probe.is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("PIPELINE_LOCK_TEST_BREAK"))
+}
+
+/// The binary under test, pinned for this run: a hard link to `CARGO_BIN_EXE_pipeline-lock`,
+/// so that a build meanwhile cannot swap it. With `switch`, one that carries the
+/// negative-control switch: test builds have it (the self dev-dependency in Cargo.toml), but a
+/// plain `cargo build` replaces target/debug/pipeline-lock with a binary without it; then a
+/// test build puts the test binary back (it is still built, so this only relinks it).
+pub fn pinned_binary(dir: &Path, switch: bool) -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_pipeline-lock"));
+    if switch && !has_switch(bin) {
+        let _ = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--tests", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .status();
+    }
+    let pinned = dir.join("pipeline-lock");
+    let _ = std::fs::remove_file(&pinned);
+    if std::fs::hard_link(bin, &pinned).is_err() {
+        std::fs::copy(bin, &pinned).expect("copy the binary under test");
+    }
+    assert!(!switch || has_switch(&pinned), "{} has no negative-control switch even after a test build", bin.display());
+    pinned
 }
 
 /// A free loopback port (a small race with whoever binds next; good enough for tests).

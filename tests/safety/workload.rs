@@ -24,6 +24,8 @@ pub struct Invocation {
     pub retry_ms: u64,
     pub witness: String,
     pub witness_bin: String,
+    /// `pipeline-lock`, pinned for the run (see `tools::pinned_binary`).
+    pub bin: String,
     /// `PIPELINE_LOCK_TEST_BREAK`, for the negative control.
     pub broken: Option<String>,
     /// `--queue`: fifo or none.
@@ -141,7 +143,7 @@ fn contend(
             ft
         };
         let owner = format!("c{id}-r{run}");
-        let bin = env!("CARGO_BIN_EXE_pipeline-lock");
+        let bin = inv.bin.as_str();
         let mut cmd = match &faketime {
             Some(spec) => {
                 let mut c = Command::new("faketime");
