@@ -84,7 +84,11 @@ fn main() {
         let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         println!("{} {}", data.local_addr().unwrap().port(), control.local_addr().unwrap().port());
         let _ = std::io::stdout().flush();
-        let ctl: Shared = Arc::new(Mutex::new(Ctl { mode: Mode::Pass, upstream, counts: BTreeMap::new() }));
+        let ctl: Shared = Arc::new(Mutex::new(Ctl {
+            mode: Mode::Pass,
+            upstream,
+            counts: BTreeMap::new(),
+        }));
         let (changed, _) = watch::channel(0u64);
         let changed = Arc::new(changed);
         {
@@ -166,7 +170,11 @@ async fn read_message<R: AsyncRead + Unpin>(r: &mut BufReader<R>, request_method
         None => (words.next().unwrap_or("").to_string(), 0, false),
         Some(m) => {
             let version = words.next().unwrap_or("");
-            (m.to_string(), words.next().and_then(|s| s.parse().ok()).unwrap_or(0), version == "HTTP/1.0")
+            (
+                m.to_string(),
+                words.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+                version == "HTTP/1.0",
+            )
         }
     };
     let (mut length, mut chunked, mut close, mut dynamo) = (None::<usize>, false, http10, false);
@@ -251,15 +259,21 @@ fn error_reply(status: u16, dynamo: bool) -> Vec<u8> {
         _ => ("Internal Server Error", if dynamo { "InternalServerError" } else { "InternalError" }),
     };
     let (ctype, body) = if dynamo {
-        ("application/x-amz-json-1.0", format!(r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{code}","message":"faultproxy: injected"}}"#))
+        (
+            "application/x-amz-json-1.0",
+            format!(r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{code}","message":"faultproxy: injected"}}"#),
+        )
     } else {
         (
             "application/xml",
             format!(r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>faultproxy: injected</Message></Error>"#),
         )
     };
-    format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nx-amzn-RequestId: faultproxy\r\n\r\n{body}", body.len())
-        .into_bytes()
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nx-amzn-RequestId: faultproxy\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 type Upstream = (BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf);
@@ -267,7 +281,9 @@ type Upstream = (BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::Own
 async fn forward(up: &mut Option<Upstream>, ctl: &Shared, req: &Message) -> std::io::Result<Message> {
     if up.is_none() {
         let addr = lock(ctl).upstream.clone();
-        let s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await.map_err(|_| std::io::ErrorKind::TimedOut)??;
+        let s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr))
+            .await
+            .map_err(|_| std::io::ErrorKind::TimedOut)??;
         let _ = s.set_nodelay(true);
         let (r, w) = s.into_split();
         *up = Some((BufReader::new(r), w));
@@ -275,7 +291,9 @@ async fn forward(up: &mut Option<Upstream>, ctl: &Shared, req: &Message) -> std:
     let (r, w) = up.as_mut().expect("connected");
     let result = async {
         w.write_all(&req.raw).await?;
-        read_message(r, Some(&req.method)).await?.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+        read_message(r, Some(&req.method))
+            .await?
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
     }
     .await;
     if result.as_ref().map_or(true, |m| m.close) {

@@ -71,7 +71,13 @@ impl State {
     }
 
     fn owner(&self, name: &str) -> Owner {
-        self.owners.get(name).cloned().unwrap_or(Owner { fence: 0, epoch: self.epoch, pid: 0, open: false, began: 0 })
+        self.owners.get(name).cloned().unwrap_or(Owner {
+            fence: 0,
+            epoch: self.epoch,
+            pid: 0,
+            open: false,
+            began: 0,
+        })
     }
 
     fn see(&mut self, key: (u64, u64)) {
@@ -91,7 +97,16 @@ impl State {
                 };
                 let epoch = self.epoch;
                 let began = self.log.len() as u64;
-                self.owners.insert(owner.to_string(), Owner { fence, epoch, pid: pid as u32, open: true, began });
+                self.owners.insert(
+                    owner.to_string(),
+                    Owner {
+                        fence,
+                        epoch,
+                        pid: pid as u32,
+                        open: true,
+                        began,
+                    },
+                );
                 self.see((epoch, fence));
                 self.log("begin", owner, (fence, epoch), pid, true, "");
                 "ok\n".into()

@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 use crate::ci::Identity;
 use crate::ciapi::Verdict;
 use crate::error::{Error, Result};
-use crate::locker::{
-    AcquireOptions, EAGER_ROUNDS, Grant, How, Locker, Wait, WaitReport, how_event, jitter,
-    random_hex,
-};
+use crate::locker::{AcquireOptions, EAGER_ROUNDS, Grant, How, Locker, Wait, WaitReport, how_event, jitter, random_hex};
 use crate::policy::{Judge, Takeover, Watch};
 use crate::queue::{self, Me, QueueMode};
 use crate::record::{Action, Event, EventKind, Grantee, Holder, Record, Waiter};
@@ -63,12 +60,7 @@ fn ms(d: Duration) -> i64 {
 /// The entry we would register now: after everyone already queued, so that arrival order
 /// survives store-clock estimates that differ between runners by a second.
 fn would_be(owner: &str, holder: &Holder, record: Option<&Record>, now: i64) -> Waiter {
-    let after = record.and_then(|r| {
-        r.waiters
-            .values()
-            .map(|w| w.enqueued_at.saturating_add(1))
-            .max()
-    });
+    let after = record.and_then(|r| r.waiters.values().map(|w| w.enqueued_at.saturating_add(1)).max());
     Waiter {
         owner: owner.to_string(),
         enqueued_at: after.map_or(now, |a| a.max(now)),
@@ -79,13 +71,7 @@ fn would_be(owner: &str, holder: &Holder, record: Option<&Record>, now: i64) -> 
 }
 
 impl Locker {
-    fn judge<'a>(
-        &self,
-        opts: &'a AcquireOptions,
-        watch: Option<&'a Watch>,
-        ended: Option<&'a str>,
-        force: bool,
-    ) -> Judge<'a> {
+    fn judge<'a>(&self, opts: &'a AcquireOptions, watch: Option<&'a Watch>, ended: Option<&'a str>, force: bool) -> Judge<'a> {
         Judge {
             now: self.store().clock().now_ms(),
             margin: opts.clock_margin + self.store().clock().uncertainty(),
@@ -99,13 +85,7 @@ impl Locker {
 
     /// Writes our entry (register or refresh), pruning entries unseen for the window. Returns
     /// the record afterwards when the store knows it, standing in for this round's poll.
-    async fn keep_place(
-        &self,
-        lock: &str,
-        place: &mut Place,
-        base: Option<&Observed>,
-        window: Duration,
-    ) -> Result<Option<Observed>> {
+    async fn keep_place(&self, lock: &str, place: &mut Place, base: Option<&Observed>, window: Duration) -> Result<Option<Observed>> {
         let now = self.store().clock().now_ms();
         let Some(entry) = place.entry.as_mut() else {
             return Ok(None);
@@ -122,10 +102,7 @@ impl Locker {
         // Counts as written only if it landed: one lost to concurrent writes is tried again
         // on the next poll rather than half a window later.
         let landed = match &result {
-            Some(obs) => obs
-                .record()
-                .and_then(|r| r.waiters.get(&place.token))
-                .is_some_and(|w| w.seen_at == now),
+            Some(obs) => obs.record().and_then(|r| r.waiters.get(&place.token)).is_some_and(|w| w.seen_at == now),
             None => true,
         };
         if landed {
@@ -148,19 +125,12 @@ impl Locker {
             prune_before: None,
         };
         if let Err(e) = self.store().update_waiters(update).await {
-            tracing::debug!(
-                "leaving the queue of {lock:?} failed ({e}); the entry is pruned after the window"
-            );
+            tracing::debug!("leaving the queue of {lock:?} failed ({e}); the entry is pruned after the window");
         }
     }
 
     /// Takes the lock for `who`, waiting as `opts` says.
-    pub async fn acquire(
-        &self,
-        lock: &str,
-        who: &Identity,
-        opts: &AcquireOptions,
-    ) -> Result<Grant> {
+    pub async fn acquire(&self, lock: &str, who: &Identity, opts: &AcquireOptions) -> Result<Grant> {
         let started = Instant::now();
         let deadline = match opts.wait {
             Wait::For(d) => Some(started + d),
@@ -194,10 +164,7 @@ impl Locker {
             let now = clock.now_ms();
             // Others' entries stay live for the window plus what our clock estimate may be off.
             let window = place.window + clock.uncertainty();
-            let my_entry = place
-                .entry
-                .clone()
-                .unwrap_or_else(|| would_be(&who.owner, &holder, record.as_ref(), now));
+            let my_entry = place.entry.clone().unwrap_or_else(|| would_be(&who.owner, &holder, record.as_ref(), now));
             let me = Me {
                 token: &place.token,
                 entry: &my_entry,
@@ -216,26 +183,15 @@ impl Locker {
                     holder.ordinal.unwrap_or_default()
                 )));
             }
-            let ahead = record
-                .as_ref()
-                .map(|r| queue::ahead(r, &me, opts.queue, now, window))
-                .unwrap_or_default();
+            let ahead = record.as_ref().map(|r| queue::ahead(r, &me, opts.queue, now, window)).unwrap_or_default();
             let head = ahead.is_empty();
 
             // The head asks its CI server about a holder that no other rule lets it take yet.
             if let (Some(api), Some(r), true) = (&opts.ci_api, &record, head) {
                 let other = !r.is_free() && r.owner.as_deref() != Some(who.owner.as_str());
                 let token = r.token.clone().unwrap_or_default();
-                let due = asked
-                    .as_ref()
-                    .is_none_or(|a| a.token != token || a.at.elapsed() >= CI_RECHECK);
-                if other
-                    && due
-                    && self
-                        .judge(opts, watch.as_ref(), None, false)
-                        .takeover(r)
-                        .is_none()
-                {
+                let due = asked.as_ref().is_none_or(|a| a.token != token || a.at.elapsed() >= CI_RECHECK);
+                if other && due && self.judge(opts, watch.as_ref(), None, false).takeover(r).is_none() {
                     let owner = r.owner.clone().unwrap_or_default();
                     let verdict = api.pipeline_state(&owner).await;
                     match &verdict {
@@ -245,15 +201,11 @@ impl Locker {
                         Verdict::Running(s) => {
                             tracing::debug!("the pipeline of {owner} is {s} per the CI API")
                         }
-                        Verdict::NotOurs => tracing::debug!(
-                            "{owner} is not a pipeline on our CI server; judged by its lease only"
-                        ),
+                        Verdict::NotOurs => tracing::debug!("{owner} is not a pipeline on our CI server; judged by its lease only"),
                         // Once loudly (a token without API access would repeat it every time).
                         Verdict::Failed(why) if !api_failed => {
                             api_failed = true;
-                            tracing::warn!(
-                                "asking the CI API about {owner} failed, no early takeover: {why}"
-                            )
+                            tracing::warn!("asking the CI API about {owner} failed, no early takeover: {why}")
                         }
                         Verdict::Failed(why) => tracing::debug!("CI API: {why}"),
                     }
@@ -287,53 +239,30 @@ impl Locker {
             // What to write, if anything.
             let plan: Option<Plan> = match &record {
                 // Nothing read yet: one blind write, which the store refuses if anyone queues.
-                None => Some((
-                    Expect::Vacant,
-                    None,
-                    how_event(EventKind::Acquired, &who.owner, None),
-                    Vec::new(),
-                )),
-                Some(r) if r.is_free() => head.then(|| {
-                    (
-                        Expect::Vacant,
-                        None,
-                        how_event(EventKind::Acquired, &who.owner, None),
-                        dequeue(r),
-                    )
-                }),
-                Some(r) if r.owner.as_deref() == Some(&who.owner) => Some((
-                    Expect::Token(r.token.clone().unwrap_or_default()),
-                    Some(How::Reentered),
-                    None,
-                    Vec::new(),
-                )),
+                None => Some((Expect::Vacant, None, how_event(EventKind::Acquired, &who.owner, None), Vec::new())),
+                Some(r) if r.is_free() => head.then(|| (Expect::Vacant, None, how_event(EventKind::Acquired, &who.owner, None), dequeue(r))),
+                Some(r) if r.owner.as_deref() == Some(&who.owner) => {
+                    Some((Expect::Token(r.token.clone().unwrap_or_default()), Some(How::Reentered), None, Vec::new()))
+                }
                 Some(r) => {
                     let judge = self.judge(opts, watch.as_ref(), ended, true);
                     // Break-glass ignores the queue; every other takeover is the head's.
-                    judge
-                        .takeover(r)
-                        .filter(|t| head || matches!(t, Takeover::Forced(_)))
-                        .map(|t| {
-                            let kind = if matches!(t, Takeover::Forced(_)) {
-                                EventKind::Forced
-                            } else {
-                                EventKind::TakenOver
-                            };
-                            let how = How::TookOver {
-                                from: r.owner.clone().unwrap_or_default(),
-                                why: t.why(),
-                            };
-                            let expect = Expect::TokenRvn {
-                                token: r.token.clone().unwrap_or_default(),
-                                rvn: r.rvn.clone(),
-                            };
-                            (
-                                expect,
-                                Some(how),
-                                how_event(kind, &who.owner, Some(t.why())),
-                                dequeue(r),
-                            )
-                        })
+                    judge.takeover(r).filter(|t| head || matches!(t, Takeover::Forced(_))).map(|t| {
+                        let kind = if matches!(t, Takeover::Forced(_)) {
+                            EventKind::Forced
+                        } else {
+                            EventKind::TakenOver
+                        };
+                        let how = How::TookOver {
+                            from: r.owner.clone().unwrap_or_default(),
+                            why: t.why(),
+                        };
+                        let expect = Expect::TokenRvn {
+                            token: r.token.clone().unwrap_or_default(),
+                            rvn: r.rvn.clone(),
+                        };
+                        (expect, Some(how), how_event(kind, &who.owner, Some(t.why())), dequeue(r))
+                    })
                 }
             };
 
@@ -355,15 +284,13 @@ impl Locker {
                         let r = if synced {
                             Some(r)
                         } else {
-                            self.retime(lock, r, opts.ttl, opts.retention, !reentered)
-                                .await?
+                            self.retime(lock, r, opts.ttl, opts.retention, !reentered).await?
                         };
                         if let Some(r) = r {
                             if r.waiters.contains_key(&place.token) {
                                 self.leave(lock, &place, None).await;
                             }
-                            let mut grant =
-                                self.grant(lock, &r, how.unwrap_or(How::Acquired), polls);
+                            let mut grant = self.grant(lock, &r, how.unwrap_or(How::Acquired), polls);
                             grant.waited_ms = started.elapsed().as_millis() as u64;
                             return Ok(grant);
                         }
@@ -388,26 +315,19 @@ impl Locker {
                         blocker(r, &ahead, opts.queue)
                     )));
                 }
-                let give_up = opts.max_retries.is_some_and(|m| polls >= m)
-                    || deadline.is_some_and(|d| Instant::now() >= d);
+                let give_up = opts.max_retries.is_some_and(|m| polls >= m) || deadline.is_some_and(|d| Instant::now() >= d);
                 if give_up {
                     self.leave(lock, &place, seen.as_ref()).await;
                     return Err(Error::TimedOut(format!(
                         "gave up waiting for lock {lock:?} in {} after {} and {polls} polls: it {}; \
                          raise --wait/--max-retries, or set --force-after to take over stale locks",
                         self.store().url(),
-                        humantime::format_duration(Duration::from_secs(
-                            started.elapsed().as_secs()
-                        )),
+                        humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),
                         blocker(r, &ahead, opts.queue)
                     )));
                 }
                 let judge = self.judge(opts, watch.as_ref(), None, false);
-                let takeover_at = if r.is_free() {
-                    None
-                } else {
-                    judge.takeover_at(r)
-                };
+                let takeover_at = if r.is_free() { None } else { judge.takeover_at(r) };
                 let due = last_report.is_none_or(|t| t.elapsed() >= opts.progress_every);
                 if let (Some(progress), true) = (&opts.progress, due) {
                     last_report = Some(Instant::now());
@@ -422,20 +342,14 @@ impl Locker {
                         queue: opts.queue,
                         position: (opts.queue != QueueMode::None).then_some(ahead.len() + 1),
                         queued,
-                        ahead: ahead
-                            .iter()
-                            .map(|(_, w)| (w.owner.clone(), w.url.clone()))
-                            .collect(),
+                        ahead: ahead.iter().map(|(_, w)| (w.owner.clone(), w.url.clone())).collect(),
                     });
                 }
                 if place.entry.is_none() {
                     // First conflict: join the queue now, before sleeping, so that our place
                     // follows our arrival. The write's answer is this round's poll.
                     place.entry = Some(my_entry.clone());
-                    if let Some(obs) = self
-                        .keep_place(lock, &mut place, seen.as_ref(), window)
-                        .await?
-                    {
+                    if let Some(obs) = self.keep_place(lock, &mut place, seen.as_ref(), window).await? {
                         seen = Some(obs);
                         continue;
                     }
@@ -455,18 +369,11 @@ impl Locker {
             polls += 1;
             // Refresh our entry when due (or when it went missing); the write stands in for
             // the poll, so waiting costs one request a round either way.
-            let missing = record
-                .as_ref()
-                .is_some_and(|r| !r.waiters.contains_key(&place.token));
-            let refresh = place.entry.is_some()
-                && (missing
-                    || place
-                        .written
-                        .is_none_or(|t| t.elapsed() >= queue::refresh_every(place.window)));
+            let missing = record.as_ref().is_some_and(|r| !r.waiters.contains_key(&place.token));
+            let refresh = place.entry.is_some() && (missing || place.written.is_none_or(|t| t.elapsed() >= queue::refresh_every(place.window)));
             let window = place.window + clock.uncertainty();
             let refreshed = if refresh {
-                self.keep_place(lock, &mut place, seen.as_ref(), window)
-                    .await?
+                self.keep_place(lock, &mut place, seen.as_ref(), window).await?
             } else {
                 None
             };

@@ -23,13 +23,11 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
     let url = g.store_url()?;
     let margin = g.clock_margin()?;
     // `run` guards one job's command; the other commands act for the whole pipeline.
-    let scope = g
-        .scope
-        .unwrap_or(if matches!(cli.command, Command::Run(_)) {
-            Scope::Job
-        } else {
-            Scope::Pipeline
-        });
+    let scope = g.scope.unwrap_or(if matches!(cli.command, Command::Run(_)) {
+        Scope::Job
+    } else {
+        Scope::Pipeline
+    });
     let lock = || -> Result<String> {
         match g.lock.clone().or_else(|| ci::default_lock(&env)) {
             Some(l) => cli::validate_lock(&l),
@@ -39,10 +37,13 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
         }
     };
     let identity = || -> Result<Identity> {
-        let owner = g.owner.as_deref().map(|o| cli::validate_text("owner (--owner, PIPELINE_LOCK_OWNER)", o)).transpose()?;
-        ci::detect(&env, scope, owner.as_deref())?.ok_or_else(|| {
-            Error::Usage("no owner: outside GitLab CI and GitHub Actions pass --owner NAME (or set PIPELINE_LOCK_OWNER)".into())
-        })
+        let owner = g
+            .owner
+            .as_deref()
+            .map(|o| cli::validate_text("owner (--owner, PIPELINE_LOCK_OWNER)", o))
+            .transpose()?;
+        ci::detect(&env, scope, owner.as_deref())?
+            .ok_or_else(|| Error::Usage("no owner: outside GitLab CI and GitHub Actions pass --owner NAME (or set PIPELINE_LOCK_OWNER)".into()))
     };
     // Validate everything the command needs before connecting to anything.
     let retention = crate::AcquireOptions::default().retention;
@@ -54,11 +55,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
             opts.ci_api = CiApi::from_env(&env, &me, args.acquire.ci_api_wanted())?;
             let spec = crate::run::RunSpec {
                 argv: args.command.clone(),
-                heartbeat: args
-                    .heartbeat
-                    .as_deref()
-                    .map(|h| cli::parse_duration("--heartbeat", h))
-                    .transpose()?,
+                heartbeat: args.heartbeat.as_deref().map(|h| cli::parse_duration("--heartbeat", h)).transpose()?,
                 kill_grace: cli::parse_duration("--kill-grace", &args.kill_grace)?,
             };
             crate::lease::check_heartbeat(opts.ttl, spec.heartbeat)?;
@@ -78,7 +75,10 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
         Command::Release(args) => {
             let (lock, me) = (lock()?, identity()?);
             let reason = args.reason.as_deref().map(|r| cli::validate_text("reason (--reason)", r)).transpose()?;
-            let opts = ReleaseOptions { force: args.force.then(|| reason.unwrap_or_default()), retention };
+            let opts = ReleaseOptions {
+                force: args.force.then(|| reason.unwrap_or_default()),
+                retention,
+            };
             let who = Holding {
                 owner: me.owner.clone(),
                 token: args.token.clone(),
@@ -125,12 +125,8 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
                 .lease_expires_at
                 .map(|t| format!("lease until {}", rfc3339(t)))
                 .unwrap_or_else(|| "no lease end".into());
-            let text = format!(
-                "renewed lock {lock:?} in {url} for {}: fence {}, {lease}",
-                grant.owner, grant.fence
-            );
-            let mut json = serde_json::to_value(&grant)
-                .map_err(|e| Error::other("cannot encode the grant", e))?;
+            let text = format!("renewed lock {lock:?} in {url} for {}: fence {}, {lease}", grant.owner, grant.fence);
+            let mut json = serde_json::to_value(&grant).map_err(|e| Error::other("cannot encode the grant", e))?;
             json["requests"] = locker.store().requests().into();
             emit(output, &text, &json)?;
             Ok(exit::OK)
@@ -142,11 +138,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
             let now = locker.store().clock().now_ms();
             let mut json = status_json(&lock, &observed, now, locker.store().requests());
             json["queue"] = queue_json(&observed, now, args.queue);
-            emit(
-                output,
-                &status_text(&lock, &url.to_string(), &observed, now, args.queue),
-                &json,
-            )?;
+            emit(output, &status_text(&lock, &url.to_string(), &observed, now, args.queue), &json)?;
             if let State::Corrupt(why) = &observed.state {
                 return Err(locker.corrupt(&lock, why));
             }
@@ -164,11 +156,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
                 text.push_str(&format!("no locks in {url}\n"));
             }
             let json: Vec<_> = all.iter().map(|(n, o)| status_json(n, o, now, 0)).collect();
-            emit(
-                output,
-                text.trim_end(),
-                &serde_json::json!({"store": url.to_string(), "locks": json}),
-            )?;
+            emit(output, text.trim_end(), &serde_json::json!({"store": url.to_string(), "locks": json}))?;
             Ok(exit::OK)
         }
         Command::Doctor => {
@@ -177,14 +165,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
             let failed = checks.iter().any(|c| c.outcome == Outcome::Fail);
             let text: Vec<String> = checks
                 .iter()
-                .map(|c| {
-                    format!(
-                        "{:<5} {}: {}",
-                        format!("{:?}", c.outcome).to_uppercase(),
-                        c.name,
-                        c.detail
-                    )
-                })
+                .map(|c| format!("{:<5} {}: {}", format!("{:?}", c.outcome).to_uppercase(), c.name, c.detail))
                 .collect();
             emit(
                 output,
@@ -192,9 +173,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
                 &serde_json::json!({"store": url.to_string(), "ok": !failed, "checks": checks}),
             )?;
             if failed {
-                return Err(Error::Config(format!(
-                    "{url} failed doctor checks; see the FAIL lines above"
-                )));
+                return Err(Error::Config(format!("{url} failed doctor checks; see the FAIL lines above")));
             }
             Ok(exit::OK)
         }
@@ -202,9 +181,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
 }
 
 fn with_progress(mut opts: crate::AcquireOptions, verbose: u8) -> crate::AcquireOptions {
-    opts.progress = Some(Arc::new(|r: &WaitReport| {
-        eprintln!("pipeline-lock: {}", progress_line(r))
-    }));
+    opts.progress = Some(Arc::new(|r: &WaitReport| eprintln!("pipeline-lock: {}", progress_line(r))));
     if verbose > 0 {
         opts.progress_every = Duration::ZERO;
     }
@@ -251,8 +228,7 @@ fn print_grant(g: &Grant, output: Output, requests: u64) -> Result<()> {
             Ok(())
         }
         _ => {
-            let mut json =
-                serde_json::to_value(g).map_err(|e| Error::other("cannot encode the grant", e))?;
+            let mut json = serde_json::to_value(g).map_err(|e| Error::other("cannot encode the grant", e))?;
             json["requests"] = requests.into();
             emit(output, &text, &json)
         }
@@ -261,10 +237,7 @@ fn print_grant(g: &Grant, output: Output, requests: u64) -> Result<()> {
 
 /// Appends the grant to `$GITHUB_ENV` and `$GITHUB_OUTPUT` when they are set.
 fn export_github(env: &EnvFn, g: &Grant) -> Result<()> {
-    let outputs = format!(
-        "name={}\nowner={}\ntoken={}\nfence={}\n",
-        g.lock, g.owner, g.token, g.fence
-    );
+    let outputs = format!("name={}\nowner={}\ntoken={}\nfence={}\n", g.lock, g.owner, g.token, g.fence);
     for (var, text) in [("GITHUB_ENV", env_lines(g)), ("GITHUB_OUTPUT", outputs)] {
         if let Some(path) = env(var).filter(|p| !p.is_empty()) {
             std::fs::OpenOptions::new()
@@ -272,12 +245,7 @@ fn export_github(env: &EnvFn, g: &Grant) -> Result<()> {
                 .create(true)
                 .open(&path)
                 .and_then(|mut f| f.write_all(text.as_bytes()))
-                .map_err(|e| {
-                    Error::other(
-                        format!("cannot append the lock's outputs to ${var} ({path})"),
-                        e,
-                    )
-                })?;
+                .map_err(|e| Error::other(format!("cannot append the lock's outputs to ${var} ({path})"), e))?;
         }
     }
     Ok(())
@@ -366,11 +334,7 @@ fn queue_line(r: &WaitReport) -> String {
     } else {
         format!("ahead: {}", ahead.join(", "))
     };
-    format!(
-        "; queue ({}): position {position} of {}, {ahead}",
-        r.queue.as_str(),
-        r.queued
-    )
+    format!("; queue ({}): position {position} of {}, {ahead}", r.queue.as_str(), r.queued)
 }
 
 fn summary(o: &Observed, now: i64) -> String {
@@ -439,10 +403,7 @@ fn queue_json(o: &Observed, now: i64, mode: QueueMode) -> serde_json::Value {
 }
 
 fn status_text(lock: &str, url: &str, o: &Observed, now: i64, mode: QueueMode) -> String {
-    let mut s = format!(
-        "lock:     {lock}\nstore:    {url}\nstate:    {}\n",
-        summary(o, now)
-    );
+    let mut s = format!("lock:     {lock}\nstore:    {url}\nstate:    {}\n", summary(o, now));
     if let State::Valid(r) = &o.state {
         if let Some(h) = &r.holder {
             for (k, v) in [
@@ -470,15 +431,8 @@ fn status_text(lock: &str, url: &str, o: &Observed, now: i64, mode: QueueMode) -
             s.push_str(&format!("queue:    ({} order)\n", mode.as_str()));
             let window = queue::prune_window(Duration::ZERO, queue::PRUNE_FLOOR);
             for (i, (_, w)) in queue::ordered(r, mode).into_iter().enumerate() {
-                let ordinal = w
-                    .ordinal
-                    .map(|n| format!(" pipeline {n}"))
-                    .unwrap_or_default();
-                let url = w
-                    .url
-                    .as_deref()
-                    .map(|u| format!(" {u}"))
-                    .unwrap_or_default();
+                let ordinal = w.ordinal.map(|n| format!(" pipeline {n}")).unwrap_or_default();
+                let url = w.url.as_deref().map(|u| format!(" {u}")).unwrap_or_default();
                 let stale = if queue::is_live(w, now, window) {
                     String::new()
                 } else {
@@ -495,15 +449,8 @@ fn status_text(lock: &str, url: &str, o: &Observed, now: i64, mode: QueueMode) -
         if !r.history.is_empty() {
             s.push_str("history:\n");
             for e in &r.history {
-                let by =
-                    e.by.as_deref()
-                        .map(|b| format!(" by {b}"))
-                        .unwrap_or_default();
-                let why = e
-                    .why
-                    .as_deref()
-                    .map(|w| format!(" ({w})"))
-                    .unwrap_or_default();
+                let by = e.by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
+                let why = e.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
                 s.push_str(&format!(
                     "  {} {:<10} {} fence {}{by}{why}\n",
                     rfc3339(e.at),

@@ -49,7 +49,11 @@ fn get(env: Env<'_>, name: &str) -> Option<String> {
 }
 
 fn require(env: Env<'_>, system: &str, name: &str) -> Result<String> {
-    get(env, name).ok_or_else(|| Error::Usage(format!("{system} is detected but {name} is not set; pass --owner to name the lock owner yourself")))
+    get(env, name).ok_or_else(|| {
+        Error::Usage(format!(
+            "{system} is detected but {name} is not set; pass --owner to name the lock owner yourself"
+        ))
+    })
 }
 
 /// Works out the identity. `owner` (from `--owner`/`PIPELINE_LOCK_OWNER`) wins over CI.
@@ -77,7 +81,13 @@ pub fn detect(env: Env<'_>, scope: Scope, owner: Option<&str>) -> Result<Option<
     if system == CiSystem::Local {
         holder.ci = Some("local".into());
     }
-    Ok(Some(Identity { owner, holder, system, project, server_host }))
+    Ok(Some(Identity {
+        owner,
+        holder,
+        system,
+        project,
+        server_host,
+    }))
 }
 
 type Found = (CiSystem, String, String, String);
@@ -100,7 +110,11 @@ fn gitlab(env: Env<'_>, scope: Scope, holder: &mut Holder) -> Result<Found> {
 
 fn github(env: Env<'_>, scope: Scope, holder: &mut Holder) -> Result<Found> {
     let server = get(env, "GITHUB_SERVER_URL").unwrap_or_else(|| "https://github.com".into());
-    let host = server.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/').to_string();
+    let host = server
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
     let repo = require(env, "GitHub Actions", "GITHUB_REPOSITORY")?;
     let run = require(env, "GitHub Actions", "GITHUB_RUN_ID")?;
     let mut owner = format!("github:{host}/{repo}/runs/{run}");
@@ -121,7 +135,10 @@ fn github(env: Env<'_>, scope: Scope, holder: &mut Holder) -> Result<Found> {
 }
 
 fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// The default lock name: the CI project path, when in CI.
@@ -194,7 +211,10 @@ mod tests {
         assert_eq!(detect(&e, Scope::Pipeline, Some("me")).unwrap().unwrap().owner, "me");
         let none = env(&[]);
         assert_eq!(detect(&none, Scope::Pipeline, None).unwrap(), None);
-        assert_eq!(detect(&none, Scope::Pipeline, Some("me")).unwrap().unwrap().holder.ci.as_deref(), Some("local"));
+        assert_eq!(
+            detect(&none, Scope::Pipeline, Some("me")).unwrap().unwrap().holder.ci.as_deref(),
+            Some("local")
+        );
         assert_eq!(default_lock(&none), None);
     }
 

@@ -82,27 +82,18 @@ impl CiApi {
     /// The API of the CI system we run in, when `--ci-api` is on. `wanted`: `Some(true)` for
     /// `--ci-api` (an error if it cannot work), `Some(false)` for `--no-ci-api`, `None` for the
     /// default: on in CI when a token is there.
-    pub fn from_env(
-        env: Env<'_>,
-        me: &Identity,
-        wanted: Option<bool>,
-    ) -> Result<Option<Arc<CiApi>>> {
+    pub fn from_env(env: Env<'_>, me: &Identity, wanted: Option<bool>) -> Result<Option<Arc<CiApi>>> {
         if wanted == Some(false) {
             return Ok(None);
         }
         let found = match (me.system, me.server_host.as_deref()) {
             (CiSystem::GitLab, Some(host)) => {
-                let auth = match (
-                    get(env, "PIPELINE_LOCK_GITLAB_TOKEN"),
-                    get(env, "CI_JOB_TOKEN"),
-                ) {
+                let auth = match (get(env, "PIPELINE_LOCK_GITLAB_TOKEN"), get(env, "CI_JOB_TOKEN")) {
                     (Some(t), _) => Some(("PRIVATE-TOKEN", t)),
                     (None, Some(t)) => Some(("JOB-TOKEN", t)),
                     _ => None,
                 };
-                let base = get(env, "CI_API_V4_URL").or_else(|| {
-                    get(env, "CI_SERVER_URL").map(|u| format!("{}/api/v4", u.trim_end_matches('/')))
-                });
+                let base = get(env, "CI_API_V4_URL").or_else(|| get(env, "CI_SERVER_URL").map(|u| format!("{}/api/v4", u.trim_end_matches('/'))));
                 match (auth, base) {
                     (Some(auth), Some(base)) => Ok(CiApi::new(CiSystem::GitLab, &base, host, auth)),
                     (None, _) => Err("no token: set CI_JOB_TOKEN or PIPELINE_LOCK_GITLAB_TOKEN"),
@@ -111,14 +102,8 @@ impl CiApi {
             }
             (CiSystem::GitHub, Some(host)) => match get(env, "GITHUB_TOKEN") {
                 Some(t) => {
-                    let base = get(env, "GITHUB_API_URL")
-                        .unwrap_or_else(|| "https://api.github.com".into());
-                    Ok(CiApi::new(
-                        CiSystem::GitHub,
-                        &base,
-                        host,
-                        ("Authorization", format!("Bearer {t}")),
-                    ))
+                    let base = get(env, "GITHUB_API_URL").unwrap_or_else(|| "https://api.github.com".into());
+                    Ok(CiApi::new(CiSystem::GitHub, &base, host, ("Authorization", format!("Bearer {t}"))))
                 }
                 None => Err("no token: pass GITHUB_TOKEN (env: GITHUB_TOKEN: ${{ github.token }})"),
             },
@@ -126,9 +111,7 @@ impl CiApi {
         };
         match (found, wanted) {
             (Ok(api), _) => Ok(Some(Arc::new(api))),
-            (Err(why), Some(true)) => Err(Error::Usage(format!(
-                "--ci-api cannot ask the CI server: {why}"
-            ))),
+            (Err(why), Some(true)) => Err(Error::Usage(format!("--ci-api cannot ask the CI server: {why}"))),
             (Err(why), _) => {
                 tracing::debug!("early takeover off: {why}");
                 Ok(None)
@@ -147,8 +130,7 @@ impl CiApi {
             }
             CiSystem::GitHub => {
                 let (host, repo, id) = github_run(owner)?;
-                host.eq_ignore_ascii_case(&self.host)
-                    .then(|| format!("/repos/{repo}/actions/runs/{id}"))
+                host.eq_ignore_ascii_case(&self.host).then(|| format!("/repos/{repo}/actions/runs/{id}"))
             }
             CiSystem::Local => None,
         }
@@ -161,21 +143,15 @@ impl CiApi {
         };
         let url = format!("{}{path}", self.base);
         match tokio::time::timeout(TIMEOUT, self.get(&url)).await {
-            Err(_) => Verdict::Failed(format!(
-                "GET {url}: no answer within {}s",
-                TIMEOUT.as_secs()
-            )),
+            Err(_) => Verdict::Failed(format!("GET {url}: no answer within {}s", TIMEOUT.as_secs())),
             Ok(Err(why)) => Verdict::Failed(format!("GET {url}: {why}")),
-            Ok(Ok((200, body))) => self
-                .judge(&body)
-                .unwrap_or_else(|why| Verdict::Failed(format!("GET {url}: {why}"))),
+            Ok(Ok((200, body))) => self.judge(&body).unwrap_or_else(|why| Verdict::Failed(format!("GET {url}: {why}"))),
             Ok(Ok((status, _))) => Verdict::Failed(format!("GET {url}: HTTP {status}")),
         }
     }
 
     fn judge(&self, body: &[u8]) -> std::result::Result<Verdict, String> {
-        let doc: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
         let status = doc
             .get("status")
             .and_then(|s| s.as_str())
@@ -184,10 +160,7 @@ impl CiApi {
         let ended = match self.system {
             // GitLab's pipeline statuses; every other one (running, pending, manual, ...) may
             // still run a job that holds the lock.
-            CiSystem::GitLab => matches!(
-                status.as_str(),
-                "success" | "failed" | "canceled" | "skipped"
-            ),
+            CiSystem::GitLab => matches!(status.as_str(), "success" | "failed" | "canceled" | "skipped"),
             CiSystem::GitHub => status == "completed",
             CiSystem::Local => false,
         };
@@ -206,16 +179,12 @@ impl CiApi {
         self.client
             .get_or_init(|| {
                 let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-                let builder = match hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_provider_and_native_roots(provider.clone())
-                {
+                let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
                     Ok(b) => b,
                     Err(e) => {
                         // No CA store here: an https server cannot be verified, so asking it fails
                         // at the handshake; a plain-http server (a test) can still be asked.
-                        tracing::debug!(
-                            "no native CA certificates ({e}); https CI APIs cannot be verified"
-                        );
+                        tracing::debug!("no native CA certificates ({e}); https CI APIs cannot be verified");
                         let config = rustls::ClientConfig::builder_with_provider(provider)
                             .with_safe_default_protocol_versions()
                             .map_err(|e| format!("TLS setup: {e}"))?
@@ -242,18 +211,11 @@ impl CiApi {
                     "application/json"
                 },
             )
-            .header(
-                "User-Agent",
-                concat!("pipeline-lock/", env!("CARGO_PKG_VERSION")),
-            )
+            .header("User-Agent", concat!("pipeline-lock/", env!("CARGO_PKG_VERSION")))
             .header("X-GitHub-Api-Version", "2022-11-28")
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        let response = self
-            .client()?
-            .request(request)
-            .await
-            .map_err(|e| crate::report::chain(&e))?;
+        let response = self.client()?.request(request).await.map_err(|e| crate::report::chain(&e))?;
         let status = response.status().as_u16();
         let body = Limited::new(response.into_body(), MAX_BODY)
             .collect()
@@ -278,13 +240,8 @@ fn gitlab_pipeline(owner: &str) -> Option<(&str, &str, &str)> {
         _ => path,
     };
     let (project, id) = path.rsplit_once("/pipelines/")?;
-    let chars = project
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
-    let ok = chars
-        && project
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    let chars = project.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    let ok = chars && project.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..");
     ok.then_some((host, project, digits(id)?))
 }
 
@@ -292,20 +249,8 @@ fn gitlab_pipeline(owner: &str) -> Option<(&str, &str, &str)> {
 fn github_run(owner: &str) -> Option<(&str, &str, &str)> {
     let rest = owner.strip_prefix("github:")?;
     let mut parts = rest.splitn(6, '/');
-    let (host, org, repo, runs, id) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    let name = |s: &str| {
-        !s.is_empty()
-            && s != "."
-            && s != ".."
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    };
+    let (host, org, repo, runs, id) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let name = |s: &str| !s.is_empty() && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if runs != "runs" || !name(org) || !name(repo) {
         return None;
     }
@@ -334,10 +279,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -352,8 +294,7 @@ mod tests {
 
     fn api(pairs: &[(&str, &str)], wanted: Option<bool>) -> Result<Option<Arc<CiApi>>> {
         let e = env(pairs);
-        let me = detect(&e, Scope::Pipeline, None)?
-            .unwrap_or_else(|| detect(&e, Scope::Pipeline, Some("me")).unwrap().unwrap());
+        let me = detect(&e, Scope::Pipeline, None)?.unwrap_or_else(|| detect(&e, Scope::Pipeline, Some("me")).unwrap().unwrap());
         CiApi::from_env(&e, &me, wanted)
     }
 
@@ -363,35 +304,23 @@ mod tests {
         assert_eq!(a.base, "https://gitlab.example.com/api/v4");
         assert_eq!(a.auth.0, "JOB-TOKEN");
         assert_eq!(
-            a.target("gitlab:gitlab.example.com/group/sub/app/pipelines/77")
-                .as_deref(),
+            a.target("gitlab:gitlab.example.com/group/sub/app/pipelines/77").as_deref(),
             Some("/projects/group%2Fsub%2Fapp/pipelines/77")
         );
         assert_eq!(
-            a.target("gitlab:gitlab.example.com/group/app/pipelines/77/jobs/9")
-                .as_deref(),
+            a.target("gitlab:gitlab.example.com/group/app/pipelines/77/jobs/9").as_deref(),
             Some("/projects/group%2Fapp/pipelines/77")
         );
         // Another host, a hand-given owner, a path trick, a non-number: never asked.
-        assert_eq!(
-            a.target("gitlab:evil.example.com/group/app/pipelines/77"),
-            None
-        );
+        assert_eq!(a.target("gitlab:evil.example.com/group/app/pipelines/77"), None);
         assert_eq!(a.target("alice"), None);
-        assert_eq!(
-            a.target("gitlab:gitlab.example.com/../x?y/pipelines/77"),
-            None
-        );
+        assert_eq!(a.target("gitlab:gitlab.example.com/../x?y/pipelines/77"), None);
         assert_eq!(a.target("gitlab:gitlab.example.com/../pipelines/77"), None);
         assert_eq!(
-            a.target("gitlab:GitLab.Example.com/group/app/pipelines/77")
-                .as_deref(),
+            a.target("gitlab:GitLab.Example.com/group/app/pipelines/77").as_deref(),
             Some("/projects/group%2Fapp/pipelines/77")
         );
-        assert_eq!(
-            a.target("gitlab:gitlab.example.com/group/app/pipelines/7x"),
-            None
-        );
+        assert_eq!(a.target("gitlab:gitlab.example.com/group/app/pipelines/7x"), None);
         assert_eq!(a.target("github:gitlab.example.com/o/r/runs/1"), None);
     }
 
@@ -407,8 +336,7 @@ mod tests {
         assert_eq!(a.base, "https://api.github.com");
         assert_eq!(a.auth, ("Authorization", "Bearer t".to_string()));
         assert_eq!(
-            a.target("github:github.com/org/repo/runs/99/jobs/deploy/attempts/1")
-                .as_deref(),
+            a.target("github:github.com/org/repo/runs/99/jobs/deploy/attempts/1").as_deref(),
             Some("/repos/org/repo/actions/runs/99")
         );
         assert_eq!(a.target("github:ghe.example.com/org/repo/runs/99"), None);
@@ -417,27 +345,15 @@ mod tests {
 
     #[test]
     fn on_by_default_only_with_a_token() {
-        let no_token: Vec<_> = GITLAB
-            .iter()
-            .copied()
-            .filter(|(k, _)| *k != "CI_JOB_TOKEN")
-            .collect();
+        let no_token: Vec<_> = GITLAB.iter().copied().filter(|(k, _)| *k != "CI_JOB_TOKEN").collect();
         assert!(api(&no_token, None).unwrap().is_none());
-        assert!(
-            api(&no_token, Some(true))
-                .unwrap_err()
-                .to_string()
-                .contains("CI_JOB_TOKEN")
-        );
+        assert!(api(&no_token, Some(true)).unwrap_err().to_string().contains("CI_JOB_TOKEN"));
         assert!(api(GITLAB, Some(false)).unwrap().is_none());
         assert!(api(&[], Some(true)).is_err());
         assert!(api(&[], None).unwrap().is_none());
         let mut pat = GITLAB.to_vec();
         pat.push(("PIPELINE_LOCK_GITLAB_TOKEN", "pat"));
-        assert_eq!(
-            api(&pat, None).unwrap().unwrap().auth,
-            ("PRIVATE-TOKEN", "pat".to_string())
-        );
+        assert_eq!(api(&pat, None).unwrap().unwrap().auth, ("PRIVATE-TOKEN", "pat".to_string()));
         // The token is never printed.
         assert!(!format!("{:?}", api(GITLAB, None).unwrap().unwrap()).contains("secret"));
     }
@@ -454,27 +370,18 @@ mod tests {
             ("manual", false),
             ("pending", false),
         ] {
-            let v = gl
-                .judge(format!("{{\"id\":1,\"status\":\"{s}\"}}").as_bytes())
-                .unwrap();
+            let v = gl.judge(format!("{{\"id\":1,\"status\":\"{s}\"}}").as_bytes()).unwrap();
             assert_eq!(matches!(v, Verdict::Ended(_)), ended, "{s}");
         }
         assert!(gl.judge(b"<html>").is_err());
         assert!(gl.judge(b"{}").is_err());
-        let gh = CiApi::new(
-            CiSystem::GitHub,
-            "http://x",
-            "x",
-            ("Authorization", "Bearer t".into()),
-        );
+        let gh = CiApi::new(CiSystem::GitHub, "http://x", "x", ("Authorization", "Bearer t".into()));
         assert_eq!(
-            gh.judge(br#"{"status":"completed","conclusion":"cancelled"}"#)
-                .unwrap(),
+            gh.judge(br#"{"status":"completed","conclusion":"cancelled"}"#).unwrap(),
             Verdict::Ended("completed, cancelled".into())
         );
         assert_eq!(
-            gh.judge(br#"{"status":"in_progress","conclusion":null}"#)
-                .unwrap(),
+            gh.judge(br#"{"status":"in_progress","conclusion":null}"#).unwrap(),
             Verdict::Running("in_progress".into())
         );
     }

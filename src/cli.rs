@@ -55,12 +55,7 @@ pub struct Global {
     #[arg(long, global = true, env = "PIPELINE_LOCK_TABLE", conflicts_with_all = ["store", "bucket"])]
     pub table: Option<String>,
     /// S3 bucket (shorthand for --store s3://BUCKET/PREFIX).
-    #[arg(
-        long,
-        global = true,
-        env = "PIPELINE_LOCK_BUCKET",
-        conflicts_with = "store"
-    )]
+    #[arg(long, global = true, env = "PIPELINE_LOCK_BUCKET", conflicts_with = "store")]
     pub bucket: Option<String>,
     /// Key prefix within --bucket.
     #[arg(long, global = true, env = "PIPELINE_LOCK_PREFIX", requires = "bucket")]
@@ -84,22 +79,10 @@ pub struct Global {
     #[arg(long, global = true, env = "PIPELINE_LOCK_SCOPE", value_enum)]
     pub scope: Option<Scope>,
     /// Output format.
-    #[arg(
-        long,
-        global = true,
-        env = "PIPELINE_LOCK_OUTPUT",
-        value_enum,
-        default_value_t
-    )]
+    #[arg(long, global = true, env = "PIPELINE_LOCK_OUTPUT", value_enum, default_value_t)]
     pub output: Output,
     /// Skew margin for comparisons on the store clock.
-    #[arg(
-        long,
-        global = true,
-        env = "PIPELINE_LOCK_CLOCK_MARGIN",
-        default_value = "2s",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, global = true, env = "PIPELINE_LOCK_CLOCK_MARGIN", default_value = "2s", allow_hyphen_values = true)]
     pub clock_margin: String,
     /// More detail: progress on every poll (-v), debug logs (-vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -135,12 +118,7 @@ pub struct RunArgs {
     #[arg(long, env = "PIPELINE_LOCK_HEARTBEAT", allow_hyphen_values = true)]
     pub heartbeat: Option<String>,
     /// When the lease is lost: time between TERM and KILL for the command.
-    #[arg(
-        long,
-        env = "PIPELINE_LOCK_KILL_GRACE",
-        default_value = "10s",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, env = "PIPELINE_LOCK_KILL_GRACE", default_value = "10s", allow_hyphen_values = true)]
     pub kill_grace: String,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -154,12 +132,7 @@ pub struct AcquireArgs {
     #[arg(long, env = "PIPELINE_LOCK_FORCE_AFTER", allow_hyphen_values = true)]
     pub force_after: Option<String>,
     /// Lease length; renew before it ends [default: 1h]
-    #[arg(
-        long,
-        env = "PIPELINE_LOCK_TTL",
-        conflicts_with = "disable_ttl",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, env = "PIPELINE_LOCK_TTL", conflicts_with = "disable_ttl", allow_hyphen_values = true)]
     pub ttl: Option<String>,
     /// No lease: only --force-after or --force can take the lock from a dead holder.
     #[arg(long, env = "PIPELINE_LOCK_DISABLE_TTL", value_parser = FalseyValueParser::new(), default_value_t = false)]
@@ -177,12 +150,7 @@ pub struct AcquireArgs {
     #[arg(long, env = "PIPELINE_LOCK_NO_WAIT", value_parser = FalseyValueParser::new(), default_value_t = false)]
     pub no_wait: bool,
     /// Time between polls, jittered.
-    #[arg(
-        long,
-        env = "PIPELINE_LOCK_RETRY_INTERVAL",
-        default_value = "2s",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, env = "PIPELINE_LOCK_RETRY_INTERVAL", default_value = "2s", allow_hyphen_values = true)]
     pub retry_interval: String,
     /// Give up after this many polls (exit 75).
     #[arg(long, env = "PIPELINE_LOCK_MAX_RETRIES")]
@@ -210,13 +178,7 @@ pub struct AcquireArgs {
     #[arg(long, env = "PIPELINE_LOCK_ORDINAL")]
     pub ordinal: Option<u64>,
     /// The floor of the queue's prune window (tests only).
-    #[arg(
-        long,
-        env = "PIPELINE_LOCK_PRUNE_FLOOR",
-        default_value = "30s",
-        hide = true,
-        allow_hyphen_values = true
-    )]
+    #[arg(long, env = "PIPELINE_LOCK_PRUNE_FLOOR", default_value = "30s", hide = true, allow_hyphen_values = true)]
     pub prune_floor: String,
 }
 
@@ -249,12 +211,7 @@ pub struct ReleaseArgs {
 #[derive(Debug, Args)]
 pub struct RenewArgs {
     /// New lease length from now [default: 1h]
-    #[arg(
-        long,
-        env = "PIPELINE_LOCK_TTL",
-        conflicts_with = "disable_ttl",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, env = "PIPELINE_LOCK_TTL", conflicts_with = "disable_ttl", allow_hyphen_values = true)]
     pub ttl: Option<String>,
     /// Renew without a lease end.
     #[arg(long, env = "PIPELINE_LOCK_DISABLE_TTL", value_parser = FalseyValueParser::new(), default_value_t = false)]
@@ -271,17 +228,13 @@ const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 pub fn parse_duration(flag: &str, value: &str) -> Result<Duration> {
     let v = value.trim();
     let parsed = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        v.parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|e| e.to_string())
+        v.parse::<u64>().map(Duration::from_secs).map_err(|e| e.to_string())
     } else {
         humantime::parse_duration(v).map_err(|e| e.to_string())
     };
     match parsed {
         Ok(d) if d <= MAX_DURATION => Ok(d),
-        Ok(_) => Err(Error::Usage(format!(
-            "{flag} {value:?} is too long (at most 100 years)"
-        ))),
+        Ok(_) => Err(Error::Usage(format!("{flag} {value:?} is too long (at most 100 years)"))),
         Err(why) => Err(Error::Usage(format!(
             "{flag} {value:?} is not a duration ({why}); use seconds (3600) or units (90s, 1h 30m)"
         ))),
@@ -299,9 +252,7 @@ fn positive(flag: &str, value: &str) -> Result<Duration> {
 /// Checks a lock name: not empty, at most 1024 bytes, no control characters.
 pub fn validate_lock(name: &str) -> Result<String> {
     if name.is_empty() {
-        return Err(Error::Usage(
-            "the lock name is empty; pass --lock NAME".into(),
-        ));
+        return Err(Error::Usage("the lock name is empty; pass --lock NAME".into()));
     }
     if name.len() > 1024 {
         return Err(Error::Usage(format!(
@@ -310,9 +261,7 @@ pub fn validate_lock(name: &str) -> Result<String> {
         )));
     }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Err(Error::Usage(format!(
-            "the lock name {name:?} contains the control character {c:?}"
-        )));
+        return Err(Error::Usage(format!("the lock name {name:?} contains the control character {c:?}")));
     }
     Ok(name.to_string())
 }
@@ -325,7 +274,10 @@ pub fn validate_text(what: &str, value: &str) -> Result<String> {
         return Err(Error::Usage(format!("the {what} is empty")));
     }
     if value.len() > 1024 {
-        return Err(Error::Usage(format!("the {what} is {} bytes long; at most 1024 are allowed", value.len())));
+        return Err(Error::Usage(format!(
+            "the {what} is {} bytes long; at most 1024 are allowed",
+            value.len()
+        )));
     }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(Error::Usage(format!("the {what} contains the control character {c:?}")));
@@ -346,7 +298,9 @@ impl Global {
     /// The store URL from `--store`, `--table` or `--bucket`/`--prefix`.
     pub fn store_url(&self) -> Result<StoreUrl> {
         if self.prefix.is_some() && self.bucket.is_none() {
-            return Err(Error::Usage("--prefix only goes with --bucket; with --store put the prefix in the URL (s3://BUCKET/PREFIX)".into()));
+            return Err(Error::Usage(
+                "--prefix only goes with --bucket; with --store put the prefix in the URL (s3://BUCKET/PREFIX)".into(),
+            ));
         }
         match (&self.store, &self.table, &self.bucket) {
             (_, Some(table), _) => StoreUrl::dynamodb(table),
@@ -386,11 +340,7 @@ impl AcquireArgs {
         };
         Ok(crate::AcquireOptions {
             ttl: lease(self.ttl.as_deref(), self.disable_ttl)?,
-            force_after: self
-                .force_after
-                .as_deref()
-                .map(|v| positive("--force-after", v))
-                .transpose()?,
+            force_after: self.force_after.as_deref().map(|v| positive("--force-after", v)).transpose()?,
             wait,
             retry_interval: positive("--retry-interval", &self.retry_interval)?,
             max_retries: self.max_retries,
@@ -407,11 +357,7 @@ impl AcquireArgs {
 
     /// `--ci-api` / `--no-ci-api`: `None` leaves it to the environment.
     pub fn ci_api_wanted(&self) -> Option<bool> {
-        if self.no_ci_api {
-            Some(false)
-        } else {
-            self.ci_api
-        }
+        if self.no_ci_api { Some(false) } else { self.ci_api }
     }
 }
 
@@ -421,36 +367,15 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            parse_duration("--ttl", "3600").unwrap(),
-            Duration::from_secs(3600)
-        );
-        assert_eq!(
-            parse_duration("--ttl", "1h 30m").unwrap(),
-            Duration::from_secs(5400)
-        );
-        assert_eq!(
-            parse_duration("--ttl", "90s").unwrap(),
-            Duration::from_secs(90)
-        );
-        for bad in [
-            "banana",
-            "-5",
-            "",
-            "99999999999999999999999",
-            "1000000000000s",
-            "5 parsecs",
-        ] {
+        assert_eq!(parse_duration("--ttl", "3600").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("--ttl", "1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("--ttl", "90s").unwrap(), Duration::from_secs(90));
+        for bad in ["banana", "-5", "", "99999999999999999999999", "1000000000000s", "5 parsecs"] {
             let err = parse_duration("--ttl", bad).unwrap_err();
             assert!(matches!(err, Error::Usage(_)), "{bad}: {err}");
             assert!(err.to_string().contains("--ttl"), "{err}");
         }
-        assert!(
-            positive("--ttl", "0")
-                .unwrap_err()
-                .to_string()
-                .contains("longer than 0")
-        );
+        assert!(positive("--ttl", "0").unwrap_err().to_string().contains("longer than 0"));
     }
 
     #[test]
@@ -459,27 +384,15 @@ mod tests {
         assert!(validate_lock("").is_err());
         assert!(validate_lock(&"x".repeat(1025)).is_err());
         assert!(validate_lock(&"x".repeat(1024)).is_ok());
-        assert!(
-            validate_lock("a\nb")
-                .unwrap_err()
-                .to_string()
-                .contains("control")
-        );
+        assert!(validate_lock("a\nb").unwrap_err().to_string().contains("control"));
     }
 
     #[test]
     fn store_options_accepted_before_or_after_the_command() {
-        let a = Cli::try_parse_from(["pipeline-lock", "--table", "tbl", "acquire", "--no-wait"])
-            .unwrap();
-        let b = Cli::try_parse_from(["pipeline-lock", "acquire", "--table", "tbl", "--no-wait"])
-            .unwrap();
+        let a = Cli::try_parse_from(["pipeline-lock", "--table", "tbl", "acquire", "--no-wait"]).unwrap();
+        let b = Cli::try_parse_from(["pipeline-lock", "acquire", "--table", "tbl", "--no-wait"]).unwrap();
         assert_eq!(a.global.store_url().unwrap(), b.global.store_url().unwrap());
-        assert_eq!(
-            a.global.store_url().unwrap(),
-            StoreUrl::DynamoDb {
-                table: "tbl".into()
-            }
-        );
+        assert_eq!(a.global.store_url().unwrap(), StoreUrl::DynamoDb { table: "tbl".into() });
     }
 
     #[test]
@@ -495,31 +408,20 @@ mod tests {
             "--no-ci-api",
         ])
         .unwrap();
-        let Command::Acquire(args) = a.command else {
-            panic!("not acquire")
-        };
+        let Command::Acquire(args) = a.command else { panic!("not acquire") };
         let opts = args.options(Duration::from_secs(2)).unwrap();
-        assert_eq!(
-            (opts.queue, opts.supersede, opts.ordinal),
-            (QueueMode::Newest, true, Some(7))
-        );
+        assert_eq!((opts.queue, opts.supersede, opts.ordinal), (QueueMode::Newest, true, Some(7)));
         assert_eq!(opts.prune_floor, Duration::from_secs(30));
         assert_eq!(args.ci_api_wanted(), Some(false));
         let b = Cli::try_parse_from(["pipeline-lock", "acquire", "--ci-api"]).unwrap();
-        let Command::Acquire(args) = b.command else {
-            panic!("not acquire")
-        };
-        assert_eq!(
-            (args.ci_api_wanted(), args.queue),
-            (Some(true), QueueMode::Fifo)
-        );
+        let Command::Acquire(args) = b.command else { panic!("not acquire") };
+        assert_eq!((args.ci_api_wanted(), args.queue), (Some(true), QueueMode::Fifo));
         assert!(Cli::try_parse_from(["pipeline-lock", "acquire", "--queue", "lifo"]).is_err());
     }
 
     #[test]
     fn wait_and_no_wait_conflict() {
-        let err = Cli::try_parse_from(["pipeline-lock", "acquire", "--wait", "5s", "--no-wait"])
-            .unwrap_err();
+        let err = Cli::try_parse_from(["pipeline-lock", "acquire", "--wait", "5s", "--no-wait"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
     }
 }

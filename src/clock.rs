@@ -28,7 +28,11 @@ impl Default for StoreClock {
 impl StoreClock {
     /// A clock with no samples: it reads the local wall clock until the store answers.
     pub fn new() -> Self {
-        StoreClock { base: Instant::now(), kernel: false, bounds: Mutex::new(None) }
+        StoreClock {
+            base: Instant::now(),
+            kernel: false,
+            bounds: Mutex::new(None),
+        }
     }
 
     /// The clock of a store on this host: the kernel's real-time clock, read with a raw

@@ -72,18 +72,18 @@ impl Error {
         }
     }
 
-    pub(crate) fn other(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Error::Other { message: message.into(), source: Some(Box::new(source)) }
+    pub(crate) fn other(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Other {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
     }
 
-    pub(crate) fn unavailable(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Error::Unavailable { message: message.into(), source: Some(Box::new(source)) }
+    pub(crate) fn unavailable(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Unavailable {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
     }
 }
 

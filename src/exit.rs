@@ -35,5 +35,8 @@ pub const TABLE: &[(u8, &str)] = &[
     (TIMED_OUT, "timed out waiting (--wait, --max-retries)"),
     (LEASE_LOST, "lease lost while holding it (run, renew)"),
     (ACCESS_DENIED, "access denied by the store"),
-    (CONFIG, "configuration: no table/bucket, wrong key schema, bad record, no credentials or region"),
+    (
+        CONFIG,
+        "configuration: no table/bucket, wrong key schema, bad record, no credentials or region",
+    ),
 ];

@@ -66,7 +66,10 @@ impl Locker {
             let beat = Heartbeat {
                 locker: self.clone(),
                 lock: lock.to_string(),
-                who: Holding { owner: grant.owner.clone(), token: Some(grant.token.clone()) },
+                who: Holding {
+                    owner: grant.owner.clone(),
+                    token: Some(grant.token.clone()),
+                },
                 ttl,
                 every,
                 margin: opts.clock_margin,
@@ -77,7 +80,14 @@ impl Locker {
             let valid_until = Instant::now().max(started) + ttl;
             tokio::spawn(beat.run(valid_until, state_tx, stop_rx))
         });
-        Ok(Lease { locker: self.clone(), grant, state, stop, task, retention: opts.retention })
+        Ok(Lease {
+            locker: self.clone(),
+            grant,
+            state,
+            stop,
+            task,
+            retention: opts.retention,
+        })
     }
 
     /// Runs `f` while holding `lock`, handing it the fence. If the lease is lost, `f` is
@@ -210,8 +220,20 @@ impl Lease {
         if !self.is_held() {
             return Ok(Released::NotHeld);
         }
-        let who = Holding { owner: self.grant.owner.clone(), token: Some(self.grant.token.clone()) };
-        self.locker.release(&self.grant.lock, &who, &ReleaseOptions { force: None, retention: self.retention }).await
+        let who = Holding {
+            owner: self.grant.owner.clone(),
+            token: Some(self.grant.token.clone()),
+        };
+        self.locker
+            .release(
+                &self.grant.lock,
+                &who,
+                &ReleaseOptions {
+                    force: None,
+                    retention: self.retention,
+                },
+            )
+            .await
     }
 }
 
@@ -230,7 +252,12 @@ mod tests {
         let s = Duration::from_secs;
         assert_eq!(check_heartbeat(Some(s(30)), None).unwrap(), Some(s(10)));
         assert_eq!(check_heartbeat(Some(s(30)), Some(s(15))).unwrap(), Some(s(15)));
-        assert!(check_heartbeat(Some(s(30)), Some(s(16))).unwrap_err().to_string().contains("half the lease"));
+        assert!(
+            check_heartbeat(Some(s(30)), Some(s(16)))
+                .unwrap_err()
+                .to_string()
+                .contains("half the lease")
+        );
         assert!(check_heartbeat(Some(s(30)), Some(s(0))).is_err());
         assert_eq!(check_heartbeat(None, Some(s(5))).unwrap(), None);
     }

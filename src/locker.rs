@@ -256,13 +256,7 @@ impl Locker {
         ))
     }
 
-    pub(crate) fn change(
-        &self,
-        action: Action,
-        lease: Option<Duration>,
-        retention: Duration,
-        event: Option<Event>,
-    ) -> Change {
+    pub(crate) fn change(&self, action: Action, lease: Option<Duration>, retention: Duration, event: Option<Event>) -> Change {
         let now = self.store.clock().now_ms();
         let lease_expires_at = lease.map(|l| now.saturating_add(ms(l)));
         let event = event.map(|e| Event { at: now, ..e });
@@ -287,64 +281,28 @@ impl Locker {
     /// refuses it when a waiter rewrote the record between its read and its write; the
     /// refusal then shows a record that meets the condition, and the write is made again on
     /// that record. Grants are left to the caller, who must decide again (the queue moved).
-    pub(crate) async fn commit(
-        &self,
-        lock: &str,
-        expect: Expect,
-        base: Option<&Observed>,
-        change: &Change,
-    ) -> Result<Written> {
-        let holder_write = matches!(
-            expect,
-            Expect::Owner(_) | Expect::Token(_) | Expect::TokenRvn { .. }
-        );
+    pub(crate) async fn commit(&self, lock: &str, expect: Expect, base: Option<&Observed>, change: &Change) -> Result<Written> {
+        let holder_write = matches!(expect, Expect::Owner(_) | Expect::Token(_) | Expect::TokenRvn { .. });
         let mut rebased: Option<Observed> = None;
         for round in 0..EAGER_ROUNDS {
-            let written = self
-                .commit_once(lock, expect.clone(), rebased.as_ref().or(base), change)
-                .await?;
+            let written = self.commit_once(lock, expect.clone(), rebased.as_ref().or(base), change).await?;
             match written {
-                Written::Conflict(obs)
-                    if base.is_none()
-                        && holder_write
-                        && expect.holds(&obs.state)
-                        && round + 1 < EAGER_ROUNDS =>
-                {
-                    tracing::debug!(
-                        "write to {lock:?} crossed a queue update; again on the new record"
-                    );
+                Written::Conflict(obs) if base.is_none() && holder_write && expect.holds(&obs.state) && round + 1 < EAGER_ROUNDS => {
+                    tracing::debug!("write to {lock:?} crossed a queue update; again on the new record");
                     rebased = Some(obs);
                 }
                 other => return Ok(other),
             }
         }
         Err(Error::Unavailable {
-            message: format!(
-                "lock {lock:?} in {} kept changing under our write",
-                self.store.url()
-            ),
+            message: format!("lock {lock:?} in {} kept changing under our write", self.store.url()),
             source: None,
         })
     }
 
     /// One conditional write; after no answer, the read-back of rule 6.
-    async fn commit_once(
-        &self,
-        lock: &str,
-        expect: Expect,
-        base: Option<&Observed>,
-        change: &Change,
-    ) -> Result<Written> {
-        let err = match self
-            .store
-            .write(Write {
-                lock,
-                expect,
-                base,
-                change,
-            })
-            .await
-        {
+    async fn commit_once(&self, lock: &str, expect: Expect, base: Option<&Observed>, change: &Change) -> Result<Written> {
+        let err = match self.store.write(Write { lock, expect, base, change }).await {
             Err(e @ Error::Unavailable { .. }) => e,
             other => return other,
         };
@@ -380,9 +338,7 @@ impl Locker {
         if skew <= 1000 {
             return Ok(Some(record));
         }
-        tracing::info!(
-            "this machine's clock is {skew} ms off the store's; rewriting the lease times on the store clock"
-        );
+        tracing::info!("this machine's clock is {skew} ms off the store's; rewriting the lease times on the store clock");
         let token = record.token.clone().unwrap_or_default();
         let change = self.change(Action::Renew { restamp }, lease, retention, None);
         let expect = Expect::TokenRvn {
@@ -412,18 +368,9 @@ impl Locker {
     }
 
     /// Extends the lease of a lock `who` holds. Exit 76 if it is no longer theirs.
-    pub async fn renew(
-        &self,
-        lock: &str,
-        who: &Holding,
-        ttl: Option<Duration>,
-        retention: Duration,
-        event: bool,
-    ) -> Result<Grant> {
+    pub async fn renew(&self, lock: &str, who: &Holding, ttl: Option<Duration>, retention: Duration, event: bool) -> Result<Grant> {
         let synced = self.store.clock().is_synced();
-        let event = event
-            .then(|| how_event(EventKind::Renewed, &who.owner, None))
-            .flatten();
+        let event = event.then(|| how_event(EventKind::Renewed, &who.owner, None)).flatten();
         let change = self.change(Action::Renew { restamp: false }, ttl, retention, event);
         match self.commit(lock, who.expect(), None, &change).await? {
             Written::Done(r) => {
@@ -444,11 +391,7 @@ impl Locker {
     fn lost(&self, lock: &str, who: &Holding, obs: &Observed) -> Error {
         let now = match &obs.state {
             State::Corrupt(why) => return self.corrupt(lock, why),
-            State::Valid(r) if !r.is_free() => format!(
-                "held by {} (fence {})",
-                r.owner.as_deref().unwrap_or("?"),
-                r.fence
-            ),
+            State::Valid(r) if !r.is_free() => format!("held by {} (fence {})", r.owner.as_deref().unwrap_or("?"), r.fence),
             _ => "free".to_string(),
         };
         Error::LeaseLost(format!(
@@ -460,12 +403,7 @@ impl Locker {
     }
 
     /// Gives back the lock `who` holds. Someone else's lock is left alone.
-    pub async fn release(
-        &self,
-        lock: &str,
-        who: &Holding,
-        opts: &ReleaseOptions,
-    ) -> Result<Released> {
+    pub async fn release(&self, lock: &str, who: &Holding, opts: &ReleaseOptions) -> Result<Released> {
         if let Some(reason) = &opts.force {
             return self.force_release(lock, who, reason, opts).await;
         }
@@ -493,21 +431,12 @@ impl Locker {
             }
         }
         Err(Error::Unavailable {
-            message: format!(
-                "lock {lock:?} in {} kept changing under release",
-                self.store.url()
-            ),
+            message: format!("lock {lock:?} in {} kept changing under release", self.store.url()),
             source: None,
         })
     }
 
-    async fn force_release(
-        &self,
-        lock: &str,
-        who: &Holding,
-        reason: &str,
-        opts: &ReleaseOptions,
-    ) -> Result<Released> {
+    async fn force_release(&self, lock: &str, who: &Holding, reason: &str, opts: &ReleaseOptions) -> Result<Released> {
         for _ in 0..EAGER_ROUNDS {
             let obs = self.store.read(lock, true).await?;
             let (expect, previous) = match &obs.state {
@@ -532,18 +461,12 @@ impl Locker {
             };
             let change = self.change(Action::Release, None, opts.retention, Some(event));
             if let Written::Done(r) = self.commit(lock, expect, Some(&obs), &change).await? {
-                tracing::warn!(
-                    "force-released lock {lock:?} in {} from {previous}: {reason}",
-                    self.store.url()
-                );
+                tracing::warn!("force-released lock {lock:?} in {} from {previous}: {reason}", self.store.url());
                 return Ok(Released::Released { fence: r.fence });
             }
         }
         Err(Error::Unavailable {
-            message: format!(
-                "lock {lock:?} in {} kept changing under release --force",
-                self.store.url()
-            ),
+            message: format!("lock {lock:?} in {} kept changing under release --force", self.store.url()),
             source: None,
         })
     }

@@ -27,9 +27,7 @@ impl Takeover {
             Takeover::Forced(reason) => format!("--force: {reason}"),
             Takeover::LeaseEnded => "the lease ended".into(),
             Takeover::ForceAfter => "held longer than --force-after".into(),
-            Takeover::Unrenewed => {
-                "not renewed for a whole lease (watched on the taker's monotonic clock)".into()
-            }
+            Takeover::Unrenewed => "not renewed for a whole lease (watched on the taker's monotonic clock)".into(),
             Takeover::PipelineEnded(status) => {
                 format!("the holder's pipeline has ended ({status}, per the CI API)")
             }
@@ -83,9 +81,7 @@ fn ms(d: Duration) -> i64 {
 /// The record's lease length: LeaseExpiresAt - RenewedAt.
 pub fn lease_len(record: &Record) -> Option<Duration> {
     let (end, renewed) = (record.lease_expires_at?, record.renewed_at?);
-    Some(Duration::from_millis(
-        end.saturating_sub(renewed).max(0) as u64
-    ))
+    Some(Duration::from_millis(end.saturating_sub(renewed).max(0) as u64))
 }
 
 impl Judge<'_> {
@@ -104,32 +100,22 @@ impl Judge<'_> {
             }
         }
         if let (Some(lease), Some(w)) = (lease_len(record), self.watch) {
-            if w.rvn == record.rvn
-                && self.mono_now.saturating_duration_since(w.since) > lease + self.margin
-            {
+            if w.rvn == record.rvn && self.mono_now.saturating_duration_since(w.since) > lease + self.margin {
                 return Some(Takeover::Unrenewed);
             }
         }
-        self.pipeline_ended
-            .map(|status| Takeover::PipelineEnded(status.to_string()))
+        self.pipeline_ended.map(|status| Takeover::PipelineEnded(status.to_string()))
     }
 
     /// Store-clock time at which a takeover becomes possible, if the record stays as it is.
     pub fn takeover_at(&self, record: &Record) -> Option<i64> {
         let m = ms(self.margin);
         let by_lease = record.lease_expires_at.map(|end| end + m + 1);
-        let by_age = self
-            .force_after
-            .zip(record.acquired_at)
-            .map(|(fa, a)| a + ms(fa) + m + 1);
-        let by_watch = lease_len(record)
-            .zip(self.watch)
-            .filter(|(_, w)| w.rvn == record.rvn)
-            .map(|(lease, w)| {
-                let left = (lease + self.margin)
-                    .saturating_sub(self.mono_now.saturating_duration_since(w.since));
-                self.now + ms(left) + 1
-            });
+        let by_age = self.force_after.zip(record.acquired_at).map(|(fa, a)| a + ms(fa) + m + 1);
+        let by_watch = lease_len(record).zip(self.watch).filter(|(_, w)| w.rvn == record.rvn).map(|(lease, w)| {
+            let left = (lease + self.margin).saturating_sub(self.mono_now.saturating_duration_since(w.since));
+            self.now + ms(left) + 1
+        });
         [by_lease, by_age, by_watch].into_iter().flatten().min()
     }
 }
@@ -210,10 +196,7 @@ mod tests {
         renewed.rvn = "v2".into();
         let mut watch2 = watch.clone();
         Watch::observe(&mut watch2, &renewed, start + Duration::from_secs(12));
-        let j2 = Judge {
-            watch: watch2.as_ref(),
-            ..j
-        };
+        let j2 = Judge { watch: watch2.as_ref(), ..j };
         assert_eq!(j2.takeover(&renewed), None);
     }
 
@@ -223,10 +206,7 @@ mod tests {
         let mut j = judge(0);
         assert_eq!(j.takeover(&r), None);
         j.pipeline_ended = Some("canceled");
-        assert_eq!(
-            j.takeover(&r),
-            Some(Takeover::PipelineEnded("canceled".into()))
-        );
+        assert_eq!(j.takeover(&r), Some(Takeover::PipelineEnded("canceled".into())));
         assert!(j.takeover(&r).unwrap().why().contains("canceled"));
     }
 

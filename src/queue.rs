@@ -85,22 +85,14 @@ pub struct Me<'a> {
 /// The live entries ahead of `me` under `mode`, in order. Entries of our own owner never
 /// count: they are this pipeline (an earlier attempt of a retried job, or a sibling job that
 /// would make our acquire re-entrant), and waiting for ourselves would never end.
-pub fn ahead<'r>(
-    record: &'r Record,
-    me: &Me<'_>,
-    mode: QueueMode,
-    now: i64,
-    window: Duration,
-) -> Vec<(&'r String, &'r Waiter)> {
+pub fn ahead<'r>(record: &'r Record, me: &Me<'_>, mode: QueueMode, now: i64, window: Duration) -> Vec<(&'r String, &'r Waiter)> {
     if mode == QueueMode::None {
         return Vec::new();
     }
     let mine = key(mode, me.token, me.entry);
     ordered(record, mode)
         .into_iter()
-        .filter(|(t, w)| {
-            t.as_str() != me.token && w.owner != me.entry.owner && is_live(w, now, window)
-        })
+        .filter(|(t, w)| t.as_str() != me.token && w.owner != me.entry.owner && is_live(w, now, window))
         .filter(|(t, w)| key(mode, t, w) < mine)
         .collect()
 }
@@ -110,9 +102,7 @@ pub fn live_count(record: &Record, me: &Me<'_>, now: i64, window: Duration) -> u
     record
         .waiters
         .iter()
-        .filter(|(t, w)| {
-            t.as_str() != me.token && w.owner != me.entry.owner && is_live(w, now, window)
-        })
+        .filter(|(t, w)| t.as_str() != me.token && w.owner != me.entry.owner && is_live(w, now, window))
         .count()
 }
 
@@ -144,38 +134,21 @@ pub fn project_of(owner: &str) -> Option<&str> {
 
 /// Who supersedes a waiter of `owner` with `ordinal`: a live waiter or the holder of the same
 /// project with a higher ordinal. Without an ordinal of our own nothing can be newer.
-pub fn superseded_by(
-    record: &Record,
-    owner: &str,
-    ordinal: Option<u64>,
-    now: i64,
-    window: Duration,
-) -> Option<String> {
+pub fn superseded_by(record: &Record, owner: &str, ordinal: Option<u64>, now: i64, window: Duration) -> Option<String> {
     let mine = ordinal?;
     let project = project_of(owner);
-    let newer = |o: &str, n: Option<u64>| {
-        o != owner && project_of(o) == project && n.is_some_and(|n| n > mine)
-    };
+    let newer = |o: &str, n: Option<u64>| o != owner && project_of(o) == project && n.is_some_and(|n| n > mine);
     if let (Some(h), Some(details)) = (record.owner.as_deref(), record.holder.as_ref())
         && newer(h, details.ordinal)
     {
-        return Some(format!(
-            "{h} (pipeline {}) holds it",
-            details.ordinal.unwrap_or_default()
-        ));
+        return Some(format!("{h} (pipeline {}) holds it", details.ordinal.unwrap_or_default()));
     }
     record
         .waiters
         .values()
         .filter(|w| is_live(w, now, window) && newer(&w.owner, w.ordinal))
         .max_by_key(|w| w.ordinal)
-        .map(|w| {
-            format!(
-                "{} (pipeline {}) waits for it",
-                w.owner,
-                w.ordinal.unwrap_or_default()
-            )
-        })
+        .map(|w| format!("{} (pipeline {}) waits for it", w.owner, w.ordinal.unwrap_or_default()))
 }
 
 #[cfg(test)]
@@ -211,10 +184,7 @@ mod tests {
             ("dead", w("D", 50, 1_000, None)),
         ]);
         let late = w("C", 300, 50_000, Some(5));
-        let me = Me {
-            token: "c",
-            entry: &late,
-        };
+        let me = Me { token: "c", entry: &late };
         let ahead: Vec<_> = ahead(&r, &me, QueueMode::Fifo, 60_000, WIN)
             .into_iter()
             .map(|(t, _)| t.as_str())
@@ -222,19 +192,7 @@ mod tests {
         // "dead" is older but unseen for longer than the window.
         assert_eq!(ahead, vec!["a", "b"]);
         let first = w("A", 100, 50_000, Some(9));
-        assert!(
-            super::ahead(
-                &r,
-                &Me {
-                    token: "a",
-                    entry: &first
-                },
-                QueueMode::Fifo,
-                60_000,
-                WIN
-            )
-            .is_empty()
-        );
+        assert!(super::ahead(&r, &Me { token: "a", entry: &first }, QueueMode::Fifo, 60_000, WIN).is_empty());
         assert_eq!(stale(&r, "c", 60_000, WIN), vec!["dead".to_string()]);
     }
 
@@ -255,10 +213,7 @@ mod tests {
             .map(|(t, _)| t.as_str())
             .collect();
         assert_eq!(ahead, vec!["a"]);
-        let order: Vec<_> = ordered(&r, QueueMode::Newest)
-            .into_iter()
-            .map(|(t, _)| t.as_str())
-            .collect();
+        let order: Vec<_> = ordered(&r, QueueMode::Newest).into_iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(order, vec!["a", "b", "n"]);
         assert!(super::ahead(&r, &me, QueueMode::None, 60_000, WIN).is_empty());
     }
@@ -267,51 +222,21 @@ mod tests {
     fn our_own_owner_never_blocks_us() {
         let r = queue(&[("old", w("me", 1, 59_000, None))]);
         let entry = w("me", 500, 60_000, None);
-        assert!(
-            ahead(
-                &r,
-                &Me {
-                    token: "new",
-                    entry: &entry
-                },
-                QueueMode::Fifo,
-                60_000,
-                WIN
-            )
-            .is_empty()
-        );
+        assert!(ahead(&r, &Me { token: "new", entry: &entry }, QueueMode::Fifo, 60_000, WIN).is_empty());
     }
 
     #[test]
     fn window_has_a_floor() {
-        assert_eq!(
-            prune_window(Duration::from_secs(2), PRUNE_FLOOR),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            prune_window(Duration::from_secs(20), PRUNE_FLOOR),
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            refresh_every(Duration::from_secs(30)),
-            Duration::from_secs(15)
-        );
+        assert_eq!(prune_window(Duration::from_secs(2), PRUNE_FLOOR), Duration::from_secs(30));
+        assert_eq!(prune_window(Duration::from_secs(20), PRUNE_FLOOR), Duration::from_secs(60));
+        assert_eq!(refresh_every(Duration::from_secs(30)), Duration::from_secs(15));
     }
 
     #[test]
     fn projects_of_owner_strings() {
-        assert_eq!(
-            project_of("gitlab:h/g/sub/app/pipelines/5"),
-            Some("gitlab:h/g/sub/app")
-        );
-        assert_eq!(
-            project_of("gitlab:h/g/app/pipelines/5/jobs/7"),
-            Some("gitlab:h/g/app")
-        );
-        assert_eq!(
-            project_of("github:h/o/r/runs/9/jobs/x/attempts/1"),
-            Some("github:h/o/r")
-        );
+        assert_eq!(project_of("gitlab:h/g/sub/app/pipelines/5"), Some("gitlab:h/g/sub/app"));
+        assert_eq!(project_of("gitlab:h/g/app/pipelines/5/jobs/7"), Some("gitlab:h/g/app"));
+        assert_eq!(project_of("github:h/o/r/runs/9/jobs/x/attempts/1"), Some("github:h/o/r"));
         assert_eq!(project_of("alice"), None);
     }
 
@@ -319,18 +244,11 @@ mod tests {
     fn a_newer_pipeline_of_the_same_project_supersedes() {
         let mut r = queue(&[("n", w("gitlab:h/g/app/pipelines/90", 1, 50_000, Some(12)))]);
         let me = "gitlab:h/g/app/pipelines/80";
-        assert!(
-            superseded_by(&r, me, Some(11), 60_000, WIN)
-                .unwrap()
-                .contains("pipelines/90")
-        );
+        assert!(superseded_by(&r, me, Some(11), 60_000, WIN).unwrap().contains("pipelines/90"));
         assert_eq!(superseded_by(&r, me, Some(12), 60_000, WIN), None);
         assert_eq!(superseded_by(&r, me, None, 60_000, WIN), None);
         // Another project's numbers are not comparable; a dead entry does not count.
-        assert_eq!(
-            superseded_by(&r, "gitlab:h/g/other/pipelines/1", Some(1), 60_000, WIN),
-            None
-        );
+        assert_eq!(superseded_by(&r, "gitlab:h/g/other/pipelines/1", Some(1), 60_000, WIN), None);
         assert_eq!(superseded_by(&r, me, Some(11), 90_000, WIN), None);
         r.waiters.clear();
         r.owner = Some("gitlab:h/g/app/pipelines/95".into());
@@ -338,11 +256,7 @@ mod tests {
             ordinal: Some(13),
             ..Holder::default()
         });
-        assert!(
-            superseded_by(&r, me, Some(11), 60_000, WIN)
-                .unwrap()
-                .contains("holds")
-        );
+        assert!(superseded_by(&r, me, Some(11), 60_000, WIN).unwrap().contains("holds"));
         // Hand-given owners are one project.
         r.owner = Some("bob".into());
         assert!(superseded_by(&r, "alice", Some(11), 60_000, WIN).is_some());

@@ -290,17 +290,11 @@ impl Record {
     /// refreshes one entry, `remove` drops one, and entries unseen since `prune_before` (store
     /// ms) go, except the one being set. Nothing else changes, Rvn included: a holder's or a
     /// taker's condition on Token and Rvn still holds afterwards.
-    pub fn with_waiters(
-        &self,
-        set: Option<(&str, &Waiter)>,
-        remove: Option<&str>,
-        prune_before: Option<i64>,
-    ) -> Record {
+    pub fn with_waiters(&self, set: Option<(&str, &Waiter)>, remove: Option<&str>, prune_before: Option<i64>) -> Record {
         let mut next = self.clone();
         if let Some(cut) = prune_before {
             let keep = set.map(|(t, _)| t);
-            next.waiters
-                .retain(|t, w| Some(t.as_str()) == keep || w.seen_at >= cut);
+            next.waiters.retain(|t, w| Some(t.as_str()) == keep || w.seen_at >= cut);
         }
         if let Some(token) = remove {
             next.waiters.remove(token);
@@ -328,10 +322,7 @@ impl Record {
 impl EventKind {
     /// Does this event hand the lock to a new token (and move the fence)?
     pub fn is_grant(self) -> bool {
-        matches!(
-            self,
-            EventKind::Acquired | EventKind::TakenOver | EventKind::Forced
-        )
+        matches!(self, EventKind::Acquired | EventKind::TakenOver | EventKind::Forced)
     }
 }
 
@@ -375,10 +366,7 @@ mod tests {
         assert_eq!(held.fence, 1);
         assert_eq!(held.history[0].fence, Some(1));
         assert!(held.validate("l").is_ok());
-        let renewed = held.apply(&change(
-            Action::Renew { restamp: false },
-            EventKind::Renewed,
-        ));
+        let renewed = held.apply(&change(Action::Renew { restamp: false }, EventKind::Renewed));
         assert_eq!((renewed.fence, renewed.token.as_deref()), (1, Some("t")));
         let free = renewed.apply(&change(Action::Release, EventKind::Released));
         assert_eq!(free.fence, 1);
@@ -414,10 +402,7 @@ mod tests {
             e.fence = None;
         }
         r.fill_history_fences();
-        assert_eq!(
-            r.history.iter().map(|e| e.fence).collect::<Vec<_>>(),
-            written
-        );
+        assert_eq!(r.history.iter().map(|e| e.fence).collect::<Vec<_>>(), written);
         assert_eq!(written, vec![Some(1), Some(1), Some(2), Some(2)]);
     }
 
@@ -452,17 +437,9 @@ mod tests {
         // Pruning spares the entry being set, and drops those unseen since the cut.
         let pruned = queued.with_waiters(Some(("c", &waiter(0))), None, Some(5));
         assert_eq!(pruned.waiters.keys().collect::<Vec<_>>(), vec!["a", "c"]);
-        assert!(
-            pruned
-                .with_waiters(None, Some("a"), None)
-                .waiters
-                .contains_key("c")
-        );
+        assert!(pruned.with_waiters(None, Some("a"), None).waiters.contains_key("c"));
         // Holder writes keep the queue; a grant removes what it dequeues.
-        let renewed = queued.apply(&change(
-            Action::Renew { restamp: false },
-            EventKind::Renewed,
-        ));
+        let renewed = queued.apply(&change(Action::Renew { restamp: false }, EventKind::Renewed));
         assert_eq!(renewed.waiters, queued.waiters);
         let released = renewed.apply(&change(Action::Release, EventKind::Released));
         let g = Grantee {

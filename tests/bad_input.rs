@@ -51,32 +51,68 @@ fn tail(command: &str) -> Vec<&'static str> {
 
 fn lock_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".lock") || n.ends_with(".tmp")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".lock") || n.ends_with(".tmp"))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
 }
 
 fn describe(out: &Output) -> String {
-    format!("exit {:?}\nstdout: {}\nstderr: {}", out.status.code(), String::from_utf8_lossy(&out.stdout), stderr(out))
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    )
 }
 
 fn flag_cases() -> Vec<Case> {
-    let mut v = vec![case("no command", &["--lock", "l"], 2, "subcommand"), case("unknown command", &["--lock", "l", "frobnicate"], 2, "frobnicate")];
+    let mut v = vec![
+        case("no command", &["--lock", "l"], 2, "subcommand"),
+        case("unknown command", &["--lock", "l", "frobnicate"], 2, "frobnicate"),
+    ];
     for &c in COMMANDS {
         let mut args = vec!["--lock", "l", c, "--bogus"];
         args.extend(tail(c));
         v.push(case(format!("{c}: unknown flag"), &args, 2, "--bogus"));
-        v.push(case(format!("{c}: --output without a value"), &["--lock", "l", c, "--output"], 2, "--output"));
+        v.push(case(
+            format!("{c}: --output without a value"),
+            &["--lock", "l", c, "--output"],
+            2,
+            "--output",
+        ));
         v.push(case(format!("{c}: --output xml"), &["--lock", "l", c, "--output", "xml"], 2, "xml"));
-        v.push(case(format!("{c}: --scope planet"), &["--lock", "l", c, "--scope", "planet"], 2, "planet"));
-        v.push(case(format!("{c}: --table with --bucket"), &["--lock", "l", c, "--table", "tbl", "--bucket", "bkt"], 2, "--bucket"));
-        for (place, mut args) in [("after", vec!["--lock", "l", c, "--prefix", "p"]), ("before", vec!["--lock", "l", "--prefix", "p", c])] {
+        v.push(case(
+            format!("{c}: --scope planet"),
+            &["--lock", "l", c, "--scope", "planet"],
+            2,
+            "planet",
+        ));
+        v.push(case(
+            format!("{c}: --table with --bucket"),
+            &["--lock", "l", c, "--table", "tbl", "--bucket", "bkt"],
+            2,
+            "--bucket",
+        ));
+        for (place, mut args) in [
+            ("after", vec!["--lock", "l", c, "--prefix", "p"]),
+            ("before", vec!["--lock", "l", "--prefix", "p", c]),
+        ] {
             args.extend(tail(c));
             let mut without = case(format!("{c}: --prefix without --bucket, {place} the command"), &args, 2, "--bucket");
             without.no_store_env = true;
             v.push(without);
-            let mut with_store = case(format!("{c}: --prefix with PIPELINE_LOCK_STORE, {place} the command"), &args, 2, "--prefix");
+            let mut with_store = case(
+                format!("{c}: --prefix with PIPELINE_LOCK_STORE, {place} the command"),
+                &args,
+                2,
+                "--prefix",
+            );
             v.push(with_store);
         }
     }
@@ -99,14 +135,34 @@ fn flag_cases() -> Vec<Case> {
     v.extend([
         case("run without a command", &["--lock", "l", "run"], 2, "CMD"),
         case("acquire --max-retries -1", &["--lock", "l", "acquire", "--max-retries", "-1"], 2, "-1"),
-        case("acquire --max-retries too big", &["--lock", "l", "acquire", "--max-retries", "99999999999"], 2, "99999999999"),
+        case(
+            "acquire --max-retries too big",
+            &["--lock", "l", "acquire", "--max-retries", "99999999999"],
+            2,
+            "99999999999",
+        ),
         case("acquire --queue lifo", &["--lock", "l", "acquire", "--queue", "lifo"], 2, "lifo"),
         case("acquire --ordinal abc", &["--lock", "l", "acquire", "--ordinal", "abc"], 2, "abc"),
         case("acquire --force without --reason", &["--lock", "l", "acquire", "--force"], 2, "--reason"),
         case("release --force without --reason", &["--lock", "l", "release", "--force"], 2, "--reason"),
-        case("acquire --wait with --no-wait", &["--lock", "l", "acquire", "--wait", "5s", "--no-wait"], 2, "--no-wait"),
-        case("acquire --ttl with --disable-ttl", &["--lock", "l", "acquire", "--ttl", "5s", "--disable-ttl"], 2, "--disable-ttl"),
-        case("run --heartbeat over half the lease", &["--lock", "l", "run", "--ttl", "10s", "--heartbeat", "6s", "--", "true"], 2, "half the lease"),
+        case(
+            "acquire --wait with --no-wait",
+            &["--lock", "l", "acquire", "--wait", "5s", "--no-wait"],
+            2,
+            "--no-wait",
+        ),
+        case(
+            "acquire --ttl with --disable-ttl",
+            &["--lock", "l", "acquire", "--ttl", "5s", "--disable-ttl"],
+            2,
+            "--disable-ttl",
+        ),
+        case(
+            "run --heartbeat over half the lease",
+            &["--lock", "l", "run", "--ttl", "10s", "--heartbeat", "6s", "--", "true"],
+            2,
+            "half the lease",
+        ),
     ]);
     v
 }
@@ -182,19 +238,62 @@ fn env_cases() -> Vec<Case> {
     let e = |what: &str, var: &str, value: &str, command: &str, code: i32, needle: &str| {
         let mut args = vec!["--owner".to_string(), "me".into(), "--lock".into(), "l".into(), command.into()];
         args.extend(tail(command).iter().map(|s| s.to_string()));
-        Case { what: what.into(), args, env: vec![(var.into(), value.into())], code, needle: needle.into(), gap: None, no_store_env: false }
+        Case {
+            what: what.into(),
+            args,
+            env: vec![(var.into(), value.into())],
+            code,
+            needle: needle.into(),
+            gap: None,
+            no_store_env: false,
+        }
     };
     let mut v = vec![
         e("PIPELINE_LOCK_TTL=banana", "PIPELINE_LOCK_TTL", "banana", "acquire", 2, "--ttl"),
         e("PIPELINE_LOCK_TTL=banana (renew)", "PIPELINE_LOCK_TTL", "banana", "renew", 2, "--ttl"),
         e("PIPELINE_LOCK_TTL=0 (run)", "PIPELINE_LOCK_TTL", "0", "run", 2, "--ttl"),
         e("PIPELINE_LOCK_WAIT=forever", "PIPELINE_LOCK_WAIT", "forever", "acquire", 2, "--wait"),
-        e("PIPELINE_LOCK_RETRY_INTERVAL=0", "PIPELINE_LOCK_RETRY_INTERVAL", "0", "acquire", 2, "--retry-interval"),
-        e("PIPELINE_LOCK_FORCE_AFTER=soon", "PIPELINE_LOCK_FORCE_AFTER", "soon", "acquire", 2, "--force-after"),
-        e("PIPELINE_LOCK_MAX_RETRIES=x", "PIPELINE_LOCK_MAX_RETRIES", "x", "acquire", 2, "--max-retries"),
+        e(
+            "PIPELINE_LOCK_RETRY_INTERVAL=0",
+            "PIPELINE_LOCK_RETRY_INTERVAL",
+            "0",
+            "acquire",
+            2,
+            "--retry-interval",
+        ),
+        e(
+            "PIPELINE_LOCK_FORCE_AFTER=soon",
+            "PIPELINE_LOCK_FORCE_AFTER",
+            "soon",
+            "acquire",
+            2,
+            "--force-after",
+        ),
+        e(
+            "PIPELINE_LOCK_MAX_RETRIES=x",
+            "PIPELINE_LOCK_MAX_RETRIES",
+            "x",
+            "acquire",
+            2,
+            "--max-retries",
+        ),
         e("PIPELINE_LOCK_HEARTBEAT=0", "PIPELINE_LOCK_HEARTBEAT", "0", "run", 2, "--heartbeat"),
-        e("PIPELINE_LOCK_KILL_GRACE=soon", "PIPELINE_LOCK_KILL_GRACE", "soon", "run", 2, "--kill-grace"),
-        e("PIPELINE_LOCK_CLOCK_MARGIN=x", "PIPELINE_LOCK_CLOCK_MARGIN", "x", "status", 2, "--clock-margin"),
+        e(
+            "PIPELINE_LOCK_KILL_GRACE=soon",
+            "PIPELINE_LOCK_KILL_GRACE",
+            "soon",
+            "run",
+            2,
+            "--kill-grace",
+        ),
+        e(
+            "PIPELINE_LOCK_CLOCK_MARGIN=x",
+            "PIPELINE_LOCK_CLOCK_MARGIN",
+            "x",
+            "status",
+            2,
+            "--clock-margin",
+        ),
         e("PIPELINE_LOCK_OUTPUT=yaml", "PIPELINE_LOCK_OUTPUT", "yaml", "status", 2, "yaml"),
         e("PIPELINE_LOCK_SCOPE=planet", "PIPELINE_LOCK_SCOPE", "planet", "acquire", 2, "planet"),
         e("PIPELINE_LOCK_QUEUE=lifo", "PIPELINE_LOCK_QUEUE", "lifo", "acquire", 2, "lifo"),
@@ -229,9 +328,11 @@ fn env_cases() -> Vec<Case> {
     }
     // Owners are written into the record, dotenv outputs and $GITHUB_ENV.
     let huge = "o".repeat(100_000);
-    for (what, owner, needle) in
-        [("empty", "", "owner"), ("with a newline", "a\nPIPELINE_LOCK_FENCE=999", "control"), ("100 kB", huge.as_str(), "owner")]
-    {
+    for (what, owner, needle) in [
+        ("empty", "", "owner"),
+        ("with a newline", "a\nPIPELINE_LOCK_FENCE=999", "control"),
+        ("100 kB", huge.as_str(), "owner"),
+    ] {
         v.push(Case {
             what: format!("acquire: owner {what}"),
             args: vec!["--lock".into(), "l".into(), "acquire".into(), "--no-wait".into()],
@@ -282,14 +383,24 @@ fn sweep(cases: Vec<Case>) -> Vec<String> {
         }
         match (c.gap, problems.is_empty()) {
             (None, true) => {}
-            (None, false) => {
-                failures.push(format!("{}: {} (wanted exit {} naming {:?})\n{}", c.what, problems.join(", "), c.code, c.needle, describe(&out)))
-            }
+            (None, false) => failures.push(format!(
+                "{}: {} (wanted exit {} naming {:?})\n{}",
+                c.what,
+                problems.join(", "),
+                c.code,
+                c.needle,
+                describe(&out)
+            )),
             (Some(why), false) => gaps.push(format!("{}: {} ({why})", c.what, problems.join(", "))),
             (Some(_), true) => failures.push(format!("{}: fixed; remove its `gap` mark", c.what)),
         }
     }
-    assert!(failures.is_empty(), "{} bad-input cases failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} bad-input cases failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
     gaps
 }
 
@@ -335,7 +446,10 @@ fn bad_records(lock: &str) -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("non-UTF-8", b"\xff\xfe{\"LockID\"".to_vec(), "not a lock record"),
         (
             "non-UTF-8 inside a string",
-            format!(r#"{{"LockID":"{lock}","Fence":3,"Rvn":"r"#).bytes().chain(*b"\xc3\x28\"}").collect(),
+            format!(r#"{{"LockID":"{lock}","Fence":3,"Rvn":"r"#)
+                .bytes()
+                .chain(*b"\xc3\x28\"}")
+                .collect(),
             "not a lock record",
         ),
         ("missing Fence", format!(r#"{{"LockID":"{lock}","Rvn":"r1"}}"#).into_bytes(), "Fence"),
@@ -345,12 +459,28 @@ fn bad_records(lock: &str) -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("Fence as a string", valid("").replace("3", "\"3\"").into_bytes(), "invalid type"),
         ("negative Fence", valid("").replace("3", "-3").into_bytes(), "invalid value"),
         ("fractional Fence", valid("").replace("3", "3.5").into_bytes(), "invalid type"),
-        ("Fence past u64", valid("").replace("3", "18446744073709551616").into_bytes(), "not a lock record"),
-        ("Owner as a number", valid(r#","Owner":5,"Token":"t","AcquiredAt":1,"RenewedAt":1"#).into_bytes(), "invalid type"),
-        ("Owner without Token", valid(r#","Owner":"x","AcquiredAt":1,"RenewedAt":1"#).into_bytes(), "Token"),
+        (
+            "Fence past u64",
+            valid("").replace("3", "18446744073709551616").into_bytes(),
+            "not a lock record",
+        ),
+        (
+            "Owner as a number",
+            valid(r#","Owner":5,"Token":"t","AcquiredAt":1,"RenewedAt":1"#).into_bytes(),
+            "invalid type",
+        ),
+        (
+            "Owner without Token",
+            valid(r#","Owner":"x","AcquiredAt":1,"RenewedAt":1"#).into_bytes(),
+            "Token",
+        ),
         ("Token without Owner", valid(r#","Token":"t""#).into_bytes(), "Owner"),
         ("History not a list", valid(r#","History":"yesterday""#).into_bytes(), "invalid type"),
-        ("History event unknown", valid(r#","History":[{"Event":"exploded","Owner":"x","At":1}]"#).into_bytes(), "exploded"),
+        (
+            "History event unknown",
+            valid(r#","History":[{"Event":"exploded","Owner":"x","At":1}]"#).into_bytes(),
+            "exploded",
+        ),
         ("Waiters as a list", valid(r#","Waiters":[1]"#).into_bytes(), "invalid type"),
         ("over 1 MiB", huge, "larger than"),
     ]
@@ -454,14 +584,30 @@ fn unreadable_dynamodb_items_are_never_free_and_never_touched() {
         ("fractional Fence", vec![("Fence", n("3.5")), ("Rvn", s("r"))], "Fence", Some(BLIND)),
         ("missing Fence", vec![("Rvn", s("r"))], "Fence", None),
         ("missing Rvn", vec![("Fence", n("3"))], "Rvn", None),
-        ("Owner as binary", vec![("Fence", n("3")), ("Rvn", s("r")), ("Owner", A::B(vec![0xff, 0xfe].into()))], "Owner", Some(UNNAMED)),
+        (
+            "Owner as binary",
+            vec![("Fence", n("3")), ("Rvn", s("r")), ("Owner", A::B(vec![0xff, 0xfe].into()))],
+            "Owner",
+            Some(UNNAMED),
+        ),
         (
             "Owner without Token",
-            vec![("Fence", n("3")), ("Rvn", s("r")), ("Owner", s("x")), ("AcquiredAt", n("1")), ("RenewedAt", n("1"))],
+            vec![
+                ("Fence", n("3")),
+                ("Rvn", s("r")),
+                ("Owner", s("x")),
+                ("AcquiredAt", n("1")),
+                ("RenewedAt", n("1")),
+            ],
             "Token",
             None,
         ),
-        ("History as a string", vec![("Fence", n("3")), ("Rvn", s("r")), ("History", s("yesterday"))], "History", Some(BLIND)),
+        (
+            "History as a string",
+            vec![("Fence", n("3")), ("Rvn", s("r")), ("History", s("yesterday"))],
+            "History",
+            Some(BLIND),
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (what, attrs, needle, gap)) in items.into_iter().enumerate() {
@@ -471,11 +617,19 @@ fn unreadable_dynamodb_items_are_never_free_and_never_touched() {
         let mut problems = Vec::new();
         for (cmd, args, code) in record_commands() {
             // Planted afresh for each command: a gap row may have been written over.
-            rt.block_on(client.put_item().table_name(support::TABLE).set_item(Some(item.clone())).send()).unwrap();
+            rt.block_on(client.put_item().table_name(support::TABLE).set_item(Some(item.clone())).send())
+                .unwrap();
             let out = e.run("me", &lock, &args);
             let err = stderr(&out);
             let now = rt
-                .block_on(client.get_item().table_name(support::TABLE).key("LockID", s(&lock)).consistent_read(true).send())
+                .block_on(
+                    client
+                        .get_item()
+                        .table_name(support::TABLE)
+                        .key("LockID", s(&lock))
+                        .consistent_read(true)
+                        .send(),
+                )
                 .unwrap()
                 .item
                 .unwrap_or_default();
@@ -495,9 +649,10 @@ fn unreadable_dynamodb_items_are_never_free_and_never_touched() {
         }
         match (gap, problems.is_empty()) {
             (None, true) => {}
-            (None, false) => {
-                failures.push(format!("{what} (wanted exit 78 naming {needle:?} and the lock, item untouched):\n{}", problems.join("\n")))
-            }
+            (None, false) => failures.push(format!(
+                "{what} (wanted exit 78 naming {needle:?} and the lock, item untouched):\n{}",
+                problems.join("\n")
+            )),
             (Some(why), false) => {
                 eprintln!("known gap: {what}: {} commands ({why})", problems.len())
             }
@@ -520,12 +675,27 @@ fn unreadable_s3_objects_are_never_free_and_never_touched() {
         let lock = e.lock(&format!("obj{i}"));
         let bytes = replace_bytes(&bytes, b"placeholder", lock.as_bytes());
         let key = format!("{}/{}.lock", e.test, pipeline_lock::store::encode_name(&lock));
-        rt.block_on(client.put_object().bucket(support::BUCKET).key(&key).body(bytes.clone().into()).send()).unwrap();
-        for (cmd, args, code) in record_commands().into_iter().filter(|(c, ..)| ["status", "acquire", "release", "renew"].contains(c)) {
+        rt.block_on(client.put_object().bucket(support::BUCKET).key(&key).body(bytes.clone().into()).send())
+            .unwrap();
+        for (cmd, args, code) in record_commands()
+            .into_iter()
+            .filter(|(c, ..)| ["status", "acquire", "release", "renew"].contains(c))
+        {
             let out = e.run("me", &lock, &args);
             let err = stderr(&out);
             let now = rt.block_on(async {
-                client.get_object().bucket(support::BUCKET).key(&key).send().await.unwrap().body.collect().await.unwrap().into_bytes()
+                client
+                    .get_object()
+                    .bucket(support::BUCKET)
+                    .key(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .body
+                    .collect()
+                    .await
+                    .unwrap()
+                    .into_bytes()
             });
             let ok = out.status.code() == Some(code)
                 && err.contains(&format!("{lock:?}"))
@@ -533,7 +703,10 @@ fn unreadable_s3_objects_are_never_free_and_never_touched() {
                 && !err.contains("panicked")
                 && now.as_ref() == bytes.as_slice();
             if !ok {
-                failures.push(format!("{what} / {cmd}: wanted exit {code} naming {needle:?} and the lock, object untouched\n{}", describe(&out)));
+                failures.push(format!(
+                    "{what} / {cmd}: wanted exit {code} naming {needle:?} and the lock, object untouched\n{}",
+                    describe(&out)
+                ));
             }
         }
     }

@@ -38,7 +38,13 @@ fn bad_input_is_a_usage_error_naming_the_problem() {
         assert!(!err.contains("panicked"), "{err}");
     }
     // Nothing was written by any of them.
-    assert_eq!(std::fs::read_dir(e.dir.as_ref().unwrap()).unwrap().filter(|f| f.as_ref().unwrap().file_name().to_string_lossy().ends_with(".lock")).count(), 0);
+    assert_eq!(
+        std::fs::read_dir(e.dir.as_ref().unwrap())
+            .unwrap()
+            .filter(|f| f.as_ref().unwrap().file_name().to_string_lossy().ends_with(".lock"))
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -71,11 +77,17 @@ fn gitlab_later_job_releases_what_an_earlier_one_took() {
     let lock = e.lock("prod");
     let mut acquire = e.cmd();
     gitlab_env(&mut acquire, "1001", "1");
-    let out = acquire.args(["--lock", &lock, "acquire", "--force-after", "3600", "--output", "env"]).output().unwrap();
+    let out = acquire
+        .args(["--lock", &lock, "acquire", "--force-after", "3600", "--output", "env"])
+        .output()
+        .unwrap();
     assert_code(&out, 0);
     let dotenv = String::from_utf8(out.stdout).unwrap();
     assert!(dotenv.contains(&format!("PIPELINE_LOCK_NAME={lock}\n")), "{dotenv}");
-    assert!(dotenv.contains("PIPELINE_LOCK_OWNER=gitlab:gitlab.example.com/group/app/pipelines/1001\n"), "{dotenv}");
+    assert!(
+        dotenv.contains("PIPELINE_LOCK_OWNER=gitlab:gitlab.example.com/group/app/pipelines/1001\n"),
+        "{dotenv}"
+    );
     assert!(dotenv.contains("PIPELINE_LOCK_FENCE="), "{dotenv}");
     let record = e.record(&lock);
     assert_eq!(record["Holder"]["Url"], "https://gitlab.example.com/group/app/-/pipelines/1001");
@@ -113,7 +125,10 @@ fn github_outputs_are_appended() {
     assert_code(&out, 0);
     let env_file = std::fs::read_to_string(&genv).unwrap();
     assert!(env_file.starts_with("EXISTING=1\nPIPELINE_LOCK_NAME=org/repo\n"), "{env_file}");
-    assert!(env_file.contains("PIPELINE_LOCK_OWNER=github:github.com/org/repo/runs/555\n"), "{env_file}");
+    assert!(
+        env_file.contains("PIPELINE_LOCK_OWNER=github:github.com/org/repo/runs/555\n"),
+        "{env_file}"
+    );
     let outputs = std::fs::read_to_string(&gout).unwrap();
     assert!(outputs.contains("fence=1\n") && outputs.contains("token="), "{outputs}");
 }
@@ -139,10 +154,18 @@ fn one_request_each_on_dynamodb() {
 #[test]
 fn missing_table_is_a_configuration_error_naming_the_fix() {
     let e = Env::new(Backend::DynamoLocal, "no-table");
-    let out = e.cmd().env("PIPELINE_LOCK_STORE", "dynamodb://no-such-table").args(["--owner", "me", "--lock", "x", "acquire"]).output().unwrap();
+    let out = e
+        .cmd()
+        .env("PIPELINE_LOCK_STORE", "dynamodb://no-such-table")
+        .args(["--owner", "me", "--lock", "x", "acquire"])
+        .output()
+        .unwrap();
     assert_code(&out, 78);
     let err = stderr(&out);
-    assert!(err.contains("no-such-table") && err.contains("create-table") && err.contains("terraform"), "{err}");
+    assert!(
+        err.contains("no-such-table") && err.contains("create-table") && err.contains("terraform"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -151,7 +174,12 @@ fn unreachable_endpoint_exits_69_after_bounded_retries() {
     // A port nobody listens on.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let start = Instant::now();
-    let out = e.cmd().env("PIPELINE_LOCK_ENDPOINT_URL", format!("http://127.0.0.1:{port}")).args(["--owner", "me", "--lock", "x", "acquire"]).output().unwrap();
+    let out = e
+        .cmd()
+        .env("PIPELINE_LOCK_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .args(["--owner", "me", "--lock", "x", "acquire"])
+        .output()
+        .unwrap();
     assert_code(&out, 69);
     assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
     assert!(stderr(&out).contains("dynamodb://"), "{}", stderr(&out));
@@ -208,7 +236,12 @@ fn a_store_that_speaks_nonsense_is_not_a_lock() {
         }
     });
     let e = Env::new(Backend::DynamoLocal, "nonsense");
-    let out = e.cmd().env("PIPELINE_LOCK_ENDPOINT_URL", &url).args(["--owner", "me", "--lock", "x", "acquire", "--no-wait"]).output().unwrap();
+    let out = e
+        .cmd()
+        .env("PIPELINE_LOCK_ENDPOINT_URL", &url)
+        .args(["--owner", "me", "--lock", "x", "acquire", "--no-wait"])
+        .output()
+        .unwrap();
     assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"));
 }

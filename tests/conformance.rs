@@ -77,7 +77,11 @@ fn force_after_takeover_raises_the_fence(b: Backend) {
     // Within --force-after: no.
     assert_code(&e.run("bob", &lock, &["acquire", "--no-wait", "--force-after", "1h"]), 73);
     // --force-after 1s with the 2 s default margin: after ~3 s of age.
-    let (code, g) = e.json("bob", &lock, &["acquire", "--force-after", "1", "--retry-interval", "200ms", "--wait", "20s"]);
+    let (code, g) = e.json(
+        "bob",
+        &lock,
+        &["acquire", "--force-after", "1", "--retry-interval", "200ms", "--wait", "20s"],
+    );
     assert_eq!(code, 0, "{g}");
     assert_eq!(g["how"]["kind"], "took-over");
     assert_eq!(g["how"]["from"], "alice");
@@ -111,7 +115,10 @@ fn disable_ttl_writes_no_lease_end(b: Backend) {
     assert!(g["lease_expires_at"].is_null());
     let r = e.record(&lock);
     assert!(r.get("LeaseExpiresAt").is_none(), "{r}");
-    assert!(r.get("ExpiresAt").is_none(), "a held lock without a lease must never be garbage-collected: {r}");
+    assert!(
+        r.get("ExpiresAt").is_none(),
+        "a held lock without a lease must never be garbage-collected: {r}"
+    );
     // Nobody can take it without --force-after or --force.
     assert_code(&e.run("bob", &lock, &["acquire", "--max-retries", "2", "--retry-interval", "100ms"]), 75);
 }
@@ -135,7 +142,10 @@ fn max_retries_exits_75_with_progress(b: Backend) {
     assert_code(&out, 75);
     assert!(start.elapsed() < Duration::from_secs(10));
     let err = stderr(&out);
-    assert!(err.contains("waiting for lock") && err.contains("held by alice") && err.contains("attempt 3"), "{err}");
+    assert!(
+        err.contains("waiting for lock") && err.contains("held by alice") && err.contains("attempt 3"),
+        "{err}"
+    );
     assert!(err.contains("lease left") && err.contains("takeover possible in"), "{err}");
     // --wait too.
     assert_code(&e.run("bob", &lock, &["acquire", "--wait", "1s", "--retry-interval", "200ms"]), 75);
@@ -163,7 +173,16 @@ fn twenty_contenders_one_winner(b: Backend) {
         let children: Vec<_> = (0..20)
             .map(|i| {
                 e.cmd()
-                    .args(["--owner", &format!("racer-{round}-{i}"), "--lock", &lock, "acquire", "--no-wait", "--output", "json"])
+                    .args([
+                        "--owner",
+                        &format!("racer-{round}-{i}"),
+                        "--lock",
+                        &lock,
+                        "acquire",
+                        "--no-wait",
+                        "--output",
+                        "json",
+                    ])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -173,7 +192,13 @@ fn twenty_contenders_one_winner(b: Backend) {
         let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
         let winners: Vec<_> = outs.iter().filter(|o| o.status.code() == Some(0)).collect();
         let losers = outs.iter().filter(|o| o.status.code() == Some(73)).count();
-        assert_eq!(winners.len(), 1, "round {round}: {} winners; codes {:?}", winners.len(), outs.iter().map(|o| o.status.code()).collect::<Vec<_>>());
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} winners; codes {:?}",
+            winners.len(),
+            outs.iter().map(|o| o.status.code()).collect::<Vec<_>>()
+        );
         assert_eq!(losers, 19);
         let g: serde_json::Value = serde_json::from_slice(&winners[0].stdout).unwrap();
         assert_eq!(fence(&g), round + 1);
@@ -190,7 +215,10 @@ fn corrupt_record_is_never_free(b: Backend) {
         let out = e.run("alice", &lock, args);
         assert_code(&out, 78);
         let err = stderr(&out);
-        assert!(err.contains(&lock) && err.contains(&e.store) && err.contains("release") && err.contains("--force"), "{err}");
+        assert!(
+            err.contains(&lock) && err.contains(&e.store) && err.contains("release") && err.contains("--force"),
+            "{err}"
+        );
     }
     // Break glass clears it, keeping the fence from going back.
     assert_code(&e.run("alice", &lock, &["release", "--force", "--reason", "test"]), 0);
@@ -226,7 +254,15 @@ fn plant_corrupt(e: &Env, lock: &str) {
             let (_, prefix) = e.store.trim_start_matches("s3://").split_once('/').unwrap();
             let key = format!("{prefix}/{}.lock", pipeline_lock::store::encode_name(lock));
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(client.put_object().bucket(support::BUCKET).key(key).body(b"{\"Fence\": 7, trunc".to_vec().into()).send()).unwrap();
+            rt.block_on(
+                client
+                    .put_object()
+                    .bucket(support::BUCKET)
+                    .key(key)
+                    .body(b"{\"Fence\": 7, trunc".to_vec().into())
+                    .send(),
+            )
+            .unwrap();
         }
     }
 }
@@ -237,15 +273,27 @@ fn skewed_clocks(b: Backend) {
     let e = Env::new(b, "skew");
     let lock = e.lock("l");
     let (_, a) = e.json("alice", &lock, &["acquire", "--ttl", "2s"]);
-    let fast = e.cmd_with(Some("+10m")).args(["--owner", "fast", "--lock", &lock, "acquire", "--no-wait"]).output().unwrap();
+    let fast = e
+        .cmd_with(Some("+10m"))
+        .args(["--owner", "fast", "--lock", &lock, "acquire", "--no-wait"])
+        .output()
+        .unwrap();
     assert_code(&fast, 73);
     // A slow runner's own grant must carry store-clock times, or others would see it expired.
     let lock2 = e.lock("l2");
-    let slow_grant = e.cmd_with(Some("-10m")).args(["--owner", "slow", "--lock", &lock2, "acquire", "--ttl", "5m", "--output", "json"]).output().unwrap();
+    let slow_grant = e
+        .cmd_with(Some("-10m"))
+        .args(["--owner", "slow", "--lock", &lock2, "acquire", "--ttl", "5m", "--output", "json"])
+        .output()
+        .unwrap();
     assert_code(&slow_grant, 0);
     assert_code(&e.run("bob", &lock2, &["acquire", "--no-wait"]), 73);
     thread::sleep(Duration::from_millis(4500));
-    let slow = e.cmd_with(Some("-10m")).args(["--owner", "slow", "--lock", &lock, "acquire", "--no-wait", "--output", "json"]).output().unwrap();
+    let slow = e
+        .cmd_with(Some("-10m"))
+        .args(["--owner", "slow", "--lock", &lock, "acquire", "--no-wait", "--output", "json"])
+        .output()
+        .unwrap();
     assert_code(&slow, 0);
     let g: serde_json::Value = serde_json::from_slice(&slow.stdout).unwrap();
     assert_eq!(fence(&g), fence(&a) + 1);

@@ -18,7 +18,11 @@ fn passes(b: Backend) {
     }
     // It cleaned up after itself: no scratch record is listed.
     let list = e.cmd().arg("list").output().unwrap();
-    assert!(!String::from_utf8_lossy(&list.stdout).contains("pipeline-lock-doctor"), "{}", String::from_utf8_lossy(&list.stdout));
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains("pipeline-lock-doctor"),
+        "{}",
+        String::from_utf8_lossy(&list.stdout)
+    );
 }
 
 on_every_store!(passes);
@@ -49,7 +53,12 @@ fn fails_on_a_store_that_ignores_conditions() {
 #[test]
 fn missing_table_fails_with_the_fix() {
     let e = Env::new(Backend::DynamoLocal, "doctor-no-table");
-    let out = e.cmd().env("PIPELINE_LOCK_STORE", "dynamodb://no-such-table-doctor").arg("doctor").output().unwrap();
+    let out = e
+        .cmd()
+        .env("PIPELINE_LOCK_STORE", "dynamodb://no-such-table-doctor")
+        .arg("doctor")
+        .output()
+        .unwrap();
     assert_code(&out, 78);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("FAIL") && text.contains("create-table"), "{text}");

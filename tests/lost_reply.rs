@@ -38,7 +38,10 @@ impl Store for DropReplies {
         let result = self.inner.write(w).await;
         if self.drop.load(Ordering::SeqCst) > 0 {
             self.drop.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::Unavailable { message: "reply lost (injected)".into(), source: None });
+            return Err(Error::Unavailable {
+                message: "reply lost (injected)".into(),
+                source: None,
+            });
         }
         result
     }
@@ -52,14 +55,21 @@ impl Store for DropReplies {
 
 async fn locker(e: &Env, drop: u32) -> Locker {
     let b = e.backend;
-    let aws = store::aws::AwsOptions { region: Some("us-east-1".into()), endpoint_url: e.endpoint.clone(), force_path_style: true };
+    let aws = store::aws::AwsOptions {
+        region: Some("us-east-1".into()),
+        endpoint_url: e.endpoint.clone(),
+        force_path_style: true,
+    };
     // The library reads credentials from its own environment; tests pass them explicitly.
     let inner = match b {
         Backend::File => store::open(&StoreUrl::parse(&e.store).unwrap(), &aws).await.unwrap(),
         Backend::MotoS3 => Arc::new(support_s3(e, &aws).await),
         _ => Arc::new(support_dynamo(e, &aws).await),
     };
-    Locker::new(Arc::new(DropReplies { inner, drop: AtomicU32::new(drop) }))
+    Locker::new(Arc::new(DropReplies {
+        inner,
+        drop: AtomicU32::new(drop),
+    }))
 }
 
 async fn support_s3(e: &Env, aws: &store::aws::AwsOptions) -> store::s3::S3Store {
@@ -101,8 +111,14 @@ async fn lost_release_reply_still_releases(e: Env) {
     let locker = locker(&e, 0).await;
     let lock = e.lock("l");
     let grant = locker.acquire(&lock, &me("alice"), &AcquireOptions::default()).await.unwrap();
-    let flaky = Locker::new(Arc::new(DropReplies { inner: locker.store().clone(), drop: AtomicU32::new(1) }));
-    let who = Holding { owner: "alice".into(), token: None };
+    let flaky = Locker::new(Arc::new(DropReplies {
+        inner: locker.store().clone(),
+        drop: AtomicU32::new(1),
+    }));
+    let who = Holding {
+        owner: "alice".into(),
+        token: None,
+    };
     let released = flaky.release(&lock, &who, &ReleaseOptions::default()).await.unwrap();
     assert_eq!(released, Released::Released { fence: grant.fence });
     assert!(locker.status(&lock).await.unwrap().record().unwrap().is_free());
@@ -112,16 +128,35 @@ async fn lost_renew_reply_is_not_a_lost_lease(e: Env) {
     let locker = locker(&e, 0).await;
     let lock = e.lock("l");
     let grant = locker.acquire(&lock, &me("alice"), &AcquireOptions::default()).await.unwrap();
-    let flaky = Locker::new(Arc::new(DropReplies { inner: locker.store().clone(), drop: AtomicU32::new(1) }));
-    let who = Holding { owner: "alice".into(), token: Some(grant.token.clone()) };
-    let renewed = flaky.renew(&lock, &who, Some(std::time::Duration::from_secs(60)), std::time::Duration::from_secs(60), false).await.unwrap();
+    let flaky = Locker::new(Arc::new(DropReplies {
+        inner: locker.store().clone(),
+        drop: AtomicU32::new(1),
+    }));
+    let who = Holding {
+        owner: "alice".into(),
+        token: Some(grant.token.clone()),
+    };
+    let renewed = flaky
+        .renew(
+            &lock,
+            &who,
+            Some(std::time::Duration::from_secs(60)),
+            std::time::Duration::from_secs(60),
+            false,
+        )
+        .await
+        .unwrap();
     assert_eq!((renewed.fence, renewed.token), (grant.fence, grant.token));
 }
 
 /// Sets the store up outside the async runtime (support blocks on its own), then runs.
 fn run<F: std::future::Future<Output = ()>>(b: Backend, name: &str, test: impl FnOnce(Env) -> F) {
     let e = Env::new(b, name);
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(test(e));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test(e));
 }
 
 macro_rules! per_store {
@@ -133,4 +168,8 @@ macro_rules! per_store {
     };
 }
 
-per_store!(lost_grant_reply_still_grants_once, lost_release_reply_still_releases, lost_renew_reply_is_not_a_lost_lease);
+per_store!(
+    lost_grant_reply_still_grants_once,
+    lost_release_reply_still_releases,
+    lost_renew_reply_is_not_a_lost_lease
+);

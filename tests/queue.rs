@@ -36,11 +36,7 @@ fn queued(e: &Env, lock: &str) -> Vec<String> {
     let r = e.record(lock);
     r["Waiters"]
         .as_object()
-        .map(|m| {
-            m.values()
-                .map(|w| w["Owner"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
+        .map(|m| m.values().map(|w| w["Owner"].as_str().unwrap_or("").to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -77,25 +73,16 @@ fn handoff_order(b: Backend, name: &str, extra: &[&str], ordinals: &[u64]) -> Ve
         args.extend(extra);
         args.extend(["--", "sleep", "0.3"]);
         children.push(spawn(&e, &format!("w{n}"), &lock, &args));
-        wait_until(
-            &format!("waiter w{n} in the queue"),
-            Duration::from_secs(20),
-            || queued(&e, &lock).len() == i + 1,
-        );
+        wait_until(&format!("waiter w{n} in the queue"), Duration::from_secs(20), || {
+            queued(&e, &lock).len() == i + 1
+        });
     }
     assert_code(&e.run("holder", &lock, &["release"]), 0);
     for c in children {
         assert_code(&finish(c), 0);
     }
-    assert!(
-        queued(&e, &lock).is_empty(),
-        "every waiter left the queue: {}",
-        e.record(&lock)
-    );
-    granted(&e, &lock)
-        .into_iter()
-        .filter(|o| o != "holder")
-        .collect()
+    assert!(queued(&e, &lock).is_empty(), "every waiter left the queue: {}", e.record(&lock));
+    granted(&e, &lock).into_iter().filter(|o| o != "holder").collect()
 }
 
 fn fifo_grants_in_arrival_order(b: Backend) {
@@ -115,58 +102,29 @@ fn a_free_lock_waits_for_the_head(b: Backend) {
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     // The head polls slowly; the newcomer would win any race to a free record.
-    let head = spawn(
-        &e,
-        "head",
-        &lock,
-        &["acquire", "--retry-interval", "6s", "--output", "json"],
-    );
-    wait_until("the head in the queue", Duration::from_secs(20), || {
-        queued(&e, &lock).len() == 1
-    });
+    let head = spawn(&e, "head", &lock, &["acquire", "--retry-interval", "6s", "--output", "json"]);
+    wait_until("the head in the queue", Duration::from_secs(20), || queued(&e, &lock).len() == 1);
     assert_code(&e.run("holder", &lock, &["release"]), 0);
     let (code, v) = e.json("newcomer", &lock, &["acquire", "--no-wait"]);
     assert_eq!(code, 73, "{v}");
     let out = e.run("newcomer", &lock, &["acquire", "--no-wait"]);
-    assert!(
-        stderr(&out).contains("is free but 1 waiter(s) are ahead"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("is free but 1 waiter(s) are ahead"), "{}", stderr(&out));
     let out = finish(head);
     assert_code(&out, 0);
     let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        (g["owner"].as_str(), g["how"]["kind"].as_str()),
-        (Some("head"), Some("acquired"))
-    );
-    assert!(
-        g["waited_ms"].as_u64().unwrap() > 0 && g["requests"].as_u64().unwrap() > 1,
-        "{g}"
-    );
+    assert_eq!((g["owner"].as_str(), g["how"]["kind"].as_str()), (Some("head"), Some("acquired")));
+    assert!(g["waited_ms"].as_u64().unwrap() > 0 && g["requests"].as_u64().unwrap() > 1, "{g}");
 }
 
 fn a_killed_waiter_stops_blocking_after_the_prune_window(b: Backend) {
     let e = Env::new(b, "killed");
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
-    let fast = [
-        "acquire",
-        "--retry-interval",
-        "200ms",
-        "--prune-floor",
-        "2s",
-        "--output",
-        "json",
-    ];
+    let fast = ["acquire", "--retry-interval", "200ms", "--prune-floor", "2s", "--output", "json"];
     let mut dead = spawn(&e, "dead", &lock, &fast);
-    wait_until("the first waiter queued", Duration::from_secs(20), || {
-        queued(&e, &lock).len() == 1
-    });
+    wait_until("the first waiter queued", Duration::from_secs(20), || queued(&e, &lock).len() == 1);
     let next = spawn(&e, "next", &lock, &fast);
-    wait_until("the second waiter queued", Duration::from_secs(20), || {
-        queued(&e, &lock).len() == 2
-    });
+    wait_until("the second waiter queued", Duration::from_secs(20), || queued(&e, &lock).len() == 2);
     dead.kill().unwrap();
     dead.wait().unwrap();
     let last_seen = e.record(&lock)["Waiters"]
@@ -181,11 +139,7 @@ fn a_killed_waiter_stops_blocking_after_the_prune_window(b: Backend) {
     let start = Instant::now();
     let out = finish(next);
     assert_code(&out, 0);
-    assert!(
-        start.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(15), "{:?}", start.elapsed());
     let r = e.record(&lock);
     assert_eq!(r["Owner"], "next");
     // Not before the dead entry had gone unseen for the window (less a second of clock slack).
@@ -195,55 +149,28 @@ fn a_killed_waiter_stops_blocking_after_the_prune_window(b: Backend) {
         r["AcquiredAt"].as_i64().unwrap() - last_seen
     );
     // The grant removed the dead entry with its own.
-    assert!(
-        r.get("Waiters")
-            .is_none_or(|w| w.as_object().unwrap().is_empty()),
-        "{r}"
-    );
+    assert!(r.get("Waiters").is_none_or(|w| w.as_object().unwrap().is_empty()), "{r}");
 }
 
 fn supersede_skips_the_older_pipeline(b: Backend) {
     let e = Env::new(b, "supersede");
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire", "--ordinal", "1"]), 0);
-    let args = |n: &'static str| {
-        [
-            "acquire",
-            "--supersede",
-            "--ordinal",
-            n,
-            "--retry-interval",
-            "200ms",
-            "--output",
-            "json",
-        ]
-    };
+    let args = |n: &'static str| ["acquire", "--supersede", "--ordinal", n, "--retry-interval", "200ms", "--output", "json"];
     let old = spawn(&e, "old", &lock, &args("5"));
-    wait_until("the old waiter queued", Duration::from_secs(20), || {
-        queued(&e, &lock).len() == 1
-    });
+    wait_until("the old waiter queued", Duration::from_secs(20), || queued(&e, &lock).len() == 1);
     let mut new = spawn(&e, "new", &lock, &args("7"));
     let out = finish(old);
     assert_code(&out, 74);
-    assert!(
-        stderr(&out).contains("new (pipeline 7) waits for it"),
-        "{}",
-        stderr(&out)
-    );
-    wait_until(
-        "the old waiter gone from the queue",
-        Duration::from_secs(10),
-        || queued(&e, &lock) == ["new"],
-    );
+    assert!(stderr(&out).contains("new (pipeline 7) waits for it"), "{}", stderr(&out));
+    wait_until("the old waiter gone from the queue", Duration::from_secs(10), || {
+        queued(&e, &lock) == ["new"]
+    });
     assert!(still_running(&mut new));
     assert_code(&e.run("holder", &lock, &["release"]), 0);
     assert_code(&finish(new), 0);
     // A newer holder supersedes at once.
-    let out = e.run(
-        "older",
-        &lock,
-        &["acquire", "--supersede", "--ordinal", "6"],
-    );
+    let out = e.run("older", &lock, &["acquire", "--supersede", "--ordinal", "6"]);
     assert_code(&out, 74);
     assert!(stderr(&out).contains("holds it"), "{}", stderr(&out));
 }
@@ -304,10 +231,7 @@ fn gitlab_waiter(e: &Env, ci: &FakeCi, lock: &str, args: &[&str]) -> Command {
     c.env("GITLAB_CI", "true")
         .env("CI_SERVER_HOST", "127.0.0.1")
         .env("CI_SERVER_URL", format!("http://127.0.0.1:{}", ci.port))
-        .env(
-            "CI_API_V4_URL",
-            format!("http://127.0.0.1:{}/api/v4", ci.port),
-        )
+        .env("CI_API_V4_URL", format!("http://127.0.0.1:{}/api/v4", ci.port))
         .env("CI_PROJECT_PATH", "group/app")
         .env("CI_PIPELINE_ID", "200")
         .env("CI_PIPELINE_IID", "20")
@@ -321,66 +245,34 @@ fn gitlab_waiter(e: &Env, ci: &FakeCi, lock: &str, args: &[&str]) -> Command {
 fn ended_pipeline_is_taken_over_at_once(b: Backend) {
     let e = Env::new(b, "ci-ended");
     let lock = e.lock("l");
-    let ci = FakeCi::start(vec![(
-        PIPELINE_PATH.into(),
-        200,
-        r#"{"id":100,"iid":10,"status":"canceled"}"#.into(),
-    )]);
+    let ci = FakeCi::start(vec![(PIPELINE_PATH.into(), 200, r#"{"id":100,"iid":10,"status":"canceled"}"#.into())]);
     assert_code(&e.run(HOLDER, &lock, &["acquire", "--ttl", "1h"]), 0);
     let start = Instant::now();
-    let out = gitlab_waiter(
-        &e,
-        &ci,
-        &lock,
-        &["acquire", "--wait", "30s", "--output", "json"],
-    )
-    .output()
-    .unwrap();
+    let out = gitlab_waiter(&e, &ci, &lock, &["acquire", "--wait", "30s", "--output", "json"])
+        .output()
+        .unwrap();
     assert_code(&out, 0);
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(g["how"]["kind"], "took-over", "{g}");
-    assert!(
-        g["how"]["why"].as_str().unwrap().contains("canceled"),
-        "{g}"
-    );
+    assert!(g["how"]["why"].as_str().unwrap().contains("canceled"), "{g}");
     let r = e.record(&lock);
     let last = r["History"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["Event"], "taken-over");
-    assert!(
-        last["Why"].as_str().unwrap().contains("pipeline has ended"),
-        "{last}"
-    );
+    assert!(last["Why"].as_str().unwrap().contains("pipeline has ended"), "{last}");
     let requests = ci.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
-    assert!(
-        requests[0].contains("job-token: job-secret"),
-        "{}",
-        requests[0]
-    );
+    assert!(requests[0].contains("job-token: job-secret"), "{}", requests[0]);
 }
 
 fn running_pipeline_is_not_taken(b: Backend) {
     let e = Env::new(b, "ci-running");
     let lock = e.lock("l");
-    let ci = FakeCi::start(vec![(
-        PIPELINE_PATH.into(),
-        200,
-        r#"{"id":100,"status":"running"}"#.into(),
-    )]);
+    let ci = FakeCi::start(vec![(PIPELINE_PATH.into(), 200, r#"{"id":100,"status":"running"}"#.into())]);
     assert_code(&e.run(HOLDER, &lock, &["acquire", "--ttl", "1h"]), 0);
-    let out = gitlab_waiter(
-        &e,
-        &ci,
-        &lock,
-        &["acquire", "--wait", "3s", "--retry-interval", "200ms"],
-    )
-    .output()
-    .unwrap();
+    let out = gitlab_waiter(&e, &ci, &lock, &["acquire", "--wait", "3s", "--retry-interval", "200ms"])
+        .output()
+        .unwrap();
     assert_code(&out, 75);
     assert_eq!(e.record(&lock)["Owner"], HOLDER);
     assert!(!ci.requests().is_empty());
@@ -397,20 +289,11 @@ fn api_errors_take_nothing(b: Backend) {
         (403, "{\"message\":\"403 Forbidden\"}"),
     ] {
         let ci = FakeCi::start(vec![(PIPELINE_PATH.into(), status, body.into())]);
-        let out = gitlab_waiter(
-            &e,
-            &ci,
-            &lock,
-            &["acquire", "--wait", "2s", "--retry-interval", "200ms"],
-        )
-        .output()
-        .unwrap();
+        let out = gitlab_waiter(&e, &ci, &lock, &["acquire", "--wait", "2s", "--retry-interval", "200ms"])
+            .output()
+            .unwrap();
         assert_code(&out, 75);
-        assert!(
-            stderr(&out).contains("no early takeover"),
-            "{status} {body}: {}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains("no early takeover"), "{status} {body}: {}", stderr(&out));
         assert_eq!(e.record(&lock)["Owner"], HOLDER, "{status} {body}");
     }
 }
@@ -425,33 +308,19 @@ fn holder_on_another_host_is_never_asked_about(b: Backend) {
     )]);
     let foreign = "gitlab:gitlab.other.example/group/app/pipelines/100";
     assert_code(&e.run(foreign, &lock, &["acquire", "--ttl", "1h"]), 0);
-    let out = gitlab_waiter(
-        &e,
-        &ci,
-        &lock,
-        &["acquire", "--wait", "2s", "--retry-interval", "200ms"],
-    )
-    .output()
-    .unwrap();
+    let out = gitlab_waiter(&e, &ci, &lock, &["acquire", "--wait", "2s", "--retry-interval", "200ms"])
+        .output()
+        .unwrap();
     assert_code(&out, 75);
     assert_eq!(e.record(&lock)["Owner"], foreign);
-    assert!(
-        ci.requests().is_empty(),
-        "the token went out: {:?}",
-        ci.requests()
-    );
+    assert!(ci.requests().is_empty(), "the token went out: {:?}", ci.requests());
     // --no-ci-api: not even our own host's holders are asked about.
     let e2 = Env::new(b, "ci-off");
     let lock2 = e2.lock("l");
     assert_code(&e2.run(HOLDER, &lock2, &["acquire", "--ttl", "1h"]), 0);
-    let out = gitlab_waiter(
-        &e2,
-        &ci,
-        &lock2,
-        &["acquire", "--no-ci-api", "--wait", "1s"],
-    )
-    .output()
-    .unwrap();
+    let out = gitlab_waiter(&e2, &ci, &lock2, &["acquire", "--no-ci-api", "--wait", "1s"])
+        .output()
+        .unwrap();
     assert_code(&out, 75);
     assert!(ci.requests().is_empty());
 }
@@ -461,38 +330,12 @@ fn holder_on_another_host_is_never_asked_about(b: Backend) {
 fn waiter_traffic_never_fails_a_renewal(b: Backend) {
     let e = Env::new(b, "traffic");
     let lock = e.lock("l");
-    let holder = spawn(
-        &e,
-        "holder",
-        &lock,
-        &[
-            "run",
-            "--ttl",
-            "1s",
-            "--heartbeat",
-            "200ms",
-            "--",
-            "sleep",
-            "6",
-        ],
-    );
-    wait_until("the grant", Duration::from_secs(10), || {
-        e.record(&lock).get("Owner").is_some()
-    });
+    let holder = spawn(&e, "holder", &lock, &["run", "--ttl", "1s", "--heartbeat", "200ms", "--", "sleep", "6"]);
+    wait_until("the grant", Duration::from_secs(10), || e.record(&lock).get("Owner").is_some());
     let fence = e.record(&lock)["Fence"].clone();
-    let busy = [
-        "acquire",
-        "--retry-interval",
-        "100ms",
-        "--prune-floor",
-        "600ms",
-        "--wait",
-        "2s",
-    ];
+    let busy = ["acquire", "--retry-interval", "100ms", "--prune-floor", "600ms", "--wait", "2s"];
     for round in 0..2 {
-        let waiters: Vec<_> = (0..4)
-            .map(|i| spawn(&e, &format!("w{round}{i}"), &lock, &busy))
-            .collect();
+        let waiters: Vec<_> = (0..4).map(|i| spawn(&e, &format!("w{round}{i}"), &lock, &busy)).collect();
         for w in waiters {
             assert_code(&finish(w), 75);
         }
@@ -503,14 +346,7 @@ fn waiter_traffic_never_fails_a_renewal(b: Backend) {
     assert!(!err.contains("failed") && !err.contains("lost"), "{err}");
     let r = e.record(&lock);
     assert_eq!(r["Fence"], fence);
-    assert!(
-        r["History"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|ev| ev["Event"] != "taken-over"),
-        "{r}"
-    );
+    assert!(r["History"].as_array().unwrap().iter().all(|ev| ev["Event"] != "taken-over"), "{r}");
 }
 
 /// `status` lists the queue in order, with each waiter's URL and wait, in text and JSON.
@@ -518,32 +354,13 @@ fn status_shows_the_queue(b: Backend) {
     let e = Env::new(b, "status");
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
-    let a = spawn(
-        &e,
-        "first",
-        &lock,
-        &["acquire", "--ordinal", "1", "--wait", "20s"],
-    );
-    wait_until("first queued", Duration::from_secs(20), || {
-        queued(&e, &lock).len() == 1
-    });
-    let b2 = spawn(
-        &e,
-        "second",
-        &lock,
-        &["acquire", "--ordinal", "2", "--wait", "20s", "-v"],
-    );
-    wait_until("second queued", Duration::from_secs(20), || {
-        queued(&e, &lock).len() == 2
-    });
+    let a = spawn(&e, "first", &lock, &["acquire", "--ordinal", "1", "--wait", "20s"]);
+    wait_until("first queued", Duration::from_secs(20), || queued(&e, &lock).len() == 1);
+    let b2 = spawn(&e, "second", &lock, &["acquire", "--ordinal", "2", "--wait", "20s", "-v"]);
+    wait_until("second queued", Duration::from_secs(20), || queued(&e, &lock).len() == 2);
     let (code, v) = e.json("observer", &lock, &["status"]);
     assert_eq!(code, 0);
-    let owners: Vec<_> = v["queue"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["owner"].as_str().unwrap())
-        .collect();
+    let owners: Vec<_> = v["queue"].as_array().unwrap().iter().map(|w| w["owner"].as_str().unwrap()).collect();
     assert_eq!(owners, ["first", "second"]);
     assert_eq!(v["queue"][0]["position"], 1);
     assert_eq!(v["queue"][1]["live"], true);
@@ -551,8 +368,7 @@ fn status_shows_the_queue(b: Backend) {
     assert_eq!(newest["queue"][0]["owner"], "second");
     let text = String::from_utf8_lossy(&e.run("observer", &lock, &["status"]).stdout).into_owned();
     assert!(
-        text.contains("1. first pipeline 1 waiting")
-            && text.contains("2. second pipeline 2 waiting"),
+        text.contains("1. first pipeline 1 waiting") && text.contains("2. second pipeline 2 waiting"),
         "{text}"
     );
     assert_code(&e.run("holder", &lock, &["release"]), 0);
@@ -561,10 +377,7 @@ fn status_shows_the_queue(b: Backend) {
     let out = finish(b2);
     assert_code(&out, 0);
     let err = stderr(&out);
-    assert!(
-        err.contains("queue (fifo): position 2 of 2, ahead: first"),
-        "{err}"
-    );
+    assert!(err.contains("queue (fifo): position 2 of 2, ahead: first"), "{err}");
 }
 
 on_every_store!(
@@ -592,14 +405,7 @@ fn github_completed_run_is_taken_over() {
         200,
         r#"{"id":555,"status":"completed","conclusion":"cancelled"}"#.into(),
     )]);
-    assert_code(
-        &e.run(
-            "github:127.0.0.1/org/app/runs/555",
-            &lock,
-            &["acquire", "--ttl", "1h"],
-        ),
-        0,
-    );
+    assert_code(&e.run("github:127.0.0.1/org/app/runs/555", &lock, &["acquire", "--ttl", "1h"]), 0);
     let out = e
         .cmd()
         .env("GITHUB_ACTIONS", "true")
@@ -609,23 +415,11 @@ fn github_completed_run_is_taken_over() {
         .env("GITHUB_RUN_ID", "556")
         .env("GITHUB_RUN_NUMBER", "9")
         .env("GITHUB_TOKEN", "gh-secret")
-        .args([
-            "--lock", &lock, "acquire", "--wait", "20s", "--output", "json",
-        ])
+        .args(["--lock", &lock, "acquire", "--wait", "20s", "--output", "json"])
         .output()
         .unwrap();
     assert_code(&out, 0);
     let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        g["how"]["why"]
-            .as_str()
-            .unwrap()
-            .contains("completed, cancelled"),
-        "{g}"
-    );
-    assert!(
-        ci.requests()[0].contains("authorization: bearer gh-secret"),
-        "{:?}",
-        ci.requests()
-    );
+    assert!(g["how"]["why"].as_str().unwrap().contains("completed, cancelled"), "{g}");
+    assert!(ci.requests()[0].contains("authorization: bearer gh-secret"), "{:?}", ci.requests());
 }

@@ -71,7 +71,18 @@ fn record_bytes() -> impl Strategy<Value = Vec<u8>> {
         }),
         (
             json_value(),
-            prop::sample::select(vec!["LockID", "Owner", "Token", "Fence", "Rvn", "AcquiredAt", "RenewedAt", "Holder", "Waiters", "History"])
+            prop::sample::select(vec![
+                "LockID",
+                "Owner",
+                "Token",
+                "Fence",
+                "Rvn",
+                "AcquiredAt",
+                "RenewedAt",
+                "Holder",
+                "Waiters",
+                "History"
+            ])
         )
             .prop_map(move |(v, key)| {
                 let mut r: serde_json::Value = serde_json::from_str(&valid).unwrap();

@@ -33,7 +33,13 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 fn passes_exit_codes(b: Backend) {
     let e = Env::new(b, "run-codes");
     let lock = e.lock("l");
-    for (script, code) in [("exit 0", 0), ("exit 3", 3), ("exit 255", 255), ("kill -KILL $$", 137), ("kill -TERM $$", 143)] {
+    for (script, code) in [
+        ("exit 0", 0),
+        ("exit 3", 3),
+        ("exit 255", 255),
+        ("kill -KILL $$", 137),
+        ("kill -TERM $$", 143),
+    ] {
         let out = e.run("job", &lock, &run_args(&[], &["sh", "-c", script]));
         assert_code(&out, code);
         // Released each time: the next owner gets it at once.
@@ -44,7 +50,18 @@ fn passes_exit_codes(b: Backend) {
 fn gives_the_child_its_lock(b: Backend) {
     let e = Env::new(b, "run-env");
     let lock = e.lock("l");
-    let out = e.run("job", &lock, &run_args(&[], &["sh", "-c", "echo $PIPELINE_LOCK_NAME,$PIPELINE_LOCK_OWNER,$PIPELINE_LOCK_FENCE,${#PIPELINE_LOCK_TOKEN}"]));
+    let out = e.run(
+        "job",
+        &lock,
+        &run_args(
+            &[],
+            &[
+                "sh",
+                "-c",
+                "echo $PIPELINE_LOCK_NAME,$PIPELINE_LOCK_OWNER,$PIPELINE_LOCK_FENCE,${#PIPELINE_LOCK_TOKEN}",
+            ],
+        ),
+    );
     assert_code(&out, 0);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{lock},job,1,32"));
 }
@@ -52,7 +69,12 @@ fn gives_the_child_its_lock(b: Backend) {
 fn heartbeats_keep_a_short_lease_alive(b: Backend) {
     let e = Env::new(b, "run-heartbeat");
     let lock = e.lock("l");
-    let mut holder = e.cmd().args(["--owner", "job", "--lock", &lock]).args(run_args(&["--ttl", "2s"], &["sleep", "6"])).spawn().unwrap();
+    let mut holder = e
+        .cmd()
+        .args(["--owner", "job", "--lock", &lock])
+        .args(run_args(&["--ttl", "2s"], &["sleep", "6"]))
+        .spawn()
+        .unwrap();
     wait_until("the grant", Duration::from_secs(10), || e.record(&lock).get("Owner").is_some());
     let fence = e.record(&lock)["Fence"].clone();
     // Past three leases, nobody can take it, because it is renewed.
@@ -71,7 +93,12 @@ fn sigterm_reaches_the_child_and_frees_the_lock(b: Backend) {
     let lock = e.lock("l");
     let marker = std::env::temp_dir().join(format!("{}-term", e.lock("m").replace('/', "_")));
     let script = format!("trap 'echo got-term > {}; exit 7' TERM; while true; do sleep 0.1; done", marker.display());
-    let mut holder = e.cmd().args(["--owner", "job", "--lock", &lock]).args(run_args(&[], &["sh", "-c", &script])).spawn().unwrap();
+    let mut holder = e
+        .cmd()
+        .args(["--owner", "job", "--lock", &lock])
+        .args(run_args(&[], &["sh", "-c", &script]))
+        .spawn()
+        .unwrap();
     wait_until("the grant", Duration::from_secs(10), || e.record(&lock).get("Owner").is_some());
     sleep(Duration::from_millis(300));
     signal(&holder, libc::SIGTERM);
@@ -112,7 +139,12 @@ fn a_paused_holder_loses_its_lease(b: Backend) {
 fn a_killed_holder_is_taken_over_after_its_lease(b: Backend) {
     let e = Env::new(b, "run-sigkill");
     let lock = e.lock("l");
-    let mut holder = e.cmd().args(["--owner", "holder", "--lock", &lock]).args(run_args(&["--ttl", "2s"], &["sleep", "60"])).spawn().unwrap();
+    let mut holder = e
+        .cmd()
+        .args(["--owner", "holder", "--lock", &lock])
+        .args(run_args(&["--ttl", "2s"], &["sleep", "60"]))
+        .spawn()
+        .unwrap();
     wait_until("the grant", Duration::from_secs(10), || e.record(&lock).get("Owner").is_some());
     signal(&holder, libc::SIGKILL);
     holder.wait().unwrap();

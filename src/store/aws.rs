@@ -11,9 +11,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::{
-    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
-};
+use aws_smithy_runtime_api::client::interceptors::context::{BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
@@ -70,7 +68,10 @@ pub async fn load(opts: &AwsOptions, store: &str) -> Result<SdkConfig> {
         Ok(config)
     };
     tokio::time::timeout(RESOLVE_BUDGET, resolve).await.unwrap_or_else(|_| {
-        Err(no_credentials(store, "the credential chain did not answer within 2 s (no instance metadata service?)"))
+        Err(no_credentials(
+            store,
+            "the credential chain did not answer within 2 s (no instance metadata service?)",
+        ))
     })
 }
 
@@ -178,9 +179,15 @@ impl Failure {
             Failure::Service { code, status, message } => {
                 let denied = matches!(
                     code.as_str(),
-                    "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException"
-                        | "InvalidClientTokenId" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
-                        | "ExpiredToken" | "ExpiredTokenException" | "MissingAuthenticationToken"
+                    "AccessDeniedException"
+                        | "AccessDenied"
+                        | "UnrecognizedClientException"
+                        | "InvalidClientTokenId"
+                        | "InvalidAccessKeyId"
+                        | "SignatureDoesNotMatch"
+                        | "ExpiredToken"
+                        | "ExpiredTokenException"
+                        | "MissingAuthenticationToken"
                 ) || status == 403;
                 if denied {
                     Error::AccessDenied {
@@ -189,8 +196,11 @@ impl Failure {
                              credentials {action} (the Terraform module's policy output has exactly the actions needed)"
                         ),
                     }
-                } else if status >= 500 || code.contains("Throttl") || code.contains("ProvisionedThroughputExceeded")
-                    || code == "RequestLimitExceeded" || code == "SlowDown"
+                } else if status >= 500
+                    || code.contains("Throttl")
+                    || code.contains("ProvisionedThroughputExceeded")
+                    || code == "RequestLimitExceeded"
+                    || code == "SlowDown"
                 {
                     Error::Unavailable {
                         message: format!("{store} is unavailable or throttling: {action} on {resource} answered {code} ({status}): {message}"),
@@ -204,7 +214,9 @@ impl Failure {
                 }
             }
             Failure::Transient(why) => Error::Unavailable {
-                message: format!("{store} did not answer {action} on {resource} after retries: {why}; check --endpoint-url, the network and the AWS region"),
+                message: format!(
+                    "{store} did not answer {action} on {resource} after retries: {why}; check --endpoint-url, the network and the AWS region"
+                ),
                 source: None,
             },
             Failure::NotSent(why) => Error::Config(format!("{store}: {action} could not be sent: {why}")),

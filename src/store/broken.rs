@@ -42,7 +42,9 @@ impl Mode {
         match std::env::var(VAR).ok().as_deref() {
             None | Some("") => Ok(None),
             Some("unconditional-takeover") => Ok(Some(Mode::UnconditionalTakeover)),
-            Some(other) => Err(Error::Usage(format!("{VAR}={other:?} is not a known mode; the only one is unconditional-takeover"))),
+            Some(other) => Err(Error::Usage(format!(
+                "{VAR}={other:?} is not a known mode; the only one is unconditional-takeover"
+            ))),
         }
     }
 }
@@ -86,7 +88,11 @@ impl Broken {
             Raw::File(dir) => {
                 // Under the directory lock, so the store's own writers see a whole file; but
                 // with no look at what is there.
-                let guard = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".pipeline-lock.dirlock"));
+                let guard = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join(".pipeline-lock.dirlock"));
                 let io = |e: std::io::Error| Error::other("negative control: file write failed", e);
                 let guard: File = guard.map_err(io)?;
                 guard.lock().map_err(io)?;
@@ -160,7 +166,11 @@ impl Store for Broken {
             return self.inner.write(w).await;
         };
         let next = before.apply(w.change);
-        tracing::warn!("negative control: overwriting lock {:?} unconditionally with fence {}", w.lock, next.fence);
+        tracing::warn!(
+            "negative control: overwriting lock {:?} unconditionally with fence {}",
+            w.lock,
+            next.fence
+        );
         self.overwrite(w.lock, &next).await?;
         Ok(Written::Done(next))
     }

@@ -30,7 +30,11 @@ pub(super) async fn run(store: &S3Store) -> Vec<Check> {
     match client.head_bucket().bucket(bucket).send().await {
         Ok(out) => {
             let region = out.bucket_region().unwrap_or(store.region());
-            checks.push(Check::new("bucket exists", Outcome::Pass, format!("{bucket} is reachable (region {region})")));
+            checks.push(Check::new(
+                "bucket exists",
+                Outcome::Pass,
+                format!("{bucket} is reachable (region {region})"),
+            ));
         }
         Err(e) => {
             let err = match (failure(&e), &e) {
@@ -44,7 +48,16 @@ pub(super) async fn run(store: &S3Store) -> Vec<Check> {
                     };
                     let bucket_region = se.raw().headers().get("x-amz-bucket-region").map(str::to_string);
                     let message = format!("HeadBucket answered {status} without a body");
-                    store.map_failure(Failure::Service { code: code.into(), status, message }, bucket_region, "s3:ListBucket", "")
+                    store.map_failure(
+                        Failure::Service {
+                            code: code.into(),
+                            status,
+                            message,
+                        },
+                        bucket_region,
+                        "s3:ListBucket",
+                        "",
+                    )
                 }
                 _ => store.error(&e, "s3:ListBucket", ""),
             };
@@ -56,10 +69,14 @@ pub(super) async fn run(store: &S3Store) -> Vec<Check> {
     let prefix = list_prefix(store.prefix());
     checks.push(match client.list_objects_v2().bucket(bucket).prefix(&prefix).max_keys(1).send().await {
         Ok(_) => Check::new("permission ListBucket", Outcome::Pass, format!("listed {prefix:?}")),
-        Err(e) => Check::new("permission ListBucket", Outcome::Warn, format!(
-            "{}; only `list` needs it, acquire/release/renew do not",
-            store.error(&e, "s3:ListBucket", &prefix)
-        )),
+        Err(e) => Check::new(
+            "permission ListBucket",
+            Outcome::Warn,
+            format!(
+                "{}; only `list` needs it, acquire/release/renew do not",
+                store.error(&e, "s3:ListBucket", &prefix)
+            ),
+        ),
     });
 
     checks.extend(conditional_writes(store).await);
@@ -75,45 +92,88 @@ async fn conditional_writes(store: &S3Store) -> Vec<Check> {
     let body = |n: &str| ByteStream::from(format!("{{\"Doctor\":\"{n}\",\"At\":{}}}", store.clock().now_ms()).into_bytes());
     let mut checks = Vec::new();
 
-    let first = client.put_object().bucket(bucket).key(&key).if_none_match("*").body(body("first")).send().await;
+    let first = client
+        .put_object()
+        .bucket(bucket)
+        .key(&key)
+        .if_none_match("*")
+        .body(body("first"))
+        .send()
+        .await;
     let first_etag = match first {
         Ok(out) => {
             checks.push(Check::new("permission PutObject", Outcome::Pass, format!("created scratch object {key}")));
             out.e_tag().map(str::to_string)
         }
         Err(e) => {
-            checks.push(Check::new("permission PutObject", Outcome::Fail, store.error(&e, "s3:PutObject", &key).to_string()));
+            checks.push(Check::new(
+                "permission PutObject",
+                Outcome::Fail,
+                store.error(&e, "s3:PutObject", &key).to_string(),
+            ));
             return checks;
         }
     };
 
     let name = "create-only write refused when the object exists";
-    let second = client.put_object().bucket(bucket).key(&key).if_none_match("*").body(body("second")).send().await;
+    let second = client
+        .put_object()
+        .bucket(bucket)
+        .key(&key)
+        .if_none_match("*")
+        .body(body("second"))
+        .send()
+        .await;
     checks.push(match &second {
         Err(e) if answer(e) == Some(Answer::Changed) => Check::new(name, Outcome::Pass, "412 PreconditionFailed"),
         Err(e) if answer(e) == Some(Answer::Concurrent) => Check::new(name, Outcome::Pass, "409 ConditionalRequestConflict"),
-        Err(e) => Check::new(name, Outcome::Fail, format!(
-            "the second create-only PutObject failed for another reason: {}", store.error(e, "s3:PutObject", &key)
-        )),
-        Ok(_) => Check::new(name, Outcome::Fail, format!(
-            "{} accepted a second PutObject with If-None-Match: * on an existing object: it ignores conditional \
+        Err(e) => Check::new(
+            name,
+            Outcome::Fail,
+            format!(
+                "the second create-only PutObject failed for another reason: {}",
+                store.error(e, "s3:PutObject", &key)
+            ),
+        ),
+        Ok(_) => Check::new(
+            name,
+            Outcome::Fail,
+            format!(
+                "{} accepted a second PutObject with If-None-Match: * on an existing object: it ignores conditional \
              writes, so a lock there is no lock. Use AWS S3 or a store that honours If-None-Match/If-Match, or the DynamoDB store",
-            store.url()
-        )),
+                store.url()
+            ),
+        ),
     });
 
     let name = "write with a wrong ETag refused";
-    let wrong = client.put_object().bucket(bucket).key(&key).if_match(WRONG_ETAG).body(body("wrong-etag")).send().await;
+    let wrong = client
+        .put_object()
+        .bucket(bucket)
+        .key(&key)
+        .if_match(WRONG_ETAG)
+        .body(body("wrong-etag"))
+        .send()
+        .await;
     checks.push(match &wrong {
         Err(e) if answer(e) == Some(Answer::Changed) => Check::new(name, Outcome::Pass, "412 PreconditionFailed"),
-        Err(e) => Check::new(name, Outcome::Fail, format!(
-            "PutObject with If-Match: <wrong ETag> failed for another reason: {}", store.error(e, "s3:PutObject", &key)
-        )),
-        Ok(_) => Check::new(name, Outcome::Fail, format!(
-            "{} accepted a PutObject whose If-Match ETag was wrong: it ignores conditional writes, so a lock there \
+        Err(e) => Check::new(
+            name,
+            Outcome::Fail,
+            format!(
+                "PutObject with If-Match: <wrong ETag> failed for another reason: {}",
+                store.error(e, "s3:PutObject", &key)
+            ),
+        ),
+        Ok(_) => Check::new(
+            name,
+            Outcome::Fail,
+            format!(
+                "{} accepted a PutObject whose If-Match ETag was wrong: it ignores conditional writes, so a lock there \
              is no lock. Use AWS S3 or a store that honours If-None-Match/If-Match, or the DynamoDB store",
-            store.url()
-        )),
+                store.url()
+            ),
+        ),
     });
 
     let etag = match client.get_object().bucket(bucket).key(&key).send().await {
@@ -121,12 +181,20 @@ async fn conditional_writes(store: &S3Store) -> Vec<Check> {
             let etag = out.e_tag().map(str::to_string);
             checks.push(match &etag {
                 Some(_) => Check::new("permission GetObject", Outcome::Pass, "read the scratch object back"),
-                None => Check::new("permission GetObject", Outcome::Fail, "GetObject returned no ETag: writes cannot be based on a read here"),
+                None => Check::new(
+                    "permission GetObject",
+                    Outcome::Fail,
+                    "GetObject returned no ETag: writes cannot be based on a read here",
+                ),
             });
             etag
         }
         Err(e) => {
-            checks.push(Check::new("permission GetObject", Outcome::Fail, store.error(&e, "s3:GetObject", &key).to_string()));
+            checks.push(Check::new(
+                "permission GetObject",
+                Outcome::Fail,
+                store.error(&e, "s3:GetObject", &key).to_string(),
+            ));
             first_etag
         }
     };
@@ -139,10 +207,14 @@ async fn conditional_writes(store: &S3Store) -> Vec<Check> {
     }
     checks.push(match delete.send().await {
         Ok(_) => Check::new("permission DeleteObject", Outcome::Pass, "scratch object removed"),
-        Err(e) => Check::new("permission DeleteObject", Outcome::Fail, format!(
-            "{} (scratch object {key} left behind; delete it by hand)",
-            store.error(&e, "s3:DeleteObject", &key)
-        )),
+        Err(e) => Check::new(
+            "permission DeleteObject",
+            Outcome::Fail,
+            format!(
+                "{} (scratch object {key} left behind; delete it by hand)",
+                store.error(&e, "s3:DeleteObject", &key)
+            ),
+        ),
     });
     checks
 }

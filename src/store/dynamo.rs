@@ -10,9 +10,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::aws::{self, AwsOptions, Failure, Meter};
-use super::{
-    Check, Expect, Observed, State, Store, Version, VersionKind, WaiterUpdate, Write, Written,
-};
+use super::{Check, Expect, Observed, State, Store, Version, VersionKind, WaiterUpdate, Write, Written};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::{Action, HISTORY_LEN, Record};
@@ -55,9 +53,7 @@ impl DynamoStore {
     /// A store on an AWS configuration the caller built (credentials, region, endpoint).
     pub fn from_config(table: &str, config: &aws_config::SdkConfig) -> DynamoStore {
         let meter = Meter::default();
-        let conf = aws_sdk_dynamodb::config::Builder::from(config)
-            .interceptor(meter.clone())
-            .build();
+        let conf = aws_sdk_dynamodb::config::Builder::from(config).interceptor(meter.clone()).build();
         DynamoStore {
             client: Client::from_conf(conf),
             table: table.to_string(),
@@ -88,16 +84,10 @@ impl DynamoStore {
                 } else {
                     ""
                 };
-                return Error::Config(format!(
-                    "{store}: {action} of lock {lock:?} was refused: {message}{hint}"
-                ));
+                return Error::Config(format!("{store}: {action} of lock {lock:?} was refused: {message}{hint}"));
             }
         }
-        failure.into_error(
-            &format!("dynamodb:{action}"),
-            &format!("table {} (lock {lock:?})", self.table),
-            &store,
-        )
+        failure.into_error(&format!("dynamodb:{action}"), &format!("table {} (lock {lock:?})", self.table), &store)
     }
 
     pub(super) fn parse(&self, lock: &str, item: Option<&Item>) -> Observed {
@@ -141,17 +131,14 @@ impl DynamoStore {
             .await;
         // A refusal means a newer write happened; it will trim instead. Nothing is lost.
         if let Err(e) = result {
-            tracing::debug!(
-                "history trim of {lock:?} skipped: {}",
-                crate::report::chain(&e)
-            );
+            tracing::debug!("history trim of {lock:?} skipped: {}", crate::report::chain(&e));
         }
     }
 
     async fn put_exact(&self, w: &Write<'_>) -> Result<Written> {
-        let base = w.base.ok_or_else(|| {
-            Error::Usage("a break-glass write needs the record it replaces".into())
-        })?;
+        let base = w
+            .base
+            .ok_or_else(|| Error::Usage("a break-glass write needs the record it replaces".into()))?;
         let raw = match &base.version.0 {
             VersionKind::Item(item) => Some(item.clone()),
             _ => None,
@@ -162,8 +149,7 @@ impl DynamoStore {
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse().ok());
         let record = super::salvage(w.lock, fence, w.change);
-        let item = serde_dynamo::to_item(&record)
-            .map_err(|e| Error::other("cannot encode the lock record", e))?;
+        let item = serde_dynamo::to_item(&record).map_err(|e| Error::other("cannot encode the lock record", e))?;
         let mut req = self
             .client
             .put_item()
@@ -209,19 +195,12 @@ pub(super) type Item2 = HashMap<String, String>;
 
 /// Placeholders that occur in `expr` as whole tokens (`#h` is not `#hi`).
 fn used_names(expr: &str) -> Vec<&'static str> {
-    let tokens: Vec<&str> = expr
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '#'))
-        .collect();
-    NAMES
-        .iter()
-        .map(|(p, _)| *p)
-        .filter(|p| tokens.contains(p))
-        .collect()
+    let tokens: Vec<&str> = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).collect();
+    NAMES.iter().map(|(p, _)| *p).filter(|p| tokens.contains(p)).collect()
 }
 
 pub(super) fn av<T: serde::Serialize>(value: &T) -> Result<AttributeValue> {
-    serde_dynamo::to_attribute_value(value)
-        .map_err(|e| Error::other("cannot encode a lock attribute", e))
+    serde_dynamo::to_attribute_value(value).map_err(|e| Error::other("cannot encode a lock attribute", e))
 }
 
 /// The update expression, values and the placeholders of queue keys for a change. With
@@ -232,23 +211,20 @@ fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Item2)> {
     let mut remove = Vec::new();
     let mut add = Vec::new();
     let mut values: Item = HashMap::from([(":r".to_string(), AttributeValue::S(c.rvn.clone()))]);
-    let mut opt =
-        |name: &str, value: Option<i64>, set: &mut Vec<String>, values: &mut Item| match value {
-            Some(v) => {
-                set.push(format!("{name} = :{}", &name[1..]));
-                values.insert(format!(":{}", &name[1..]), AttributeValue::N(v.to_string()));
-            }
-            None => remove.push(name.to_string()),
-        };
+    let mut opt = |name: &str, value: Option<i64>, set: &mut Vec<String>, values: &mut Item| match value {
+        Some(v) => {
+            set.push(format!("{name} = :{}", &name[1..]));
+            values.insert(format!(":{}", &name[1..]), AttributeValue::N(v.to_string()));
+        }
+        None => remove.push(name.to_string()),
+    };
     opt("#l", c.lease_expires_at, &mut set, &mut values);
     opt("#e", c.expires_at, &mut set, &mut values);
     let now = AttributeValue::N(c.now.to_string());
     let mut keys = Item2::new();
     match &c.action {
         Action::Grant(g) => {
-            set.extend(
-                ["#o = :o", "#t = :t", "#a = :now", "#rn = :now", "#h = :h"].map(String::from),
-            );
+            set.extend(["#o = :o", "#t = :t", "#a = :now", "#rn = :now", "#h = :h"].map(String::from));
             values.insert(":o".into(), AttributeValue::S(g.owner.clone()));
             values.insert(":t".into(), AttributeValue::S(g.token.clone()));
             values.insert(":h".into(), av(&g.holder)?);
@@ -357,14 +333,8 @@ impl Store for DynamoStore {
     async fn write(&self, w: Write<'_>) -> Result<Written> {
         match self.update(&w, true).await {
             // The queue map we saw is gone (only a break-glass rewrite drops it): grant anyway.
-            Err(Error::Config(m))
-                if m.contains("document path")
-                    && matches!(&w.change.action, Action::Grant(g) if !g.dequeue.is_empty()) =>
-            {
-                tracing::debug!(
-                    "{}: the queue entries to remove are gone ({m}); granting without",
-                    self.url()
-                );
+            Err(Error::Config(m)) if m.contains("document path") && matches!(&w.change.action, Action::Grant(g) if !g.dequeue.is_empty()) => {
+                tracing::debug!("{}: the queue entries to remove are gone ({m}); granting without", self.url());
                 self.update(&w, false).await
             }
             other => other,
@@ -377,20 +347,10 @@ impl Store for DynamoStore {
 
     async fn list(&self) -> Result<Vec<(String, Observed)>> {
         let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .scan()
-            .table_name(&self.table)
-            .into_paginator()
-            .items()
-            .send();
+        let mut pages = self.client.scan().table_name(&self.table).into_paginator().items().send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| self.error(aws::failure(&e), "Scan", "*"))?;
-            let name = item
-                .get("LockID")
-                .and_then(|v| v.as_s().ok())
-                .cloned()
-                .unwrap_or_default();
+            let name = item.get("LockID").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
             let observed = self.parse(&name, Some(&item));
             out.push((name, observed));
         }
@@ -439,9 +399,7 @@ impl DynamoStore {
             },
             Err(e) => {
                 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-                if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
-                    e.as_service_error()
-                {
+                if let Some(UpdateItemError::ConditionalCheckFailedException(c)) = e.as_service_error() {
                     // Emulators that ignore ALL_OLD send no item: read it instead.
                     return Ok(Written::Conflict(match c.item() {
                         Some(item) => self.parse(w.lock, Some(item)),
@@ -510,26 +468,15 @@ mod tests {
         assert!(expr.contains("REMOVE #l, #e, #ws.#q0"), "{expr}");
         assert_eq!(keys["#q0"], "q");
         assert!(!update_for(&w, false).unwrap().0.contains("#ws"));
-        assert!(
-            expr.contains("#o = :o") && expr.contains("list_append"),
-            "{expr}"
-        );
+        assert!(expr.contains("#o = :o") && expr.contains("list_append"), "{expr}");
         assert_eq!(values[":one"], AttributeValue::N("1".into()));
     }
 
     #[test]
     fn a_blind_grant_needs_an_empty_queue() {
         let mut values = Item::new();
-        assert!(
-            condition_for(&Expect::Vacant, true, &mut values)
-                .unwrap()
-                .contains("size(#ws) = :zero")
-        );
-        assert!(
-            !condition_for(&Expect::Vacant, false, &mut Item::new())
-                .unwrap()
-                .contains("#ws")
-        );
+        assert!(condition_for(&Expect::Vacant, true, &mut values).unwrap().contains("size(#ws) = :zero"));
+        assert!(!condition_for(&Expect::Vacant, false, &mut Item::new()).unwrap().contains("#ws"));
     }
 
     #[test]

@@ -36,10 +36,7 @@ fn waiter_plan(u: &WaiterUpdate<'_>, base: &Observed) -> Result<Option<WaiterPla
         VersionKind::Item(item) => item.contains_key("Waiters"),
         _ => !record.waiters.is_empty(),
     };
-    let keep = [u.set.map(|(t, _)| t), u.remove]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>();
+    let keep = [u.set.map(|(t, _)| t), u.remove].into_iter().flatten().collect::<Vec<_>>();
     let prune: Vec<&String> = match u.prune_before {
         Some(cut) => record
             .waiters
@@ -60,10 +57,7 @@ fn waiter_plan(u: &WaiterUpdate<'_>, base: &Observed) -> Result<Option<WaiterPla
             return Ok(None);
         };
         names.insert("#k".into(), "LockID".into());
-        values.insert(
-            ":m".into(),
-            AttributeValue::M(HashMap::from([(token.to_string(), av(entry)?)])),
-        );
+        values.insert(":m".into(), AttributeValue::M(HashMap::from([(token.to_string(), av(entry)?)])));
         return Ok(Some(WaiterPlan {
             update: "SET #ws = :m".into(),
             condition: "attribute_exists(#k) AND attribute_not_exists(#ws)".into(),
@@ -80,16 +74,11 @@ fn waiter_plan(u: &WaiterUpdate<'_>, base: &Observed) -> Result<Option<WaiterPla
         names.insert(format!("#p{i}"), token.to_string());
         removes.push(format!("#ws.#p{i}"));
         // Only if still unseen: a waiter that refreshed meanwhile stays.
-        conditions.push(format!(
-            "(attribute_not_exists(#ws.#p{i}) OR #ws.#p{i}.#sa < :cut)"
-        ));
+        conditions.push(format!("(attribute_not_exists(#ws.#p{i}) OR #ws.#p{i}.#sa < :cut)"));
     }
     if !prune.is_empty() {
         names.insert("#sa".into(), "SeenAt".into());
-        values.insert(
-            ":cut".into(),
-            AttributeValue::N(u.prune_before.unwrap_or_default().to_string()),
-        );
+        values.insert(":cut".into(), AttributeValue::N(u.prune_before.unwrap_or_default().to_string()));
     }
     if let Some(token) = remove {
         names.insert("#me".into(), token.to_string());
@@ -114,10 +103,7 @@ fn waiter_plan(u: &WaiterUpdate<'_>, base: &Observed) -> Result<Option<WaiterPla
 
 /// Waiter bookkeeping on DynamoDB (see [`WaiterUpdate`]): one UpdateItem, re-planned on the
 /// item a refusal returns.
-pub(super) async fn update_waiters(
-    store: &DynamoStore,
-    u: WaiterUpdate<'_>,
-) -> Result<Option<Observed>> {
+pub(super) async fn update_waiters(store: &DynamoStore, u: WaiterUpdate<'_>) -> Result<Option<Observed>> {
     let mut base = match u.base {
         Some(b) => b.clone(),
         None => store.read(u.lock, true).await?,
@@ -194,8 +180,7 @@ mod tests {
         }
         let mut item = serde_dynamo::to_item::<_, Item>(&r).unwrap();
         if with_map {
-            item.entry("Waiters".into())
-                .or_insert(AttributeValue::M(HashMap::new()));
+            item.entry("Waiters".into()).or_insert(AttributeValue::M(HashMap::new()));
         }
         Observed {
             state: State::Valid(r),
@@ -223,35 +208,17 @@ mod tests {
         let plan = waiter_plan(&set, &observed(&[], false)).unwrap().unwrap();
         assert_eq!(
             (plan.update.as_str(), plan.condition.as_str()),
-            (
-                "SET #ws = :m",
-                "attribute_exists(#k) AND attribute_not_exists(#ws)"
-            )
+            ("SET #ws = :m", "attribute_exists(#k) AND attribute_not_exists(#ws)")
         );
         // An empty map left by removals counts as a map.
-        assert_eq!(
-            waiter_plan(&set, &observed(&[], true))
-                .unwrap()
-                .unwrap()
-                .update,
-            "SET #ws.#me = :w"
-        );
+        assert_eq!(waiter_plan(&set, &observed(&[], true)).unwrap().unwrap().update, "SET #ws.#me = :w");
         // Stale entries go in the same request, each only if still stale.
-        let plan = waiter_plan(&set, &observed(&[("old", 50), ("fresh", 150)], true))
-            .unwrap()
-            .unwrap();
+        let plan = waiter_plan(&set, &observed(&[("old", 50), ("fresh", 150)], true)).unwrap().unwrap();
         assert_eq!(plan.update, "SET #ws.#me = :w REMOVE #ws.#p0");
         assert_eq!(plan.names["#p0"], "old");
-        assert!(
-            plan.condition.contains("#ws.#p0.#sa < :cut"),
-            "{}",
-            plan.condition
-        );
+        assert!(plan.condition.contains("#ws.#p0.#sa < :cut"), "{}", plan.condition);
         for text in [&plan.update, &plan.condition] {
-            assert!(
-                !text.contains("#r") && !text.contains("#t") && !text.contains("#o"),
-                "{text}"
-            );
+            assert!(!text.contains("#r") && !text.contains("#t") && !text.contains("#o"), "{text}");
         }
         // Leaving: a bare REMOVE with no values; nothing at all without a map or a record.
         let leave = WaiterUpdate {
@@ -261,18 +228,9 @@ mod tests {
             remove: Some("me"),
             prune_before: None,
         };
-        let plan = waiter_plan(&leave, &observed(&[("me", 1)], true))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (plan.update.as_str(), plan.values.is_empty()),
-            ("REMOVE #ws.#me", true)
-        );
-        assert!(
-            waiter_plan(&leave, &observed(&[], false))
-                .unwrap()
-                .is_none()
-        );
+        let plan = waiter_plan(&leave, &observed(&[("me", 1)], true)).unwrap().unwrap();
+        assert_eq!((plan.update.as_str(), plan.values.is_empty()), ("REMOVE #ws.#me", true));
+        assert!(waiter_plan(&leave, &observed(&[], false)).unwrap().is_none());
         let absent = Observed {
             state: State::Absent,
             version: Version::default(),

@@ -10,10 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{
-    Check, Expect, Observed, Outcome, State, Store, Version, VersionKind, WaiterUpdate, Write,
-    Written, decode_name, encode_name,
-};
+use super::{Check, Expect, Observed, Outcome, State, Store, Version, VersionKind, WaiterUpdate, Write, Written, decode_name, encode_name};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::Record;
@@ -42,8 +39,7 @@ impl FileStore {
             requests: Default::default(),
         };
         let url = store.url();
-        fs::create_dir_all(dir)
-            .map_err(|e| Error::Config(format!("{url}: cannot create the lock directory: {e}")))?;
+        fs::create_dir_all(dir).map_err(|e| Error::Config(format!("{url}: cannot create the lock directory: {e}")))?;
         let _guard = store.lock_dir()?;
         let probe = dir.join(format!(".probe-{:016x}", rand::random::<u64>()));
         let first = OpenOptions::new().write(true).create_new(true).open(&probe);
@@ -51,9 +47,7 @@ impl FileStore {
         let _ = fs::remove_file(&probe);
         match (first, second) {
             (Ok(_), Err(e)) if e.kind() == ErrorKind::AlreadyExists => Ok(store),
-            (Err(e), _) => Err(Error::Config(format!(
-                "{url}: cannot create files in the lock directory: {e}"
-            ))),
+            (Err(e), _) => Err(Error::Config(format!("{url}: cannot create files in the lock directory: {e}"))),
             (Ok(_), _) => Err(Error::Config(format!(
                 "{url}: this filesystem does not honour exclusive create, so it cannot hold a lock; use a local directory"
             ))),
@@ -93,8 +87,7 @@ impl FileStore {
     }
 
     fn load(&self, lock: &str, path: &Path) -> Result<Observed> {
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -114,13 +107,8 @@ impl FileStore {
 
     /// Writes `record` in place of the lock's file; returns the bytes written (its new version).
     fn replace(&self, lock: &str, path: &Path, record: &Record) -> Result<Vec<u8>> {
-        let tmp = self.dir.join(format!(
-            ".{}.{:016x}.tmp",
-            encode_name(lock),
-            rand::random::<u64>()
-        ));
-        let body = serde_json::to_vec_pretty(record)
-            .map_err(|e| Error::other("cannot encode the lock record", e))?;
+        let tmp = self.dir.join(format!(".{}.{:016x}.tmp", encode_name(lock), rand::random::<u64>()));
+        let body = serde_json::to_vec_pretty(record).map_err(|e| Error::other("cannot encode the lock record", e))?;
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(&body)?;
@@ -139,9 +127,7 @@ impl FileStore {
 /// Parses a stored JSON record. Shared with the S3 store, which stores the same bytes.
 pub(crate) fn parse_bytes(lock: &str, bytes: Vec<u8>) -> Observed {
     let state = if bytes.len() as u64 > MAX_RECORD_BYTES {
-        State::Corrupt(format!(
-            "the record is larger than {MAX_RECORD_BYTES} bytes"
-        ))
+        State::Corrupt(format!("the record is larger than {MAX_RECORD_BYTES} bytes"))
     } else {
         match serde_json::from_slice::<Record>(&bytes) {
             Ok(mut r) => match r.validate(lock) {
@@ -163,10 +149,7 @@ pub(crate) fn parse_bytes(lock: &str, bytes: Vec<u8>) -> Observed {
 /// The fence of a record we cannot parse, when its JSON still carries one.
 pub(crate) fn salvage_fence(version: &Version) -> Option<u64> {
     match &version.0 {
-        VersionKind::Bytes(b) => serde_json::from_slice::<serde_json::Value>(b)
-            .ok()?
-            .get("Fence")?
-            .as_u64(),
+        VersionKind::Bytes(b) => serde_json::from_slice::<serde_json::Value>(b).ok()?.get("Fence")?.as_u64(),
         _ => None,
     }
 }
@@ -203,9 +186,7 @@ impl Store for FileStore {
         let path = self.path(w.lock);
         let _guard = self.lock_dir()?;
         let current = self.load(w.lock, &path)?;
-        let unchanged = w
-            .base
-            .is_none_or(|b| same_version(&b.version, &current.version));
+        let unchanged = w.base.is_none_or(|b| same_version(&b.version, &current.version));
         if !unchanged || !w.admits(&current.state) {
             return Ok(Written::Conflict(current));
         }
@@ -264,10 +245,7 @@ impl Store for FileStore {
         let mut checks = vec![Check::new(
             "directory",
             Outcome::Pass,
-            format!(
-                "{} is writable; exclusive create and flock work",
-                self.dir.display()
-            ),
+            format!("{} is writable; exclusive create and flock work", self.dir.display()),
         )];
         let lock = format!("pipeline-lock-doctor-{:016x}", rand::random::<u64>());
         let change = crate::record::Change {
@@ -299,16 +277,10 @@ impl Store for FileStore {
             })
             .await;
         checks.push(match (first, second) {
-            (Ok(Written::Done(_)), Ok(Written::Conflict(_))) => Check::new(
-                "conditional writes",
-                Outcome::Pass,
-                "a write based on a stale read is refused",
-            ),
-            other => Check::new(
-                "conditional writes",
-                Outcome::Fail,
-                format!("unexpected answers {other:?}"),
-            ),
+            (Ok(Written::Done(_)), Ok(Written::Conflict(_))) => {
+                Check::new("conditional writes", Outcome::Pass, "a write based on a stale read is refused")
+            }
+            other => Check::new("conditional writes", Outcome::Fail, format!("unexpected answers {other:?}")),
         });
         let _ = fs::remove_file(self.path(&lock));
         checks

@@ -98,9 +98,7 @@ impl Expect {
             (Expect::Vacant, State::Valid(r)) => r.is_free(),
             (Expect::Owner(o), State::Valid(r)) => r.owner.as_deref() == Some(o.as_str()),
             (Expect::Token(t), State::Valid(r)) => r.token.as_deref() == Some(t.as_str()),
-            (Expect::TokenRvn { token, rvn }, State::Valid(r)) => {
-                r.token.as_deref() == Some(token.as_str()) && &r.rvn == rvn
-            }
+            (Expect::TokenRvn { token, rvn }, State::Valid(r)) => r.token.as_deref() == Some(token.as_str()) && &r.rvn == rvn,
             _ => false,
         }
     }
@@ -247,12 +245,8 @@ pub async fn open(url: &StoreUrl, aws_opts: &aws::AwsOptions) -> Result<Arc<dyn 
         return broken::open(mode, url, aws_opts).await;
     }
     Ok(match url {
-        StoreUrl::DynamoDb { table } => {
-            Arc::new(dynamo::DynamoStore::connect(table, aws_opts).await?)
-        }
+        StoreUrl::DynamoDb { table } => Arc::new(dynamo::DynamoStore::connect(table, aws_opts).await?),
         StoreUrl::File { dir } => Arc::new(file::FileStore::open(dir)?),
-        StoreUrl::S3 { bucket, prefix } => {
-            Arc::new(s3::S3Store::connect(bucket, prefix, aws_opts).await?)
-        }
+        StoreUrl::S3 { bucket, prefix } => Arc::new(s3::S3Store::connect(bucket, prefix, aws_opts).await?),
     })
 }

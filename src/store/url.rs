@@ -68,8 +68,7 @@ impl StoreUrl {
 
     /// A DynamoDB store, checking the table name as DynamoDB would.
     pub fn dynamodb(table: &str) -> Result<StoreUrl> {
-        let ok = (3..=255).contains(&table.len())
-            && table.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        let ok = (3..=255).contains(&table.len()) && table.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         if !ok {
             return Err(Error::Usage(format!(
                 "invalid DynamoDB table name {table:?}: 3 to 255 characters of a-z, A-Z, 0-9, '_', '-', '.'"
@@ -83,8 +82,7 @@ impl StoreUrl {
         if bucket.is_empty() {
             return Err(Error::Usage("s3:// store without a bucket: use s3://BUCKET/PREFIX or --bucket".into()));
         }
-        let ok = (3..=63).contains(&bucket.len())
-            && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c));
+        let ok = (3..=63).contains(&bucket.len()) && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c));
         if !ok {
             return Err(Error::Usage(format!(
                 "invalid S3 bucket name {bucket:?}: 3 to 63 characters of a-z, 0-9, '.', '-'"
@@ -92,11 +90,12 @@ impl StoreUrl {
         }
         let prefix = prefix.trim_matches('/');
         if prefix.split('/').any(|s| s == ".." || s == ".") || prefix.contains("//") {
-            return Err(Error::Usage(format!(
-                "invalid S3 prefix {prefix:?}: no '.', '..' or empty segments"
-            )));
+            return Err(Error::Usage(format!("invalid S3 prefix {prefix:?}: no '.', '..' or empty segments")));
         }
-        Ok(StoreUrl::S3 { bucket: bucket.to_string(), prefix: prefix.to_string() })
+        Ok(StoreUrl::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        })
     }
 }
 
@@ -141,7 +140,10 @@ mod tests {
         assert_eq!(StoreUrl::parse("dynamodb://locks").unwrap(), StoreUrl::DynamoDb { table: "locks".into() });
         assert_eq!(
             StoreUrl::parse("s3://my-bucket/ci/locks/").unwrap(),
-            StoreUrl::S3 { bucket: "my-bucket".into(), prefix: "ci/locks".into() }
+            StoreUrl::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "ci/locks".into()
+            }
         );
         assert_eq!(StoreUrl::parse("s3://my-bucket").unwrap().to_string(), "s3://my-bucket");
         assert_eq!(StoreUrl::parse("file:///tmp/x").unwrap(), StoreUrl::File { dir: "/tmp/x".into() });
@@ -149,7 +151,17 @@ mod tests {
 
     #[test]
     fn refuses_bad_urls() {
-        for bad in ["locks", "dynamodb://", "dynamodb://a b", "s3://", "s3:///prefix", "s3://b/../x", "s3://Bad", "file://rel", "ftp://x"] {
+        for bad in [
+            "locks",
+            "dynamodb://",
+            "dynamodb://a b",
+            "s3://",
+            "s3:///prefix",
+            "s3://b/../x",
+            "s3://Bad",
+            "file://rel",
+            "ftp://x",
+        ] {
             assert!(matches!(StoreUrl::parse(bad), Err(Error::Usage(_))), "{bad} accepted");
         }
     }

@@ -108,8 +108,12 @@ fn intervals(events: &[Event]) -> Vec<Interval> {
 pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
     let ivs = intervals(events);
     r.stats.insert("holders", ivs.len() as u64);
-    r.stats.insert("writes accepted", events.iter().filter(|e| e.kind == "write" && e.ok).count() as u64);
-    r.stats.insert("writes rejected (stale fence)", events.iter().filter(|e| e.kind == "write" && !e.ok).count() as u64);
+    r.stats
+        .insert("writes accepted", events.iter().filter(|e| e.kind == "write" && e.ok).count() as u64);
+    r.stats.insert(
+        "writes rejected (stale fence)",
+        events.iter().filter(|e| e.kind == "write" && !e.ok).count() as u64,
+    );
 
     // 1. Mutual exclusion: overlapping holders only where the stale one's writes were fenced off.
     let mut fenced_overlaps = 0;
@@ -172,7 +176,10 @@ pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
     }
     if !by_cause.is_empty() {
         let list: Vec<String> = by_cause.iter().map(|(c, n)| format!("{c} {n}")).collect();
-        r.notes.push(format!("holders overrun by a newer one, by the fault noted last before: {}", list.join(", ")));
+        r.notes.push(format!(
+            "holders overrun by a newer one, by the fault noted last before: {}",
+            list.join(", ")
+        ));
     }
 
     // 2. Fences: unique per epoch, increasing in begin order unless fenced off, and the
@@ -183,7 +190,11 @@ pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
     }
     for ((epoch, fence), owners) in &owners_of {
         if owners.len() > 1 {
-            r.violations.push(format!("fence {fence} (epoch {epoch}) was granted to {} holders: {}", owners.len(), owners.join(", ")));
+            r.violations.push(format!(
+                "fence {fence} (epoch {epoch}) was granted to {} holders: {}",
+                owners.len(),
+                owners.join(", ")
+            ));
         }
     }
     let mut top: HashMap<u64, (u64, &str)> = HashMap::new();
@@ -196,7 +207,10 @@ pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
                     iv.owner, iv.fence, entry.1, entry.0
                 ));
             } else {
-                r.notes.push(format!("{} began with fence {} after {} had {}: a stale holder, fenced off", iv.owner, iv.fence, entry.1, entry.0));
+                r.notes.push(format!(
+                    "{} began with fence {} after {} had {}: a stale holder, fenced off",
+                    iv.owner, iv.fence, entry.1, entry.0
+                ));
             }
         } else {
             *entry = (iv.fence, &iv.owner);
@@ -205,14 +219,23 @@ pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
     let mut last_key = (0, 0);
     for e in events.iter().filter(|e| e.kind == "write" && e.ok) {
         if (e.epoch, e.fence) < last_key {
-            r.violations.push(format!("accepted write #{} by {} has fence {} below an earlier accepted {}", e.seq, e.owner, e.fence, last_key.1));
+            r.violations.push(format!(
+                "accepted write #{} by {} has fence {} below an earlier accepted {}",
+                e.seq, e.owner, e.fence, last_key.1
+            ));
         }
         last_key = last_key.max((e.epoch, e.fence));
     }
     for e in events.iter().filter(|e| e.kind == "epoch") {
-        r.notes.push(format!("event {}: {}; fences restart in epoch {} (the store kept nothing, as expected)", e.seq, e.text, e.epoch));
+        r.notes.push(format!(
+            "event {}: {}; fences restart in epoch {} (the store kept nothing, as expected)",
+            e.seq, e.text, e.epoch
+        ));
     }
-    r.stats.insert("store restarts (fence epochs)", events.iter().filter(|e| e.kind == "epoch").count() as u64);
+    r.stats.insert(
+        "store restarts (fence epochs)",
+        events.iter().filter(|e| e.kind == "epoch").count() as u64,
+    );
 
     // 3. The counter: every accepted write added exactly one.
     let mut counter = 0;
@@ -221,7 +244,10 @@ pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
         if e.value != counter + 1 {
             lost += 1;
             if lost <= 5 {
-                r.violations.push(format!("lost update: {} wrote {} over counter {} (event {})", e.owner, e.value, counter, e.seq));
+                r.violations.push(format!(
+                    "lost update: {} wrote {} over counter {} (event {})",
+                    e.owner, e.value, counter, e.seq
+                ));
             }
         }
         counter = e.value;
@@ -235,7 +261,8 @@ pub fn check(input: &Input) -> Report {
     let events = &input.events;
     let accepted = r.stats["writes accepted"];
     if input.counter != accepted {
-        r.violations.push(format!("final counter {} != {} accepted increments", input.counter, accepted));
+        r.violations
+            .push(format!("final counter {} != {} accepted increments", input.counter, accepted));
     }
 
     // 4. Every contender finished its iterations.
@@ -245,7 +272,8 @@ pub fn check(input: &Input) -> Report {
             r.violations.push(format!(
                 "contender c{i} did not finish: {done} of {} iterations{}",
                 input.min_iterations,
-                last.map(|x| format!("; its last run {} ended {:?}/{:?}: {}", x.owner, x.code, x.signal, x.stderr)).unwrap_or_default()
+                last.map(|x| format!("; its last run {} ended {:?}/{:?}: {}", x.owner, x.code, x.signal, x.stderr))
+                    .unwrap_or_default()
             ));
         }
     }
@@ -272,7 +300,9 @@ pub fn check(input: &Input) -> Report {
     match (input.final_state.as_str(), &input.final_owner) {
         ("free" | "absent", _) => {}
         ("held", Some(o)) if input.alive.contains(o) => {}
-        (state, owner) => r.violations.push(format!("at the end the lock is {state} by {owner:?}, which is not a live process")),
+        (state, owner) => r
+            .violations
+            .push(format!("at the end the lock is {state} by {owner:?}, which is not a live process")),
     }
 
     // 7. Exit codes: the documented ones, and a panic is always a bug.
@@ -294,14 +324,16 @@ pub fn check(input: &Input) -> Report {
             _ => false,
         };
         if !ok || x.panicked {
-            r.violations.push(format!("{} ended {:?}/{:?} unexpectedly: {}", x.owner, x.code, x.signal, x.stderr));
+            r.violations
+                .push(format!("{} ended {:?}/{:?} unexpectedly: {}", x.owner, x.code, x.signal, x.stderr));
         }
     }
     for (k, n) in by_code {
         r.notes.push(format!("runs that ended with {k}: {n}"));
     }
     r.stats.insert("runs", input.exits.len() as u64);
-    r.stats.insert("iterations", input.exits.iter().filter(|x| x.code == Some(0)).count() as u64);
+    r.stats
+        .insert("iterations", input.exits.iter().filter(|x| x.code == Some(0)).count() as u64);
     r
 }
 
@@ -310,7 +342,17 @@ mod tests {
     use super::*;
 
     fn ev(seq: u64, kind: &str, owner: &str, fence: u64, value: u64, ok: bool) -> Event {
-        Event { seq, t: seq * 10, kind: kind.into(), owner: owner.into(), fence, epoch: 0, value, ok, text: String::new() }
+        Event {
+            seq,
+            t: seq * 10,
+            kind: kind.into(),
+            owner: owner.into(),
+            fence,
+            epoch: 0,
+            value,
+            ok,
+            text: String::new(),
+        }
     }
 
     /// A clean history of `n` holders one after another.
@@ -325,7 +367,15 @@ mod tests {
             events.push(ev(s + 3, "end", &o, i + 1, 0, true));
         }
         let exits = (0..n)
-            .map(|i| Exit { owner: format!("c0-r{i}"), start_ms: 0, end_ms: 1, code: Some(0), signal: None, panicked: false, stderr: String::new() })
+            .map(|i| Exit {
+                owner: format!("c0-r{i}"),
+                start_ms: 0,
+                end_ms: 1,
+                code: Some(0),
+                signal: None,
+                panicked: false,
+                stderr: String::new(),
+            })
             .collect();
         Input {
             events,
@@ -412,7 +462,17 @@ mod tests {
         }
         i.events.insert(
             4,
-            Event { seq: 4, t: 40, kind: "epoch".into(), owner: String::new(), fence: 0, epoch: 1, value: 0, ok: true, text: "restarted".into() },
+            Event {
+                seq: 4,
+                t: 40,
+                kind: "epoch".into(),
+                owner: String::new(),
+                fence: 0,
+                epoch: 1,
+                value: 0,
+                ok: true,
+                text: "restarted".into(),
+            },
         );
         let r = check(&i);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
@@ -444,7 +504,13 @@ mod tests {
         i.exits[1].code = None;
         i.exits[1].signal = Some(9);
         let all = check(&i).violations.join("\n");
-        for needle in ["ms later", "did not finish", "not a live process", "c0-r0 ended Some(1)", "c0-r1 ended None/Some(9)"] {
+        for needle in [
+            "ms later",
+            "did not finish",
+            "not a live process",
+            "c0-r0 ended Some(1)",
+            "c0-r1 ended None/Some(9)",
+        ] {
             assert!(all.contains(needle), "{needle}: {all}");
         }
     }

@@ -63,7 +63,10 @@ impl Config {
 
 /// `PIPELINE_LOCK_SAFETY_SEED` replays a run's fault schedule; otherwise a fresh seed.
 pub fn seed() -> u64 {
-    std::env::var("PIPELINE_LOCK_SAFETY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u32>) as u64
+    std::env::var("PIPELINE_LOCK_SAFETY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u32>) as u64
 }
 
 pub struct Outcome {
@@ -88,7 +91,10 @@ fn final_status(bin: &Path, server: &Server, store: &str, lock_name: &str) -> (S
     }
     let out = cmd.output().expect("status");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let state = v["state"].as_str().map(str::to_string).unwrap_or_else(|| format!("unreadable ({})", String::from_utf8_lossy(&out.stderr).trim()));
+    let state = v["state"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("unreadable ({})", String::from_utf8_lossy(&out.stderr).trim()));
     (state, v["record"]["Owner"].as_str().map(str::to_string))
 }
 
@@ -200,7 +206,12 @@ pub fn run(cfg: &Config) -> Outcome {
         cfg.retry_ms,
         cfg.broken.map(|b| format!(", NEGATIVE CONTROL {b}")).unwrap_or_default()
     );
-    let _ = writeln!(text, "time: {:.1} s ({:.1} s of faults)", started.elapsed().as_secs_f64(), nemesis_ms as f64 / 1000.0);
+    let _ = writeln!(
+        text,
+        "time: {:.1} s ({:.1} s of faults)",
+        started.elapsed().as_secs_f64(),
+        nemesis_ms as f64 / 1000.0
+    );
     let faults: Vec<String> = log.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(text, "faults: {} ({} in all)", faults.join(", "), log.counts.values().sum::<u32>());
     if let Some(p) = &proxy {

@@ -19,7 +19,10 @@ impl Witness {
             cmd.arg("--unfenced");
         }
         let (child, line) = spawn_helper(&mut cmd);
-        Witness { child, port: line.parse().expect("witness port") }
+        Witness {
+            child,
+            port: line.parse().expect("witness port"),
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -43,7 +46,10 @@ impl Witness {
     /// Owners inside begin..end, newest first, with their client's pid.
     pub fn open(&self) -> Vec<(String, i32)> {
         let line = self.ask("open");
-        line.split_whitespace().skip(1).filter_map(|w| w.rsplit_once(':').map(|(o, p)| (o.to_string(), p.parse().unwrap_or(0)))).collect()
+        line.split_whitespace()
+            .skip(1)
+            .filter_map(|w| w.rsplit_once(':').map(|(o, p)| (o.to_string(), p.parse().unwrap_or(0))))
+            .collect()
     }
 
     pub fn counter(&self) -> u64 {
@@ -51,7 +57,10 @@ impl Witness {
     }
 
     pub fn dump(&self) -> Vec<Event> {
-        self.ask("dump").lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("witness log line {l:?}: {e}"))).collect()
+        self.ask("dump")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("witness log line {l:?}: {e}")))
+            .collect()
     }
 }
 
@@ -72,7 +81,11 @@ impl Proxy {
     pub fn start(upstream: &str) -> Proxy {
         let (child, line) = spawn_helper(Command::new(example("faultproxy")).arg(upstream));
         let mut ports = line.split_whitespace().map(|p| p.parse::<u16>().expect("proxy port"));
-        Proxy { child, port: ports.next().unwrap(), control: ports.next().unwrap() }
+        Proxy {
+            child,
+            port: ports.next().unwrap(),
+            control: ports.next().unwrap(),
+        }
     }
 
     pub fn url(&self) -> String {

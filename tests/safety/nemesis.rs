@@ -57,7 +57,14 @@ impl Fault {
     pub fn all_for(kind: crate::servers::Kind) -> Vec<Fault> {
         let mut v = vec![Fault::PauseHolder, Fault::PauseAll, Fault::KillHolder, Fault::KillAny, Fault::Faketime];
         if kind.networked() {
-            v.extend([Fault::ProxyDelay, Fault::ProxyDropReply, Fault::ProxyFail, Fault::ProxyFailAfter, Fault::ProxyBlackhole, Fault::StoreRestart]);
+            v.extend([
+                Fault::ProxyDelay,
+                Fault::ProxyDropReply,
+                Fault::ProxyFail,
+                Fault::ProxyFailAfter,
+                Fault::ProxyBlackhole,
+                Fault::StoreRestart,
+            ]);
         }
         if kind == crate::servers::Kind::MotoS3 {
             v.push(Fault::ProxyConflict);
@@ -162,7 +169,10 @@ impl Nemesis<'_> {
                 let hold = stale_ms + self.rng.range(500, 1500);
                 let late = self.rng.range(200, 500);
                 let owners: Vec<&str> = all.iter().map(|c| c.owner.as_str()).collect();
-                let who = holder.as_ref().map(|h| format!("; holder {} wakes {late}ms later", h.owner)).unwrap_or_default();
+                let who = holder
+                    .as_ref()
+                    .map(|h| format!("; holder {} wakes {late}ms later", h.owner))
+                    .unwrap_or_default();
                 self.note(fault, format!("{} for {hold}ms{who}", owners.join(",")));
                 for c in &all {
                     signal(-c.pgid, libc::SIGSTOP);
@@ -238,7 +248,10 @@ impl Nemesis<'_> {
                 let Some(proxy) = self.proxy else { return };
                 let p = |rng: &mut Rng, lo: u64, hi: u64| format!("{:.2}", rng.range(lo, hi) as f64 / 100.0);
                 let (mode, window) = match fault {
-                    Fault::ProxyDelay => (format!("delay {} {}", self.rng.range(100, 1200), p(&mut self.rng, 50, 100)), self.rng.range(1000, 2500)),
+                    Fault::ProxyDelay => (
+                        format!("delay {} {}", self.rng.range(100, 1200), p(&mut self.rng, 50, 100)),
+                        self.rng.range(1000, 2500),
+                    ),
                     Fault::ProxyDropReply => (format!("drop-reply {}", p(&mut self.rng, 20, 60)), self.rng.range(1000, 2500)),
                     Fault::ProxyFail => (format!("fail {}", p(&mut self.rng, 30, 70)), self.rng.range(1000, 2500)),
                     Fault::ProxyFailAfter => (format!("fail-after {}", p(&mut self.rng, 20, 60)), self.rng.range(1000, 2500)),
@@ -246,7 +259,11 @@ impl Nemesis<'_> {
                     _ => {
                         // A full partition, or one that catches some requests only (then a
                         // holder's renewal can hang while takers get through).
-                        let share = if self.rng.range(0, 1) == 0 { "1.0".to_string() } else { p(&mut self.rng, 30, 60) };
+                        let share = if self.rng.range(0, 1) == 0 {
+                            "1.0".to_string()
+                        } else {
+                            p(&mut self.rng, 30, 60)
+                        };
                         (format!("blackhole {share}"), self.rng.range(1000, 3000))
                     }
                 };
@@ -264,9 +281,12 @@ impl Nemesis<'_> {
                 self.sleep_ms(200, 1000);
                 self.server.start_again();
                 proxy.command(&format!("upstream {}", self.server.addr()));
-                self.witness.epoch(&format!("{} restarted empty: fences restart", self.server.kind.name()));
+                self.witness
+                    .epoch(&format!("{} restarted empty: fences restart", self.server.kind.name()));
                 let to = self.now_ms();
-                self.log.lines.push(format!("t={to:>6}ms store back after {}ms; fences restart", to - from));
+                self.log
+                    .lines
+                    .push(format!("t={to:>6}ms store back after {}ms; fences restart", to - from));
                 self.log.restarts.push((from, to));
             }
         }

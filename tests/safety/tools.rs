@@ -55,7 +55,11 @@ pub fn pinned_binary(dir: &Path, switch: bool) -> PathBuf {
     if std::fs::hard_link(bin, &pinned).is_err() {
         std::fs::copy(bin, &pinned).expect("copy the binary under test");
     }
-    assert!(!switch || has_switch(&pinned), "{} has no negative-control switch even after a test build", bin.display());
+    assert!(
+        !switch || has_switch(&pinned),
+        "{} has no negative-control switch even after a test build",
+        bin.display()
+    );
     pinned
 }
 
@@ -68,7 +72,9 @@ pub fn free_port() -> u16 {
 pub fn spawn_helper(cmd: &mut Command) -> (Child, String) {
     let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn().expect("spawn helper");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("helper's first line");
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("helper's first line");
     assert!(!line.trim().is_empty(), "helper {cmd:?} printed nothing");
     (child, line.trim().to_string())
 }
@@ -116,7 +122,10 @@ pub fn descendants(root: i32) -> Vec<i32> {
                 continue;
             };
             // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
-            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok());
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
             if let Some(ppid) = ppid {
                 parent_of.push((pid, ppid));
             }

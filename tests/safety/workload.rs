@@ -95,7 +95,13 @@ impl Workload {
                 std::thread::spawn(move || contend(id, &inv, iterations, &slots, &records, (&done, &frozen), epoch, deadline, &mut rng))
             })
             .collect();
-        Workload { slots, records, nemesis_done, frozen, threads }
+        Workload {
+            slots,
+            records,
+            nemesis_done,
+            frozen,
+            threads,
+        }
     }
 
     /// Waits for every contender (they stop by themselves at the deadline).
@@ -182,7 +188,10 @@ fn contend(
             Ok(c) => c,
             Err(e) => panic!("cannot start {bin}: {e}"),
         };
-        lock(slots)[id].current = Some(Current { owner: owner.clone(), pgid: child.id() as i32 });
+        lock(slots)[id].current = Some(Current {
+            owner: owner.clone(),
+            pgid: child.id() as i32,
+        });
         let out = child.wait_with_output().expect("wait for pipeline-lock");
         let end = Instant::now();
         let ok = out.status.success();
@@ -194,7 +203,15 @@ fn contend(
             }
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: String = stderr.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = stderr
+            .lines()
+            .rev()
+            .take(6)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         lock(records).push(RunRecord {
             slot: id,
             owner,

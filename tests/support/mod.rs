@@ -57,8 +57,20 @@ pub fn ensure_table(endpoint: &str, table: &str) {
         client
             .create_table()
             .table_name(table)
-            .attribute_definitions(AttributeDefinition::builder().attribute_name("LockID").attribute_type(ScalarAttributeType::S).build().unwrap())
-            .key_schema(KeySchemaElement::builder().attribute_name("LockID").key_type(KeyType::Hash).build().unwrap())
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("LockID")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("LockID")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
             .billing_mode(BillingMode::PayPerRequest)
             .send(),
     );
@@ -66,7 +78,11 @@ pub fn ensure_table(endpoint: &str, table: &str) {
         let code = e.as_service_error().map(|s| s.is_resource_in_use_exception());
         assert_eq!(code, Some(true), "create table {table}: {e:?}");
     } else {
-        let ttl = TimeToLiveSpecification::builder().enabled(true).attribute_name("ExpiresAt").build().unwrap();
+        let ttl = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name("ExpiresAt")
+            .build()
+            .unwrap();
         let _ = runtime().block_on(client.update_time_to_live().table_name(table).time_to_live_specification(ttl).send());
     }
 }
@@ -75,7 +91,9 @@ pub fn ensure_table(endpoint: &str, table: &str) {
 pub fn ensure_bucket(endpoint: &str, bucket: &str) {
     let client = s3_client(endpoint);
     if let Err(e) = runtime().block_on(client.create_bucket().bucket(bucket).send()) {
-        let ok = e.as_service_error().map(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
+        let ok = e
+            .as_service_error()
+            .map(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
         assert_eq!(ok, Some(true), "create bucket {bucket}: {e:?}");
     }
 }
@@ -100,17 +118,39 @@ impl Env {
             Backend::File => {
                 let dir = std::env::temp_dir().join(format!("pipeline-lock-tests/{test}"));
                 std::fs::create_dir_all(&dir).unwrap();
-                Env { backend, store: format!("file://{}", dir.display()), endpoint: None, dir: Some(dir), test }
+                Env {
+                    backend,
+                    store: format!("file://{}", dir.display()),
+                    endpoint: None,
+                    dir: Some(dir),
+                    test,
+                }
             }
             Backend::DynamoLocal | Backend::MotoDynamo => {
-                let endpoint = server(if backend == Backend::DynamoLocal { "PIPELINE_LOCK_TEST_DYNAMODB" } else { "PIPELINE_LOCK_TEST_MOTO" });
+                let endpoint = server(if backend == Backend::DynamoLocal {
+                    "PIPELINE_LOCK_TEST_DYNAMODB"
+                } else {
+                    "PIPELINE_LOCK_TEST_MOTO"
+                });
                 ensure_table(&endpoint, TABLE);
-                Env { backend, store: format!("dynamodb://{TABLE}"), endpoint: Some(endpoint), dir: None, test }
+                Env {
+                    backend,
+                    store: format!("dynamodb://{TABLE}"),
+                    endpoint: Some(endpoint),
+                    dir: None,
+                    test,
+                }
             }
             Backend::MotoS3 => {
                 let endpoint = server("PIPELINE_LOCK_TEST_MOTO");
                 ensure_bucket(&endpoint, BUCKET);
-                Env { backend, store: format!("s3://{BUCKET}/{test}"), endpoint: Some(endpoint), dir: None, test }
+                Env {
+                    backend,
+                    store: format!("s3://{BUCKET}/{test}"),
+                    endpoint: Some(endpoint),
+                    dir: None,
+                    test,
+                }
             }
         }
     }
@@ -140,7 +180,9 @@ impl Env {
         c.env_clear();
         c.env("PATH", std::env::var("PATH").unwrap_or_default());
         c.env("HOME", std::env::temp_dir());
-        c.env("AWS_ACCESS_KEY_ID", "test").env("AWS_SECRET_ACCESS_KEY", "test").env("AWS_REGION", "us-east-1");
+        c.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1");
         c.env("AWS_EC2_METADATA_DISABLED", "true");
         c.env("PIPELINE_LOCK_STORE", &self.store);
         if let Some(e) = &self.endpoint {
