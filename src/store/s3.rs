@@ -5,6 +5,7 @@
 //! random `Rvn`, so two different writes never share a body, and so never an ETag.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -15,10 +16,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::aws::{self, AwsOptions, Failure, Meter};
 use super::file::{MAX_RECORD_BYTES, parse_bytes, salvage_fence};
-use super::{
-    Check, Expect, Observed, State, Store, Version, VersionKind, WaiterUpdate, Write, Written,
-    decode_name, encode_name,
-};
+use super::{Check, Expect, Observed, State, Store, Version, VersionKind, WaiterUpdate, Write, Written, decode_name, encode_name};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::{Change, Record};
@@ -40,6 +38,8 @@ pub struct S3Store {
     prefix: String,
     region: String,
     meter: Meter,
+    /// Did the last waiter update meet a concurrent write? See `update_waiters`.
+    waiter_contention: Arc<AtomicBool>,
 }
 
 /// What an S3 error answer means for us, decided once from its HTTP status and error code.
@@ -65,9 +65,7 @@ pub(crate) fn classify(status: u16, code: &str) -> Answer {
         "NoSuchBucket" => return Answer::NoBucket,
         // S3 answers 301 (PermanentRedirect) or 400 (AuthorizationHeaderMalformed: "the region
         // 'x' is wrong; expecting 'y'") to requests signed for the wrong region.
-        "PermanentRedirect"
-        | "AuthorizationHeaderMalformed"
-        | "IllegalLocationConstraintException" => return Answer::WrongRegion,
+        "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException" => return Answer::WrongRegion,
         "PreconditionFailed" => return Answer::Changed,
         // S3 answers 409 when two conditional writes to one key overlap; it is not "held".
         "ConditionalRequestConflict" | "OperationAborted" => return Answer::Concurrent,
@@ -92,19 +90,13 @@ pub(crate) fn object_key(prefix: &str, lock: &str) -> String {
 
 /// The key prefix that every lock object of this store starts with.
 pub(crate) fn list_prefix(prefix: &str) -> String {
-    if prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{prefix}/")
-    }
+    if prefix.is_empty() { String::new() } else { format!("{prefix}/") }
 }
 
 /// The lock name of a listed key, `None` for keys that are not lock objects of this prefix
 /// (deeper prefixes, doctor scratch objects, foreign files).
 pub(crate) fn lock_name(prefix: &str, key: &str) -> Option<String> {
-    let encoded = key
-        .strip_prefix(&list_prefix(prefix))?
-        .strip_suffix(SUFFIX)?;
+    let encoded = key.strip_prefix(&list_prefix(prefix))?.strip_suffix(SUFFIX)?;
     if encoded.is_empty() || encoded.starts_with(DOCTOR_SCRATCH) || encoded.contains('/') {
         return None;
     }
@@ -120,22 +112,12 @@ impl S3Store {
         let super::StoreUrl::S3 { bucket, prefix } = url else {
             return Err(Error::Usage(format!("{url} is not an S3 store URL")));
         };
-        Ok(Self::from_config(
-            &bucket,
-            &prefix,
-            &config,
-            opts.force_path_style,
-        ))
+        Ok(Self::from_config(&bucket, &prefix, &config, opts.force_path_style))
     }
 
     /// A store on an AWS configuration the caller built. `bucket` and `prefix` must already
     /// be valid (see [`super::StoreUrl::s3`]).
-    pub fn from_config(
-        bucket: &str,
-        prefix: &str,
-        config: &aws_config::SdkConfig,
-        force_path_style: bool,
-    ) -> S3Store {
+    pub fn from_config(bucket: &str, prefix: &str, config: &aws_config::SdkConfig, force_path_style: bool) -> S3Store {
         let meter = Meter::default();
         let conf = aws_sdk_s3::config::Builder::from(config)
             .interceptor(meter.clone())
@@ -148,6 +130,7 @@ impl S3Store {
             prefix: prefix.trim_matches('/').to_string(),
             region,
             meter,
+            waiter_contention: Arc::default(),
         }
     }
 
@@ -156,47 +139,23 @@ impl S3Store {
     }
 
     /// Maps an SDK failure of the IAM action `action` (`s3:GetObject`), bucket cases first.
-    pub(super) fn error<E>(
-        &self,
-        err: &SdkError<E, HttpResponse>,
-        action: &str,
-        what: &str,
-    ) -> Error
+    pub(super) fn error<E>(&self, err: &SdkError<E, HttpResponse>, action: &str, what: &str) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let bucket_region = match err {
-            SdkError::ServiceError(se) => se
-                .raw()
-                .headers()
-                .get("x-amz-bucket-region")
-                .map(str::to_string),
+            SdkError::ServiceError(se) => se.raw().headers().get("x-amz-bucket-region").map(str::to_string),
             _ => None,
         };
         self.map_failure(aws::failure(err), bucket_region, action, what)
     }
 
-    pub(super) fn map_failure(
-        &self,
-        failure: Failure,
-        bucket_region: Option<String>,
-        action: &str,
-        what: &str,
-    ) -> Error {
+    pub(super) fn map_failure(&self, failure: Failure, bucket_region: Option<String>, action: &str, what: &str) -> Error {
         let store = self.url();
-        if let Failure::Service {
-            code,
-            status,
-            message,
-        } = &failure
-        {
+        if let Failure::Service { code, status, message } = &failure {
             match classify(*status, code) {
                 Answer::NoBucket => {
-                    let at = if what.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (at {what})")
-                    };
+                    let at = if what.is_empty() { String::new() } else { format!(" (at {what})") };
                     return Error::Config(format!(
                         "{store}: bucket {b:?} does not exist{at}. Create it with the Terraform module in terraform/ \
                          (create_bucket = true, bucket_name = \"{b}\"), or check the bucket name and --endpoint-url",
@@ -224,21 +183,11 @@ impl S3Store {
     /// The object's ETag and body (at most `MAX_RECORD_BYTES + 1` bytes), `None` when absent.
     async fn fetch(&self, lock: &str) -> Result<Option<(Option<String>, Vec<u8>)>> {
         let key = self.key(lock);
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
+        let out = match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
             Ok(out) => out,
             Err(e) => {
                 if let SdkError::ServiceError(se) = &e
-                    && classify(
-                        se.raw().status().as_u16(),
-                        se.err().code().unwrap_or_default(),
-                    ) == Answer::Gone
+                    && classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()) == Answer::Gone
                 {
                     return Ok(None);
                 }
@@ -253,10 +202,7 @@ impl S3Store {
             match body.next().await {
                 Some(Ok(chunk)) => bytes.extend_from_slice(&chunk),
                 Some(Err(e)) => {
-                    return Err(Error::unavailable(
-                        format!("{}: reading {key} was cut off", self.url()),
-                        e,
-                    ));
+                    return Err(Error::unavailable(format!("{}: reading {key} was cut off", self.url()), e));
                 }
                 None => break,
             }
@@ -273,9 +219,7 @@ impl S3Store {
             },
             Some((etag, bytes)) => {
                 let state = parse_bytes(lock, bytes).state;
-                let version = etag
-                    .map(|e| Version(VersionKind::Etag(e)))
-                    .unwrap_or_default();
+                let version = etag.map(|e| Version(VersionKind::Etag(e))).unwrap_or_default();
                 Observed { state, version }
             }
         }
@@ -305,11 +249,7 @@ impl S3Store {
                     return Ok(Err(Written::Conflict(Self::observed(w.lock, fetched))));
                 }
                 let bytes = fetched.map(|f| f.1).unwrap_or_default();
-                super::salvage(
-                    w.lock,
-                    salvage_fence(&Version(VersionKind::Bytes(Arc::new(bytes)))),
-                    w.change,
-                )
+                super::salvage(w.lock, salvage_fence(&Version(VersionKind::Bytes(Arc::new(bytes)))), w.change)
             }
             (Expect::Exact, _) => super::salvage(w.lock, None, w.change),
             _ => Record::vacant(w.lock).apply(w.change),
@@ -357,8 +297,7 @@ impl Store for S3Store {
             Err(conflict) => return Ok(conflict),
         };
         let key = self.key(w.lock);
-        let body = serde_json::to_vec_pretty(&next)
-            .map_err(|e| Error::other("cannot encode the lock record", e))?;
+        let body = serde_json::to_vec_pretty(&next).map_err(|e| Error::other("cannot encode the lock record", e))?;
         let req = self
             .client
             .put_object()
@@ -380,10 +319,7 @@ impl Store for S3Store {
             Ok(_) => Ok(Written::Done(next)),
             Err(e) => {
                 let answer = match &e {
-                    SdkError::ServiceError(se) => classify(
-                        se.raw().status().as_u16(),
-                        se.err().code().unwrap_or_default(),
-                    ),
+                    SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()),
                     _ => Answer::Other,
                 };
                 match answer {
@@ -403,24 +339,28 @@ impl Store for S3Store {
 
     async fn update_waiters(&self, u: WaiterUpdate<'_>) -> Result<Option<Observed>> {
         let key = self.key(u.lock);
-        let mut fresh = match u.base {
+        // The base is the waiter's last poll, up to a retry interval old. Writing over it
+        // replaces this round's poll when nobody else wrote since; in a busy queue (our last
+        // update met a concurrent write) it is likely stale, and a fresh read first costs one
+        // request where a refused write costs two.
+        let busy = self.waiter_contention.load(Ordering::Relaxed);
+        let mut fresh = match u.base.filter(|_| !busy) {
             Some(b) => b.clone(),
             None => self.read(u.lock, true).await?,
         };
+        self.waiter_contention.store(false, Ordering::Relaxed);
         // Waiters race each other (and the holder) for the one object: each refusal means the
         // record changed, so rewrite over what is there now. A few rounds, then let the next
         // poll try again; bookkeeping is never worth an error.
         for _ in 0..WAITER_ROUNDS {
-            let (State::Valid(record), VersionKind::Etag(etag)) = (&fresh.state, &fresh.version.0)
-            else {
+            let (State::Valid(record), VersionKind::Etag(etag)) = (&fresh.state, &fresh.version.0) else {
                 return Ok(Some(fresh));
             };
             let next = record.with_waiters(u.set, u.remove, u.prune_before);
             if next.waiters == record.waiters {
                 return Ok(Some(fresh));
             }
-            let body = serde_json::to_vec_pretty(&next)
-                .map_err(|e| Error::other("cannot encode the lock record", e))?;
+            let body = serde_json::to_vec_pretty(&next).map_err(|e| Error::other("cannot encode the lock record", e))?;
             let req = self
                 .client
                 .put_object()
@@ -441,14 +381,12 @@ impl Store for S3Store {
                 }
                 Err(e) => {
                     let answer = match &e {
-                        SdkError::ServiceError(se) => classify(
-                            se.raw().status().as_u16(),
-                            se.err().code().unwrap_or_default(),
-                        ),
+                        SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()),
                         _ => Answer::Other,
                     };
                     match answer {
                         Answer::Changed | Answer::Concurrent | Answer::Gone => {
+                            self.waiter_contention.store(true, Ordering::Relaxed);
                             fresh = self.read(u.lock, true).await?
                         }
                         _ => return Err(self.error(&e, "s3:PutObject", &key)),
@@ -462,20 +400,10 @@ impl Store for S3Store {
     async fn list(&self) -> Result<Vec<(String, Observed)>> {
         let prefix = list_prefix(&self.prefix);
         let mut names = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&prefix)
-            .into_paginator()
-            .send();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&prefix).into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.error(&e, "s3:ListBucket", &prefix))?;
-            names.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| lock_name(&self.prefix, o.key()?)),
-            );
+            names.extend(page.contents().iter().filter_map(|o| lock_name(&self.prefix, o.key()?)));
         }
         let mut out = Vec::with_capacity(names.len());
         for name in names {
@@ -528,18 +456,12 @@ mod tests {
     #[test]
     fn listed_keys_map_back_to_lock_names() {
         for name in ["deploy", "group/project", "deploy prod", "ünï"] {
-            assert_eq!(
-                lock_name("ci", &object_key("ci", name)).as_deref(),
-                Some(name)
-            );
+            assert_eq!(lock_name("ci", &object_key("ci", name)).as_deref(), Some(name));
             assert_eq!(lock_name("", &object_key("", name)).as_deref(), Some(name));
         }
         assert_eq!(lock_name("ci", "ci/sub/deploy.lock"), None);
         assert_eq!(lock_name("ci", "ci/.pipeline-lock-doctor-00ff.lock"), None);
-        assert_eq!(
-            lock_name("", &object_key("", "../x")).as_deref(),
-            Some("../x")
-        );
+        assert_eq!(lock_name("", &object_key("", "../x")).as_deref(), Some("../x"));
         assert_eq!(lock_name("ci", "ci/notes.txt"), None);
         assert_eq!(lock_name("ci", "other/deploy.lock"), None);
         assert_eq!(lock_name("", "ci/deploy.lock"), None);
@@ -548,17 +470,11 @@ mod tests {
     #[test]
     fn answers_are_normalised_once() {
         assert_eq!(classify(412, "PreconditionFailed"), Answer::Changed);
-        assert_eq!(
-            classify(409, "ConditionalRequestConflict"),
-            Answer::Concurrent
-        );
+        assert_eq!(classify(409, "ConditionalRequestConflict"), Answer::Concurrent);
         assert_eq!(classify(404, "NoSuchKey"), Answer::Gone);
         assert_eq!(classify(404, "NoSuchBucket"), Answer::NoBucket);
         assert_eq!(classify(301, "PermanentRedirect"), Answer::WrongRegion);
-        assert_eq!(
-            classify(400, "AuthorizationHeaderMalformed"),
-            Answer::WrongRegion
-        );
+        assert_eq!(classify(400, "AuthorizationHeaderMalformed"), Answer::WrongRegion);
         assert_eq!(classify(301, "Unknown"), Answer::WrongRegion);
         assert_eq!(classify(404, "Unknown"), Answer::Gone);
         assert_eq!(classify(403, "AccessDenied"), Answer::Other);
