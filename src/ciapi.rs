@@ -275,13 +275,7 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ci::{Scope, detect};
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        move |k| map.get(k).cloned()
-    }
+    use crate::ci::{Scope, detect, test_env as env};
 
     const GITLAB: &[(&str, &str)] = &[
         ("GITLAB_CI", "true"),

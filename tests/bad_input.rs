@@ -107,7 +107,7 @@ fn flag_cases() -> Vec<Case> {
             let mut without = case(format!("{c}: --prefix without --bucket, {place} the command"), &args, 2, "--bucket");
             without.no_store_env = true;
             v.push(without);
-            let mut with_store = case(
+            let with_store = case(
                 format!("{c}: --prefix with PIPELINE_LOCK_STORE, {place} the command"),
                 &args,
                 2,

@@ -112,7 +112,7 @@ fn sigterm_reaches_the_child_and_frees_the_lock(b: Backend) {
 fn a_paused_holder_loses_its_lease(b: Backend) {
     let e = Env::new(b, "run-sigstop");
     let lock = e.lock("l");
-    let mut holder = e
+    let holder = e
         .cmd()
         .args(["--owner", "holder", "--lock", &lock])
         .args(run_args(&["--ttl", "2s", "--kill-grace", "1s"], &["sleep", "60"]))

@@ -115,6 +115,18 @@ impl S3Store {
         Ok(Self::from_config(&bucket, &prefix, &config, opts.force_path_style))
     }
 
+    /// An unconditioned PutObject of `record` at `key`; callers add If-Match / If-None-Match.
+    fn put_request(&self, key: &str, record: &Record) -> Result<aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder> {
+        let body = serde_json::to_vec_pretty(record).map_err(|e| Error::other("cannot encode the lock record", e))?;
+        Ok(self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body)))
+    }
+
     /// A store on an AWS configuration the caller built. `bucket` and `prefix` must already
     /// be valid (see [`super::StoreUrl::s3`]).
     pub fn from_config(bucket: &str, prefix: &str, config: &aws_config::SdkConfig, force_path_style: bool) -> S3Store {
@@ -297,14 +309,7 @@ impl Store for S3Store {
             Err(conflict) => return Ok(conflict),
         };
         let key = self.key(w.lock);
-        let body = serde_json::to_vec_pretty(&next).map_err(|e| Error::other("cannot encode the lock record", e))?;
-        let req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
+        let req = self.put_request(&key, &next)?;
         let req = match (&base.state, &base.version.0) {
             (State::Absent, _) => req.if_none_match("*"),
             (_, VersionKind::Etag(etag)) => req.if_match(etag),
@@ -360,14 +365,7 @@ impl Store for S3Store {
             if next.waiters == record.waiters {
                 return Ok(Some(fresh));
             }
-            let body = serde_json::to_vec_pretty(&next).map_err(|e| Error::other("cannot encode the lock record", e))?;
-            let req = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .content_type("application/json")
-                .body(ByteStream::from(body));
+            let req = self.put_request(&key, &next)?;
             match req.if_match(etag).send().await {
                 Ok(out) => {
                     // Without the new ETag the record cannot be a base for the next write: read.
