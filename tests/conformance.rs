@@ -288,15 +288,33 @@ fn skewed_clocks(b: Backend) {
         .unwrap();
     assert_code(&slow_grant, 0);
     assert_code(&e.run("bob", &lock2, &["acquire", "--no-wait"]), 73);
-    thread::sleep(Duration::from_millis(4500));
+    // Alice's 2 s lease has ended by now. The slow runner waits (a busy single-threaded store
+    // answers late, which widens its clock estimate and so its margin) but must get the lock
+    // within seconds; by its own clock the lease would last ten more minutes.
+    thread::sleep(Duration::from_millis(2500));
     let slow = e
         .cmd_with(Some("-10m"))
-        .args(["--owner", "slow", "--lock", &lock, "acquire", "--no-wait", "--output", "json"])
+        .args([
+            "--owner",
+            "slow",
+            "--lock",
+            &lock,
+            "acquire",
+            "--wait",
+            "60s", /* exit 75 if it trusted its own clock */
+            "--retry-interval",
+            "300ms",
+            "--output",
+            "json",
+        ])
         .output()
         .unwrap();
     assert_code(&slow, 0);
     let g: serde_json::Value = serde_json::from_slice(&slow.stdout).unwrap();
     assert_eq!(fence(&g), fence(&a) + 1);
+    // By the store clock, not by watching the record go unrenewed (which needs no clock and
+    // would let it in a few seconds later).
+    assert_eq!(g["how"]["why"], "the lease ended", "{g}");
 }
 
 on_every_store!(
