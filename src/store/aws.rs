@@ -52,6 +52,9 @@ pub async fn load(opts: &AwsOptions, store: &str) -> Result<SdkConfig> {
     }
     if let Some(url) = &opts.endpoint_url {
         loader = loader.endpoint_url(url);
+        if url.starts_with("http://") {
+            loader = loader.http_client(plain_http_client());
+        }
     }
     let resolve = async {
         let config = loader.load().await;
@@ -73,6 +76,18 @@ pub async fn load(opts: &AwsOptions, store: &str) -> Result<SdkConfig> {
             "the credential chain did not answer within 2 s (no instance metadata service?)",
         ))
     })
+}
+
+/// The client for a plain-HTTP endpoint (a local server): the default client's TLS set-up
+/// reads and parses every certificate of the system trust store, a third of a short
+/// command's run time, for connections that never use TLS.
+fn plain_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
+    let builder = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+    match TlsContext::builder().with_trust_store(TrustStore::empty()).build() {
+        Ok(context) => builder.tls_context(context).build_https(),
+        Err(_) => builder.build_https(),
+    }
 }
 
 fn no_credentials(store: &str, why: &str) -> Error {
