@@ -98,7 +98,8 @@ impl DynamoStore {
             };
         };
         let version = Version(VersionKind::Item(Arc::new(item.clone())));
-        let state = match serde_dynamo::from_item::<_, Record>(item.clone()) {
+        let whole = serde_dynamo::AttributeValue::M(serde_dynamo::Item::from(item.clone()).into());
+        let state = match serde_path_to_error::deserialize::<_, Record>(serde_dynamo::Deserializer::from_attribute_value(whole)) {
             Ok(mut record) => match record.validate(lock) {
                 Ok(()) => {
                     record.fill_history_fences();
@@ -106,7 +107,7 @@ impl DynamoStore {
                 }
                 Err(why) => State::Corrupt(why),
             },
-            Err(e) => State::Corrupt(e.to_string()),
+            Err(e) => State::Corrupt(super::at_path(&e)),
         };
         Observed { state, version }
     }
@@ -274,9 +275,13 @@ fn condition_for(expect: &Expect, blind: bool, values: &mut Item) -> Option<Stri
         Expect::Vacant if blind => {
             s(":tn", "N");
             s(":ts", "S");
+            s(":tl", "L");
             values.insert(":zero".into(), AttributeValue::N("0".into()));
-            // A blind grant must not jump a queue it never saw (see `Write::admits`).
-            "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND attribute_type(#r, :ts) \
+            // Nothing was read, so the condition also checks what a read would have: a Fence
+            // that is not negative and a History that is a list. A blind grant must not jump a
+            // queue it never saw either (see `Write::admits`).
+            "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND #f >= :zero \
+             AND attribute_type(#r, :ts) AND (attribute_not_exists(#hi) OR attribute_type(#hi, :tl)) \
              AND (attribute_not_exists(#ws) OR size(#ws) = :zero))"
                 .into()
         }

@@ -129,7 +129,7 @@ pub(crate) fn parse_bytes(lock: &str, bytes: Vec<u8>) -> Observed {
     let state = if bytes.len() as u64 > MAX_RECORD_BYTES {
         State::Corrupt(format!("the record is larger than {MAX_RECORD_BYTES} bytes"))
     } else {
-        match serde_json::from_slice::<Record>(&bytes) {
+        match serde_path_to_error::deserialize::<_, Record>(&mut serde_json::Deserializer::from_slice(&bytes)) {
             Ok(mut r) => match r.validate(lock) {
                 Ok(()) => {
                     r.fill_history_fences();
@@ -137,7 +137,7 @@ pub(crate) fn parse_bytes(lock: &str, bytes: Vec<u8>) -> Observed {
                 }
                 Err(why) => State::Corrupt(why),
             },
-            Err(e) => State::Corrupt(format!("not a lock record: {e}")),
+            Err(e) => State::Corrupt(format!("not a lock record: {}", super::at_path(&e))),
         }
     };
     Observed {

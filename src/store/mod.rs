@@ -250,3 +250,11 @@ pub async fn open(url: &StoreUrl, aws_opts: &aws::AwsOptions) -> Result<Arc<dyn 
         StoreUrl::S3 { bucket, prefix } => Arc::new(s3::S3Store::connect(bucket, prefix, aws_opts).await?),
     })
 }
+
+/// A parse error that names the attribute it is about (`History[2].At: invalid type ...`).
+pub(crate) fn at_path<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+    match e.path().to_string() {
+        p if p == "." => e.inner().to_string(),
+        p => format!("{p}: {}", e.inner()),
+    }
+}
