@@ -135,7 +135,18 @@ impl Heartbeat {
                 return;
             }
             let sent = Instant::now();
-            match self.locker.renew(&self.lock, &self.who, Some(self.ttl), self.retention, false).await {
+            // A renewal may wait for its request timeout (seconds); the lease does not. An
+            // answer after the lease's end on our clock is no use: by then a taker may rightly
+            // hold the lock, so the command must be stopped now.
+            let deadline = valid_until.checked_sub(self.margin).unwrap_or(valid_until);
+            let renewal = tokio::select! {
+                r = self.locker.renew(&self.lock, &self.who, Some(self.ttl), self.retention, false) => r,
+                _ = tokio::time::sleep_until(valid_until) => Err(Error::Unavailable {
+                    message: "no answer to the renewal".into(),
+                    source: None,
+                }),
+            };
+            match renewal {
                 Ok(_) => {
                     valid_until = sent + self.ttl;
                     next = sent + self.every;
@@ -145,7 +156,6 @@ impl Heartbeat {
                     return;
                 }
                 Err(e) => {
-                    let deadline = valid_until.checked_sub(self.margin).unwrap_or(valid_until);
                     if Instant::now() >= deadline {
                         let _ = state.send(LeaseState::Unknown(format!(
                             "could not renew lock {:?} in {} before its lease ended: {}",

@@ -108,3 +108,42 @@ fn negative_control_moto_dynamodb() {
 fn negative_control_moto_s3() {
     negative_control(Kind::MotoS3);
 }
+
+/// A holder cut off from its store (its renewals never answered) stops its command by the
+/// lease's end on its own clock, not after the request timeouts (5 s an attempt), and says
+/// the lock may be someone else's now.
+#[test]
+fn a_holder_cut_off_from_its_store_stops_by_its_lease_end() {
+    use std::process::Stdio;
+    use std::time::Instant;
+    let e = support::Env::new(support::Backend::DynamoLocal, "cut-off");
+    let lock = e.lock("l");
+    let upstream = e.endpoint.clone().expect("DynamoDB Local endpoint");
+    let proxy = helpers::Proxy::start(upstream.trim_start_matches("http://"));
+    let holder = e
+        .cmd()
+        .env("PIPELINE_LOCK_ENDPOINT_URL", proxy.url())
+        .args(["--owner", "holder", "--lock", &lock, "run", "--ttl", "2s", "--heartbeat", "500ms"])
+        .args(["--kill-grace", "1s", "--", "sleep", "60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while e.record(&lock).get("Owner").is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no grant within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let one renewal through, then answer nothing more.
+    std::thread::sleep(Duration::from_millis(700));
+    proxy.command("set blackhole 1");
+    let cut = Instant::now();
+    let out = holder.wait_with_output().unwrap();
+    let took = cut.elapsed();
+    proxy.command("set pass");
+    support::assert_code(&out, 76);
+    let err = support::stderr(&out);
+    assert!(err.contains("could not renew") && err.contains("someone else's"), "{err}");
+    // The last renewal answered was sent at most 2 s lease before the cut; stopping `sleep`
+    // takes a moment. The request timeouts alone would take 5 s.
+    assert!(took < Duration::from_millis(3500), "stopped {took:?} after the cut:\n{err}");
+}
