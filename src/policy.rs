@@ -94,15 +94,16 @@ impl Judge<'_> {
         if record.lease_expires_at.is_some_and(|end| now > end) {
             return Some(Takeover::LeaseEnded);
         }
-        if let (Some(fa), Some(acquired)) = (self.force_after, record.acquired_at) {
-            if now.saturating_sub(acquired) > ms(fa) {
-                return Some(Takeover::ForceAfter);
-            }
+        if let (Some(fa), Some(acquired)) = (self.force_after, record.acquired_at)
+            && now.saturating_sub(acquired) > ms(fa)
+        {
+            return Some(Takeover::ForceAfter);
         }
-        if let (Some(lease), Some(w)) = (lease_len(record), self.watch) {
-            if w.rvn == record.rvn && self.mono_now.saturating_duration_since(w.since) > lease + self.margin {
-                return Some(Takeover::Unrenewed);
-            }
+        if let (Some(lease), Some(w)) = (lease_len(record), self.watch)
+            && w.rvn == record.rvn
+            && self.mono_now.saturating_duration_since(w.since) > lease + self.margin
+        {
+            return Some(Takeover::Unrenewed);
         }
         self.pipeline_ended.map(|status| Takeover::PipelineEnded(status.to_string()))
     }

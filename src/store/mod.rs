@@ -25,6 +25,8 @@ pub use url::{StoreUrl, decode_name, encode_name};
 
 /// What a read found.
 #[derive(Debug, Clone)]
+// A handful live per command, passed by value through matches; a Box would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum State {
     /// No record: the lock was never taken (or its record was garbage-collected).
     Absent,
