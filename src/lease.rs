@@ -113,6 +113,9 @@ impl Locker {
     }
 }
 
+/// How long a renewal sent after the lease's end may take to answer.
+const LATE_ANSWER: Duration = Duration::from_secs(1);
+
 struct Heartbeat {
     locker: Locker,
     lock: String,
@@ -137,11 +140,14 @@ impl Heartbeat {
             let sent = Instant::now();
             // A renewal may wait for its request timeout (seconds); the lease does not. An
             // answer after the lease's end on our clock is no use: by then a taker may rightly
-            // hold the lock, so the command must be stopped now.
+            // hold the lock, so the command must be stopped. A renewal sent already late (this
+            // process was paused) gets a moment to say whether the lock is still ours.
             let deadline = valid_until.checked_sub(self.margin).unwrap_or(valid_until);
+            let cutoff = valid_until.max(sent + self.every.min(LATE_ANSWER));
             let renewal = tokio::select! {
+                biased;
                 r = self.locker.renew(&self.lock, &self.who, Some(self.ttl), self.retention, false) => r,
-                _ = tokio::time::sleep_until(valid_until) => Err(Error::Unavailable {
+                _ = tokio::time::sleep_until(cutoff) => Err(Error::Unavailable {
                     message: "no answer to the renewal".into(),
                     source: None,
                 }),
