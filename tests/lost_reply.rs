@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
-use pipeline_lock::clock::StoreClock;
-use pipeline_lock::store::{self, Check, Observed, Store, StoreUrl, Write, Written};
+use pipeline_lock::store::{self, Hooked, Store, StoreUrl, Write, WriteHook, Written};
 use pipeline_lock::{AcquireOptions, Error, Holding, Locker, ReleaseOptions, Released, Result, ci};
 use support::{Backend, Env};
 
@@ -21,19 +20,11 @@ struct DropReplies {
 }
 
 #[async_trait]
-impl Store for DropReplies {
-    fn url(&self) -> String {
-        self.inner.url()
+impl WriteHook for DropReplies {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
     }
-    fn clock(&self) -> &StoreClock {
-        self.inner.clock()
-    }
-    fn requests(&self) -> u64 {
-        self.inner.requests()
-    }
-    async fn read(&self, lock: &str, consistent: bool) -> Result<Observed> {
-        self.inner.read(lock, consistent).await
-    }
+
     async fn write(&self, w: Write<'_>) -> Result<Written> {
         let result = self.inner.write(w).await;
         if self.drop.load(Ordering::SeqCst) > 0 {
@@ -45,12 +36,14 @@ impl Store for DropReplies {
         }
         result
     }
-    async fn list(&self) -> Result<Vec<(String, Observed)>> {
-        self.inner.list().await
-    }
-    async fn doctor(&self) -> Vec<Check> {
-        self.inner.doctor().await
-    }
+}
+
+/// `inner`, with the replies of its first `drop` writes lost.
+fn drop_replies(inner: Arc<dyn Store>, drop: u32) -> Locker {
+    Locker::new(Arc::new(Hooked(DropReplies {
+        inner,
+        drop: AtomicU32::new(drop),
+    })))
 }
 
 async fn locker(e: &Env, drop: u32) -> Locker {
@@ -66,10 +59,7 @@ async fn locker(e: &Env, drop: u32) -> Locker {
         Backend::MotoS3 => Arc::new(support_s3(e, &aws).await),
         _ => Arc::new(support_dynamo(e, &aws).await),
     };
-    Locker::new(Arc::new(DropReplies {
-        inner,
-        drop: AtomicU32::new(drop),
-    }))
+    drop_replies(inner, drop)
 }
 
 async fn support_s3(e: &Env, aws: &store::aws::AwsOptions) -> store::s3::S3Store {
@@ -111,10 +101,7 @@ async fn lost_release_reply_still_releases(e: Env) {
     let locker = locker(&e, 0).await;
     let lock = e.lock("l");
     let grant = locker.acquire(&lock, &me("alice"), &AcquireOptions::default()).await.unwrap();
-    let flaky = Locker::new(Arc::new(DropReplies {
-        inner: locker.store().clone(),
-        drop: AtomicU32::new(1),
-    }));
+    let flaky = drop_replies(locker.store().clone(), 1);
     let who = Holding {
         owner: "alice".into(),
         token: None,
@@ -128,10 +115,7 @@ async fn lost_renew_reply_is_not_a_lost_lease(e: Env) {
     let locker = locker(&e, 0).await;
     let lock = e.lock("l");
     let grant = locker.acquire(&lock, &me("alice"), &AcquireOptions::default()).await.unwrap();
-    let flaky = Locker::new(Arc::new(DropReplies {
-        inner: locker.store().clone(),
-        drop: AtomicU32::new(1),
-    }));
+    let flaky = drop_replies(locker.store().clone(), 1);
     let who = Holding {
         owner: "alice".into(),
         token: Some(grant.token.clone()),

@@ -9,18 +9,9 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use support::{Backend, Env, assert_code, stderr};
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        sleep(Duration::from_millis(100));
-    }
-}
+use support::{Backend, Env, assert_code, stderr, wait_until};
 
 fn spawn(e: &Env, owner: &str, lock: &str, args: &[&str]) -> Child {
     e.cmd()

@@ -21,8 +21,7 @@ use async_trait::async_trait;
 use super::dynamo::DynamoStore;
 use super::file::FileStore;
 use super::s3::S3Store;
-use super::{Check, Expect, Observed, State, Store, StoreUrl, WaiterUpdate, Write, Written, aws, encode_name};
-use crate::clock::StoreClock;
+use super::{Expect, Hooked, State, Store, StoreUrl, Write, WriteHook, Written, aws, encode_name};
 use crate::error::{Error, Result};
 use crate::record::Record;
 
@@ -79,7 +78,7 @@ pub async fn open(mode: Mode, url: &StoreUrl, aws_opts: &aws::AwsOptions) -> Res
         }
         StoreUrl::File { dir } => (Arc::new(FileStore::open(dir)?), Raw::File(dir.clone())),
     };
-    Ok(Arc::new(Broken { inner, raw }))
+    Ok(Arc::new(Hooked(Broken { inner, raw })))
 }
 
 impl Broken {
@@ -132,21 +131,9 @@ impl Broken {
 }
 
 #[async_trait]
-impl Store for Broken {
-    fn url(&self) -> String {
-        self.inner.url()
-    }
-
-    fn clock(&self) -> &StoreClock {
-        self.inner.clock()
-    }
-
-    fn requests(&self) -> u64 {
-        self.inner.requests()
-    }
-
-    async fn read(&self, lock: &str, consistent: bool) -> Result<Observed> {
-        self.inner.read(lock, consistent).await
+impl WriteHook for Broken {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
     }
 
     async fn write(&self, w: Write<'_>) -> Result<Written> {
@@ -173,17 +160,5 @@ impl Store for Broken {
         );
         self.overwrite(w.lock, &next).await?;
         Ok(Written::Done(next))
-    }
-
-    async fn update_waiters(&self, update: WaiterUpdate<'_>) -> Result<Option<Observed>> {
-        self.inner.update_waiters(update).await
-    }
-
-    async fn list(&self) -> Result<Vec<(String, Observed)>> {
-        self.inner.list().await
-    }
-
-    async fn doctor(&self) -> Vec<Check> {
-        self.inner.doctor().await
     }
 }

@@ -197,6 +197,56 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn doctor(&self) -> Vec<Check>;
 }
 
+/// A store's writes, intercepted; [`Hooked`] forwards the rest of [`Store`] to
+/// [`WriteHook::inner`]. For test doubles: the negative control, injected lost replies.
+#[async_trait]
+pub trait WriteHook: Send + Sync + std::fmt::Debug {
+    /// The store everything but the write goes to.
+    fn inner(&self) -> &dyn Store;
+
+    /// The write, the hook's way.
+    async fn write(&self, write: Write<'_>) -> Result<Written>;
+}
+
+/// The store `H::inner()` with its writes going through `H`.
+#[derive(Debug)]
+pub struct Hooked<H>(pub H);
+
+#[async_trait]
+impl<H: WriteHook> Store for Hooked<H> {
+    fn url(&self) -> String {
+        self.0.inner().url()
+    }
+
+    fn clock(&self) -> &StoreClock {
+        self.0.inner().clock()
+    }
+
+    fn requests(&self) -> u64 {
+        self.0.inner().requests()
+    }
+
+    async fn read(&self, lock: &str, consistent: bool) -> Result<Observed> {
+        self.0.inner().read(lock, consistent).await
+    }
+
+    async fn write(&self, write: Write<'_>) -> Result<Written> {
+        self.0.write(write).await
+    }
+
+    async fn update_waiters(&self, update: WaiterUpdate<'_>) -> Result<Option<Observed>> {
+        self.0.inner().update_waiters(update).await
+    }
+
+    async fn list(&self) -> Result<Vec<(String, Observed)>> {
+        self.0.inner().list().await
+    }
+
+    async fn doctor(&self) -> Vec<Check> {
+        self.0.inner().doctor().await
+    }
+}
+
 /// One `doctor` line.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Check {

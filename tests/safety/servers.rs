@@ -62,10 +62,6 @@ fn ddb_dir() -> PathBuf {
     })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
 impl Server {
     pub fn start(kind: Kind, dir: &Path) -> Server {
         let mut s = Server {
@@ -133,55 +129,12 @@ impl Server {
     /// Creates the table or bucket, retrying while the server warms up.
     fn prepare(&self) {
         let endpoint = self.endpoint().unwrap();
-        let rt = runtime();
-        // Clients are built outside our runtime: support builds them on its own.
-        let (s3, ddb) = match self.kind {
-            Kind::MotoS3 => (Some(support::s3_client(&endpoint)), None),
-            _ => (None, Some(support::dynamo_client(&endpoint))),
-        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let result: Result<(), String> = rt.block_on(async {
-                match self.kind {
-                    Kind::MotoS3 => {
-                        let c = s3.as_ref().unwrap();
-                        match c.create_bucket().bucket(BUCKET).send().await {
-                            Ok(_) => Ok(()),
-                            Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => Ok(()),
-                            Err(e) => Err(format!("{e:?}")),
-                        }
-                    }
-                    _ => {
-                        use aws_sdk_dynamodb::types::*;
-                        let c = ddb.as_ref().unwrap();
-                        let r = c
-                            .create_table()
-                            .table_name(TABLE)
-                            .attribute_definitions(
-                                AttributeDefinition::builder()
-                                    .attribute_name("LockID")
-                                    .attribute_type(ScalarAttributeType::S)
-                                    .build()
-                                    .unwrap(),
-                            )
-                            .key_schema(
-                                KeySchemaElement::builder()
-                                    .attribute_name("LockID")
-                                    .key_type(KeyType::Hash)
-                                    .build()
-                                    .unwrap(),
-                            )
-                            .billing_mode(BillingMode::PayPerRequest)
-                            .send()
-                            .await;
-                        match r {
-                            Ok(_) => Ok(()),
-                            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => Ok(()),
-                            Err(e) => Err(format!("{e:?}")),
-                        }
-                    }
-                }
-            });
+            let result = match self.kind {
+                Kind::MotoS3 => support::try_create_bucket(&endpoint, BUCKET),
+                _ => support::try_create_table(&endpoint, TABLE),
+            };
             match result {
                 Ok(()) => return,
                 Err(e) if Instant::now() > deadline => {

@@ -49,8 +49,9 @@ pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-/// Creates the test table (idempotent: every test process may try).
-pub fn ensure_table(endpoint: &str, table: &str) {
+/// Creates `table` with the tool's key schema and TTL; an existing one is fine (every test
+/// process may try). Errors are returned, for callers that wait for a server to warm up.
+pub fn try_create_table(endpoint: &str, table: &str) -> Result<(), String> {
     use aws_sdk_dynamodb::types::*;
     let client = dynamo_client(endpoint);
     let result = runtime().block_on(
@@ -74,28 +75,52 @@ pub fn ensure_table(endpoint: &str, table: &str) {
             .billing_mode(BillingMode::PayPerRequest)
             .send(),
     );
-    if let Err(e) = result {
-        let code = e.as_service_error().map(|s| s.is_resource_in_use_exception());
-        assert_eq!(code, Some(true), "create table {table}: {e:?}");
-    } else {
-        let ttl = TimeToLiveSpecification::builder()
-            .enabled(true)
-            .attribute_name("ExpiresAt")
-            .build()
-            .unwrap();
-        let _ = runtime().block_on(client.update_time_to_live().table_name(table).time_to_live_specification(ttl).send());
+    match result {
+        Ok(_) => {
+            let ttl = TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name("ExpiresAt")
+                .build()
+                .unwrap();
+            let _ = runtime().block_on(client.update_time_to_live().table_name(table).time_to_live_specification(ttl).send());
+            Ok(())
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => Ok(()),
+        Err(e) => Err(format!("create table {table}: {e:?}")),
     }
+}
+
+/// Creates `bucket`; an existing one is fine.
+pub fn try_create_bucket(endpoint: &str, bucket: &str) -> Result<(), String> {
+    match runtime().block_on(s3_client(endpoint).create_bucket().bucket(bucket).send()) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(format!("create bucket {bucket}: {e:?}")),
+    }
+}
+
+/// Polls `check` every 100 ms until it holds; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Creates the test table (idempotent).
+pub fn ensure_table(endpoint: &str, table: &str) {
+    try_create_table(endpoint, table).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Creates the test bucket (idempotent).
 pub fn ensure_bucket(endpoint: &str, bucket: &str) {
-    let client = s3_client(endpoint);
-    if let Err(e) = runtime().block_on(client.create_bucket().bucket(bucket).send()) {
-        let ok = e
-            .as_service_error()
-            .map(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
-        assert_eq!(ok, Some(true), "create bucket {bucket}: {e:?}");
-    }
+    try_create_bucket(endpoint, bucket).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// One test's view of one store.
