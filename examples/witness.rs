@@ -5,10 +5,20 @@
 //!
 //! ```text
 //! witness serve [--unfenced]   print the port, then serve on 127.0.0.1
-//! witness client ADDR          the guarded command (run by `pipeline-lock run`): begin, read the
-//!                              counter, sleep 10-50 ms, write counter+1 with its fence, end.
-//!                              Exit 0, or 10 when the witness rejected the write (stale fence).
+//! witness client ADDR [OPTIONS] the guarded command (run by `pipeline-lock run`, or by a CI job
+//!                              after `acquire`): begin, read the counter, sleep 10-50 ms, write
+//!                              counter+1 with its fence, end. Exit 0, or 10 when the witness
+//!                              rejected a write (stale fence).
 //! ```
+//!
+//! Client options, for the CI-shaped scenarios (`tests/safety/pipelines.rs`):
+//! - `--as NAME`: the name the witness knows this holder by (default `PIPELINE_LOCK_OWNER`).
+//!   Two processes that share an owner string (jobs of one pipeline) are two holders to the
+//!   witness; the lock owner goes into the `begin` event's text.
+//! - `--writes N`: N read-increment-write rounds in one begin..end (a long stage); every one is
+//!   sent, rejected or not, so a stale holder that carries on shows in the log.
+//! - `--gap MS`: the pause between read and write (default 10-50 ms at random).
+//! - `--trap-term`: ignore SIGTERM and keep writing (a deploy script that traps TERM).
 //!
 //! Protocol, one line per request and one per answer:
 //! `begin OWNER FENCE PID`, `read OWNER`, `write OWNER FENCE VALUE` (`ok` or `rejected`),
@@ -32,7 +42,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve") => serve(!args.iter().any(|a| a == "--unfenced")),
-        Some("client") => std::process::exit(client(args.get(2).expect("witness client ADDR"))),
+        Some("client") => std::process::exit(client(args.get(2).expect("witness client ADDR"), &ClientOptions::parse(&args[3..]))),
         _ => {
             eprintln!("usage: witness serve [--unfenced] | witness client ADDR");
             std::process::exit(2);
@@ -95,6 +105,8 @@ impl State {
                 let (Some(fence), pid) = (num(2), num(3).unwrap_or(0)) else {
                     return "error fence\n".into();
                 };
+                // `begin NAME FENCE PID LOCK_OWNER`: the lock owner, when it is not the name.
+                let text = words.get(4).copied().unwrap_or("");
                 let epoch = self.epoch;
                 let began = self.log.len() as u64;
                 self.owners.insert(
@@ -108,7 +120,7 @@ impl State {
                     },
                 );
                 self.see((epoch, fence));
-                self.log("begin", owner, (fence, epoch), pid, true, "");
+                self.log("begin", owner, (fence, epoch), pid, true, text);
                 "ok\n".into()
             }
             (Some("read"), Some(owner)) => {
@@ -210,9 +222,46 @@ fn serve(fenced: bool) {
     });
 }
 
-fn client(addr: &str) -> i32 {
-    let owner = std::env::var("PIPELINE_LOCK_OWNER").unwrap_or_default();
+/// What one client does (see the options in the module's doc).
+#[derive(Debug, Default)]
+struct ClientOptions {
+    name: Option<String>,
+    writes: u32,
+    gap_ms: Option<u64>,
+    trap_term: bool,
+}
+
+impl ClientOptions {
+    fn parse(args: &[String]) -> ClientOptions {
+        let mut o = ClientOptions {
+            writes: 1,
+            ..ClientOptions::default()
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || it.next().unwrap_or_else(|| panic!("witness client: {a} needs a value")).clone();
+            match a.as_str() {
+                "--as" => o.name = Some(value()),
+                "--writes" => o.writes = value().parse().expect("--writes N"),
+                "--gap" => o.gap_ms = Some(value().parse().expect("--gap MS")),
+                "--trap-term" => o.trap_term = true,
+                other => panic!("witness client: unknown option {other}"),
+            }
+        }
+        o
+    }
+}
+
+fn client(addr: &str, opts: &ClientOptions) -> i32 {
+    let lock_owner = std::env::var("PIPELINE_LOCK_OWNER").unwrap_or_default();
+    let owner = opts.name.clone().unwrap_or_else(|| lock_owner.clone());
     let fence = std::env::var("PIPELINE_LOCK_FENCE").unwrap_or_default();
+    if opts.trap_term {
+        // SAFETY: setting a signal's disposition to SIG_IGN touches no memory of ours.
+        unsafe {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        }
+    }
     let run = || -> std::io::Result<bool> {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -224,12 +273,16 @@ fn client(addr: &str) -> i32 {
             r.read_line(&mut reply)?;
             Ok(reply.trim().to_string())
         };
-        ask(format!("begin {owner} {fence} {}\n", std::process::id()))?;
-        let value: u64 = ask(format!("read {owner}\n"))?.trim_start_matches("value ").parse().unwrap_or(0);
-        std::thread::sleep(Duration::from_millis(10 + rand::random::<u64>() % 41));
-        let accepted = ask(format!("write {owner} {fence} {}\n", value + 1))? == "ok";
+        let extra = if opts.name.is_some() { format!(" {lock_owner}") } else { String::new() };
+        ask(format!("begin {owner} {fence} {}{extra}\n", std::process::id()))?;
+        let mut all_accepted = true;
+        for _ in 0..opts.writes.max(1) {
+            let value: u64 = ask(format!("read {owner}\n"))?.trim_start_matches("value ").parse().unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(opts.gap_ms.unwrap_or_else(|| 10 + rand::random::<u64>() % 41)));
+            all_accepted &= ask(format!("write {owner} {fence} {}\n", value + 1))? == "ok";
+        }
         ask(format!("end {owner}\n"))?;
-        Ok(accepted)
+        Ok(all_accepted)
     };
     match run() {
         Ok(true) => 0,
