@@ -66,20 +66,22 @@ pub struct Report {
     pub stats: BTreeMap<&'static str, u64>,
 }
 
+/// One holder's time inside, as the witness saw it: from its first event to its last.
 #[derive(Debug, Clone)]
-struct Interval {
-    owner: String,
-    epoch: u64,
-    fence: u64,
-    begin: u64,
+pub struct Interval {
+    pub owner: String,
+    pub epoch: u64,
+    pub fence: u64,
+    pub begin: u64,
     /// Its `end`, or its last event when it never ended (killed, or stopped on lease loss).
-    close: u64,
-    ended: bool,
+    pub close: u64,
+    pub ended: bool,
     /// (seq, accepted) of its writes.
-    writes: Vec<(u64, bool)>,
+    pub writes: Vec<(u64, bool)>,
 }
 
-fn intervals(events: &[Event]) -> Vec<Interval> {
+/// The holders in the order they began.
+pub fn intervals(events: &[Event]) -> Vec<Interval> {
     let mut by_owner: HashMap<&str, Interval> = HashMap::new();
     for e in events.iter().filter(|e| !e.owner.is_empty()) {
         let iv = by_owner.entry(&e.owner).or_insert_with(|| Interval {
