@@ -17,12 +17,16 @@ mod support;
 
 #[path = "safety/checker.rs"]
 mod checker;
+#[path = "safety/ci_checker.rs"]
+mod ci_checker;
 #[path = "safety/harness.rs"]
 mod harness;
 #[path = "safety/helpers.rs"]
 mod helpers;
 #[path = "safety/nemesis.rs"]
 mod nemesis;
+#[path = "safety/pipelines.rs"]
+mod pipelines;
 #[path = "safety/servers.rs"]
 mod servers;
 #[path = "safety/tools.rs"]
@@ -65,6 +69,56 @@ fn negative_control(kind: Kind) {
         "the checker passed a lock whose takeovers are unconditional; it proves nothing:\n{}",
         outcome.text
     );
+}
+
+/// The CI-shaped scenarios (`safety/pipelines.rs`), all at once, each on its own lock.
+fn safe_in_ci_pipelines(kind: Kind) {
+    let outcome = pipelines::run(kind, None, pipelines::ALL);
+    let violations = outcome.violations();
+    assert!(violations.is_empty(), "the checker found violations:\n{}", outcome.text);
+}
+
+/// The old owner rule (`run` takes PIPELINE_LOCK_OWNER from the inherited dotenv and
+/// re-enters a grant of the same owner): the parallel jobs of one pipeline share one grant,
+/// and the checker must say so.
+fn negative_control_ci(kind: Kind) {
+    let outcome = pipelines::run(kind, Some("old-owner-rule"), &[("parallel-jobs", pipelines::parallel_jobs)]);
+    let safety = ["same fence", "granted to", "held the lock at once", "lost update"];
+    assert!(
+        outcome.violations().iter().any(|v| safety.iter().any(|s| v.contains(s))),
+        "the checker passed parallel jobs that share their pipeline's owner; it proves nothing:\n{}",
+        outcome.text
+    );
+}
+
+#[test]
+fn file_is_safe_in_ci_pipelines() {
+    safe_in_ci_pipelines(Kind::File);
+}
+
+#[test]
+fn dynamodb_local_is_safe_in_ci_pipelines() {
+    safe_in_ci_pipelines(Kind::DynamoLocal);
+}
+
+#[test]
+fn moto_dynamodb_is_safe_in_ci_pipelines() {
+    safe_in_ci_pipelines(Kind::MotoDynamo);
+}
+
+#[test]
+fn moto_s3_is_safe_in_ci_pipelines() {
+    safe_in_ci_pipelines(Kind::MotoS3);
+}
+
+#[test]
+fn negative_control_ci_file() {
+    negative_control_ci(Kind::File);
+}
+
+#[test]
+fn negative_control_ci_dynamodb_local() {
+    negative_control_ci(Kind::DynamoLocal);
 }
 
 #[test]
