@@ -90,7 +90,8 @@ pub fn check(s: &Scenario) -> Report {
             lost.insert(&stale.owner);
             if !may_lose(&stale.owner) {
                 let how = if actor(&stale.owner).is_some_and(|x| !x.pipeline) {
-                    "its `run` command went on after the lease it held had ended"
+                    "another was let in while its `run` command was still at work (a `run` stops its command before its lease ends, \
+                     and shares its grant with no other process)"
                 } else {
                     "it kept its lease, yet the lock was given to another"
                 };
@@ -254,7 +255,7 @@ mod tests {
         // A `run` job's command that outlived its lease.
         s.actors[0].pipeline = false;
         let all = check(&s).violations.join("\n");
-        assert!(all.contains("went on after the lease"), "{all}");
+        assert!(all.contains("while its `run` command was still at work"), "{all}");
     }
 
     #[test]
