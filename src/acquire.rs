@@ -59,7 +59,7 @@ fn ms(d: Duration) -> i64 {
 
 /// The entry we would register now: after everyone already queued, so that arrival order
 /// survives store-clock estimates that differ between runners by a second.
-fn would_be(owner: &str, holder: &Holder, record: Option<&Record>, now: i64) -> Waiter {
+fn would_be(owner: &str, holder: &Holder, record: Option<&Record>, now: i64, window: Duration) -> Waiter {
     let after = record.and_then(|r| r.waiters.values().map(|w| w.enqueued_at.saturating_add(1)).max());
     Waiter {
         owner: owner.to_string(),
@@ -67,8 +67,38 @@ fn would_be(owner: &str, holder: &Holder, record: Option<&Record>, now: i64) -> 
         seen_at: now,
         ordinal: holder.ordinal,
         url: holder.url.clone(),
+        window: Some(ms(window)),
     }
 }
+
+/// Sleeps `d`, or less if a signal arrives: its number.
+async fn sleep_or_signal(d: Duration, cancel: &mut Option<tokio::sync::watch::Receiver<Option<i32>>>) -> Option<i32> {
+    let Some(rx) = cancel.as_mut() else {
+        tokio::time::sleep(d).await;
+        return None;
+    };
+    if let Some(sig) = *rx.borrow_and_update() {
+        return Some(sig);
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => None,
+        changed = rx.changed() => match changed {
+            Ok(()) => *rx.borrow(),
+            // The sender is gone: no signal can come any more.
+            Err(_) => {
+                *cancel = None;
+                None
+            }
+        },
+    }
+}
+
+fn signalled(cancel: &Option<tokio::sync::watch::Receiver<Option<i32>>>) -> Option<i32> {
+    cancel.as_ref().and_then(|rx| *rx.borrow())
+}
+
+/// A queue write on the way out gets this long: an exit on a signal must not hang on the store.
+const LEAVE_BOUND: Duration = Duration::from_secs(3);
 
 impl Locker {
     fn judge<'a>(&self, opts: &'a AcquireOptions, watch: Option<&'a Watch>, ended: Option<&'a str>, force: bool) -> Judge<'a> {
@@ -96,7 +126,7 @@ impl Locker {
             base,
             set: Some((&place.token, entry)),
             remove: None,
-            prune_before: Some(now.saturating_sub(ms(window))),
+            prune: Some(queue::Prune { now, window }),
         };
         let result = self.store().update_waiters(update).await?;
         // Counts as written only if it landed: one lost to concurrent writes is tried again
@@ -122,10 +152,12 @@ impl Locker {
             base,
             set: None,
             remove: Some(&place.token),
-            prune_before: None,
+            prune: None,
         };
-        if let Err(e) = self.store().update_waiters(update).await {
-            tracing::debug!("leaving the queue of {lock:?} failed ({e}); the entry is pruned after the window");
+        match tokio::time::timeout(LEAVE_BOUND, self.store().update_waiters(update)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!("leaving the queue of {lock:?} failed ({e}); the entry is pruned after the window"),
+            Err(_) => tracing::debug!("leaving the queue of {lock:?} got no answer; the entry is pruned after the window"),
         }
     }
 
@@ -152,8 +184,43 @@ impl Locker {
         };
         let mut asked: Option<Asked> = None;
         let mut api_failed = false;
+        // Grant writes that got no answer, by token and how: if the record shows one, the
+        // write landed and the grant is ours (and not "someone else with our owner").
+        let mut in_doubt: Vec<(String, How)> = Vec::new();
+        // Store failures in a row while waiting (see `ride_out`), and whether to read first.
+        let mut failures = 0u32;
+        let mut reread = false;
+        let mut cancel = opts.cancel.clone();
+
+        // A store failure while waiting is ridden out until our own --wait ends (DESIGN
+        // "Leases in practice"): pause, then start the round again with a fresh read.
+        macro_rules! ride {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => {
+                        failures += 1;
+                        if let Some(give_up) = self.ride_out(lock, e, opts, deadline, started, failures, &mut cancel).await {
+                            self.leave(lock, &place, None).await;
+                            return Err(give_up);
+                        }
+                        reread = true;
+                        continue;
+                    }
+                }
+            };
+        }
 
         loop {
+            if let Some(sig) = signalled(&cancel) {
+                self.leave(lock, &place, seen.as_ref()).await;
+                return Err(interrupted(lock, &self.store().url(), sig));
+            }
+            if reread {
+                seen = Some(ride!(self.store().read(lock, true).await));
+                reread = false;
+                failures = 0;
+            }
             let clock = self.store().clock();
             let synced = clock.is_synced();
             let record = match seen.as_ref().map(|o| &o.state) {
@@ -164,7 +231,10 @@ impl Locker {
             let now = clock.now_ms();
             // Others' entries stay live for the window plus what our clock estimate may be off.
             let window = place.window + clock.uncertainty();
-            let my_entry = place.entry.clone().unwrap_or_else(|| would_be(&who.owner, &holder, record.as_ref(), now));
+            let my_entry = place
+                .entry
+                .clone()
+                .unwrap_or_else(|| would_be(&who.owner, &holder, record.as_ref(), now, place.window));
             let me = Me {
                 token: &place.token,
                 entry: &my_entry,
@@ -241,7 +311,27 @@ impl Locker {
                 // Nothing read yet: one blind write, which the store refuses if anyone queues.
                 None => Some((Expect::Vacant, None, how_event(EventKind::Acquired, &who.owner, None), Vec::new())),
                 Some(r) if r.is_free() => head.then(|| (Expect::Vacant, None, how_event(EventKind::Acquired, &who.owner, None), dequeue(r))),
-                Some(r) if r.owner.as_deref() == Some(&who.owner) => {
+                // A grant write of ours whose answer was lost had landed after all.
+                Some(r) if let Some((_, how)) = in_doubt.iter().find(|(t, _)| r.token.as_ref() == Some(t)) => {
+                    let mut grant = self.grant(lock, r, how.clone(), polls);
+                    grant.waited_ms = started.elapsed().as_millis() as u64;
+                    if r.waiters.contains_key(&place.token) {
+                        self.leave(lock, &place, seen.as_ref()).await;
+                    }
+                    return Ok(grant);
+                }
+                Some(r) if r.owner.as_deref().is_some_and(|o| opts.own_pipeline.iter().any(|p| p == o)) && !held_via_run(r) => {
+                    self.leave(lock, &place, seen.as_ref()).await;
+                    return Err(Error::Held(format!(
+                        "lock {lock:?} in {} is held by this job's own pipeline ({}, fence {}, taken with `pipeline-lock acquire`, \
+                         --scope pipeline); a job-scoped `run` would wait on itself. This job already runs under that lock: \
+                         run the command directly, or give `run` a lock of its own (--lock NAME)",
+                        self.store().url(),
+                        r.owner.as_deref().unwrap_or("?"),
+                        r.fence
+                    )));
+                }
+                Some(r) if opts.reenter && r.owner.as_deref() == Some(&who.owner) => {
                     Some((Expect::Token(r.token.clone().unwrap_or_default()), Some(How::Reentered), None, Vec::new()))
                 }
                 Some(r) => {
@@ -261,7 +351,8 @@ impl Locker {
                             token: r.token.clone().unwrap_or_default(),
                             rvn: r.rvn.clone(),
                         };
-                        (expect, Some(how), how_event(kind, &who.owner, Some(t.why())), dequeue(r))
+                        let event = how_event(kind, &who.owner, Some(t.why())).map(|e| Event { from: r.owner.clone(), ..e });
+                        (expect, Some(how), event, dequeue(r))
                     })
                 }
             };
@@ -269,7 +360,10 @@ impl Locker {
             if let Some((expect, how, event, dequeue)) = plan {
                 let reentered = how == Some(How::Reentered);
                 let action = if reentered {
-                    Action::Renew { restamp: false }
+                    Action::Renew {
+                        restamp: false,
+                        raise_fence: None,
+                    }
                 } else {
                     Action::Grant(Grantee {
                         owner: who.owner.clone(),
@@ -278,13 +372,23 @@ impl Locker {
                         dequeue,
                     })
                 };
-                let change = self.change(action, opts.ttl, opts.retention, event);
-                match self.commit(lock, expect, seen.as_ref(), &change).await? {
+                if let Action::Grant(g) = &action {
+                    in_doubt.push((g.token.clone(), how.clone().unwrap_or(How::Acquired)));
+                }
+                // Re-entry never shortens the grant's lease and never puts an end on a
+                // grant without one (a later job's acquire with the default --ttl).
+                let lease = match &record {
+                    Some(r) if reentered && r.lease_expires_at.is_none() => None,
+                    Some(r) if reentered => opts.ttl.max(crate::policy::lease_len(r)),
+                    _ => opts.ttl,
+                };
+                let change = self.change(action, lease, opts.retention, event);
+                match ride!(self.commit(lock, expect, seen.as_ref(), &change).await) {
                     Written::Done(r) => {
                         let r = if synced {
                             Some(r)
                         } else {
-                            self.retime(lock, r, opts.ttl, opts.retention, !reentered).await?
+                            ride!(self.retime(lock, r, lease, opts.retention, !reentered).await)
                         };
                         if let Some(r) = r {
                             if r.waiters.contains_key(&place.token) {
@@ -294,7 +398,7 @@ impl Locker {
                             grant.waited_ms = started.elapsed().as_millis() as u64;
                             return Ok(grant);
                         }
-                        seen = Some(self.store().read(lock, true).await?);
+                        seen = Some(ride!(self.store().read(lock, true).await));
                     }
                     Written::Conflict(obs) => seen = Some(obs),
                 }
@@ -349,7 +453,7 @@ impl Locker {
                     // First conflict: join the queue now, before sleeping, so that our place
                     // follows our arrival. The write's answer is this round's poll.
                     place.entry = Some(my_entry.clone());
-                    if let Some(obs) = self.keep_place(lock, &mut place, seen.as_ref(), window).await? {
+                    if let Some(obs) = ride!(self.keep_place(lock, &mut place, seen.as_ref(), window).await) {
                         seen = Some(obs);
                         continue;
                     }
@@ -362,9 +466,13 @@ impl Locker {
                 if let Some(d) = deadline {
                     pause = pause.min(d.saturating_duration_since(Instant::now()));
                 }
-                tokio::time::sleep(pause).await;
-            } else {
-                tokio::time::sleep(jitter(Duration::from_millis(100))).await;
+                if let Some(sig) = sleep_or_signal(pause, &mut cancel).await {
+                    self.leave(lock, &place, seen.as_ref()).await;
+                    return Err(interrupted(lock, &self.store().url(), sig));
+                }
+            } else if let Some(sig) = sleep_or_signal(jitter(Duration::from_millis(100)), &mut cancel).await {
+                self.leave(lock, &place, seen.as_ref()).await;
+                return Err(interrupted(lock, &self.store().url(), sig));
             }
             polls += 1;
             // Refresh our entry when due (or when it went missing); the write stands in for
@@ -373,15 +481,16 @@ impl Locker {
             let refresh = place.entry.is_some() && (missing || place.written.is_none_or(|t| t.elapsed() >= queue::refresh_every(place.window)));
             let window = place.window + clock.uncertainty();
             let refreshed = if refresh {
-                self.keep_place(lock, &mut place, seen.as_ref(), window).await?
+                ride!(self.keep_place(lock, &mut place, seen.as_ref(), window).await)
             } else {
                 None
             };
             // The head reads consistently: a stale "held" would cost it a whole round.
             let obs = match refreshed {
                 Some(obs) => obs,
-                None => self.store().read(lock, head).await?,
+                None => ride!(self.store().read(lock, head).await),
             };
+            failures = 0;
             if let State::Valid(r) = &obs.state
                 && !r.is_free()
             {
@@ -389,6 +498,63 @@ impl Locker {
             }
             seen = Some(obs);
         }
+    }
+
+    /// A store failure while waiting (DESIGN "Leases in practice (v2)"): unreachable,
+    /// throttled or 5xx is ridden out with backoff until our own `--wait` (or
+    /// `--max-retries`) runs out; anything else, and `--no-wait`, gives up at once. Returns
+    /// the error to give up with, or `None` after the pause.
+    #[allow(clippy::too_many_arguments)]
+    async fn ride_out(
+        &self,
+        lock: &str,
+        err: Error,
+        opts: &AcquireOptions,
+        deadline: Option<Instant>,
+        started: Instant,
+        failures: u32,
+        cancel: &mut Option<tokio::sync::watch::Receiver<Option<i32>>>,
+    ) -> Option<Error> {
+        if !matches!(err, Error::Unavailable { .. }) || opts.wait == Wait::No {
+            return Some(err);
+        }
+        let out_of_tries = opts.max_retries.is_some_and(|m| failures > m.max(1));
+        if out_of_tries || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some(Error::Unavailable {
+                message: format!(
+                    "gave up waiting for lock {lock:?} in {} after {}: the store kept failing",
+                    self.store().url(),
+                    humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
+                ),
+                source: Some(Box::new(err)),
+            });
+        }
+        let mut pause = jitter(opts.retry_interval.saturating_mul(1 << failures.min(4)).min(Duration::from_secs(30)));
+        if let Some(d) = deadline {
+            pause = pause.min(d.saturating_duration_since(Instant::now()));
+        }
+        tracing::warn!(
+            "lock {lock:?} in {}: the store is failing ({}); still waiting, next try in {}",
+            self.store().url(),
+            crate::report::chain(&err),
+            humantime::format_duration(Duration::from_millis(pause.as_millis() as u64))
+        );
+        sleep_or_signal(pause, cancel)
+            .await
+            .map(|sig| interrupted(lock, &self.store().url(), sig))
+    }
+}
+
+/// Was this grant made by `run` (which the pipeline's later jobs never share)?
+fn held_via_run(r: &Record) -> bool {
+    r.holder.as_ref().and_then(|h| h.via.as_deref()) == Some("run")
+}
+
+/// The error for a wait stopped by signal `sig` (the queue entry is gone by then).
+fn interrupted(lock: &str, store: &str, sig: i32) -> Error {
+    Error::Interrupted {
+        signal: sig,
+        message: format!("stopped waiting for lock {lock:?} in {store} on signal {sig}; left the queue"),
     }
 }
 

@@ -2,16 +2,17 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::ci::{self, Identity, Scope};
 use crate::ciapi::CiApi;
 use crate::cli::{self, Cli, Command, Output};
 use crate::error::{Error, Result};
 use crate::exit;
-use crate::locker::{Grant, Holding, How, Locker, ReleaseOptions, Released, WaitReport};
+use crate::locker::{Grant, Holding, How, Locker, ReleaseOptions, Released, Ttl, WaitReport};
 use crate::queue::{self, QueueMode};
 use crate::record::Record;
+use crate::signals::Signals;
 use crate::store::{self, Observed, Outcome, State};
 
 /// The environment, read once; tests pass their own.
@@ -20,54 +21,89 @@ pub type EnvFn = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 /// Runs one parsed command line. Returns the exit code for success paths that are not 0.
 pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
     let g = &cli.global;
-    let url = g.store_url()?;
+    let url = g.store_url(&cli.given)?;
     let margin = g.clock_margin()?;
+    let is_run = matches!(cli.command, Command::Run(_));
     // `run` guards one job's command; the other commands act for the whole pipeline.
-    let scope = g.scope.unwrap_or(if matches!(cli.command, Command::Run(_)) {
-        Scope::Job
-    } else {
-        Scope::Pipeline
-    });
+    let scope = g.scope.unwrap_or(if is_run { Scope::Job } else { Scope::Pipeline });
+    let old_owner_rule = old_owner_rule(&env);
     let lock = || -> Result<String> {
-        match g.lock.clone().or_else(|| ci::default_lock(&env)) {
-            Some(l) => cli::validate_lock(&l),
-            None => Err(Error::Usage(
-                "no lock name: pass --lock NAME (in CI it defaults to the project path)".into(),
-            )),
-        }
+        let name = match g.lock.clone().or_else(|| ci::default_lock(&env)) {
+            Some(l) => cli::validate_lock(&l)?,
+            None => {
+                return Err(Error::Usage(
+                    "no lock name: pass --lock NAME (in CI it defaults to the project path)".into(),
+                ));
+            }
+        };
+        url.check_lock_name(&name)?;
+        Ok(name)
+    };
+    // In CI a job-scoped `run` takes its owner from `--owner` only: PIPELINE_LOCK_OWNER in its
+    // environment is what an earlier job exported for the pipeline (dotenv, $GITHUB_ENV),
+    // and would turn the job's identity into the pipeline's (DESIGN "Identity rules (v2)").
+    let in_ci = env("GITLAB_CI").is_some_and(|v| !v.is_empty()) || env("GITHUB_ACTIONS").is_some_and(|v| !v.is_empty());
+    let inherited_owner = g.owner.is_some() && !cli.given.has("owner");
+    let owner_flag = match g.owner.as_deref() {
+        Some(_) if scope == Scope::Job && in_ci && inherited_owner && !old_owner_rule => None,
+        o => o,
     };
     let identity = || -> Result<Identity> {
-        let owner = g
-            .owner
-            .as_deref()
+        let owner = owner_flag
             .map(|o| cli::validate_text("owner (--owner, PIPELINE_LOCK_OWNER)", o))
             .transpose()?;
         ci::detect(&env, scope, owner.as_deref())?
             .ok_or_else(|| Error::Usage("no owner: outside GitLab CI and GitHub Actions pass --owner NAME (or set PIPELINE_LOCK_OWNER)".into()))
     };
     // Validate everything the command needs before connecting to anything.
-    let retention = crate::AcquireOptions::default().retention;
+    let retention = crate::locker::RETENTION;
     let output = g.output;
     match &cli.command {
         Command::Run(args) => {
-            let (lock, me) = (lock()?, identity()?);
-            let mut opts = with_progress(args.acquire.options(margin)?, g.verbose);
+            let (lock, mut me) = (lock()?, identity()?);
+            me.holder.via = Some("run".into());
+            let mut opts = with_progress(args.acquire.options(margin, &cli.given, cli::RUN_TTL)?, g.verbose);
             opts.ci_api = CiApi::from_env(&env, &me, args.acquire.ci_api_wanted())?;
+            opts.reenter = old_owner_rule;
+            // This job's own pipeline, as an earlier job's `acquire` would hold the lock.
+            opts.own_pipeline = ci::detect(&env, Scope::Pipeline, None)?.map(|p| p.owner).into_iter().collect();
+            opts.own_pipeline.extend(g.owner.clone().filter(|_| inherited_owner));
+            if old_owner_rule {
+                opts.own_pipeline.clear();
+            }
             let spec = crate::run::RunSpec {
                 argv: args.command.clone(),
                 heartbeat: args.heartbeat.as_deref().map(|h| cli::parse_duration("--heartbeat", h)).transpose()?,
                 kill_grace: cli::parse_duration("--kill-grace", &args.kill_grace)?,
             };
-            crate::lease::check_heartbeat(opts.ttl, spec.heartbeat)?;
+            crate::lease::check_heartbeat(opts.ttl, spec.heartbeat, opts.clock_margin, spec.kill_grace)?;
             let locker = connect(&url, g).await?;
             crate::run::run(&locker, &lock, &me, &opts, &spec).await
         }
         Command::Acquire(args) => {
             let (lock, me) = (lock()?, identity()?);
-            let mut opts = with_progress(args.options(margin)?, g.verbose);
+            let mut opts = with_progress(args.options(margin, &cli.given, cli::ACQUIRE_TTL)?, g.verbose);
             opts.ci_api = CiApi::from_env(&env, &me, args.ci_api_wanted())?;
             let locker = connect(&url, g).await?;
-            let grant = locker.acquire(&lock, &me, &opts).await?;
+            let mut signals = Signals::install()?;
+            let (cancel, cancelled) = tokio::sync::watch::channel(None);
+            opts.cancel = Some(cancelled.clone());
+            let grant = signals.during(locker.acquire(&lock, &me, &opts), &cancel).await?;
+            if let Some(sig) = *cancelled.borrow() {
+                // Granted just as we were told to stop: a job that is going away must not
+                // leave the lock held until its lease ends.
+                let released = locker.release(&lock, &Holding::grant(&grant), &ReleaseOptions::default()).await;
+                return Err(Error::Interrupted {
+                    signal: sig,
+                    message: format!(
+                        "got lock {lock:?} in {url} but signal {sig} arrived meanwhile; {}",
+                        match released {
+                            Ok(_) => "released it again".to_string(),
+                            Err(e) => format!("releasing it failed ({e}); it frees itself when its lease ends"),
+                        }
+                    ),
+                });
+            }
             print_grant(&grant, output, locker.store().requests())?;
             export_github(&env, &grant)?;
             Ok(exit::OK)
@@ -79,10 +115,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
                 force: args.force.then(|| reason.unwrap_or_default()),
                 retention,
             };
-            let who = Holding {
-                owner: me.owner.clone(),
-                token: args.token.clone(),
-            };
+            let who = Holding::pipeline(&me.owner, args.token.clone());
             let locker = connect(&url, g).await?;
             let result = locker.release(&lock, &who, &opts).await?;
             let requests = locker.store().requests();
@@ -114,11 +147,12 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
         }
         Command::Renew(args) => {
             let (lock, me) = (lock()?, identity()?);
-            let ttl = cli::lease(args.ttl.as_deref(), args.disable_ttl)?;
-            let who = Holding {
-                owner: me.owner.clone(),
-                token: args.token.clone(),
+            let ttl = match cli::lease(args.ttl.as_deref(), args.disable_ttl, &cli.given, None)? {
+                Some(d) => Ttl::For(d),
+                None if args.ttl.is_some() || args.disable_ttl => Ttl::NoEnd,
+                None => Ttl::Keep,
             };
+            let who = Holding::pipeline(&me.owner, args.token.clone());
             let locker = connect(&url, g).await?;
             let grant = locker.renew(&lock, &who, ttl, retention, true).await?;
             let lease = grant
@@ -178,6 +212,13 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// The safety checker's negative control for the identity rules: `run` takes its owner from
+/// an inherited PIPELINE_LOCK_OWNER and re-enters a grant of that owner, as before v2. Only in
+/// test builds (feature `negative-control`).
+fn old_owner_rule(env: &EnvFn) -> bool {
+    cfg!(feature = "negative-control") && env("PIPELINE_LOCK_TEST_BREAK").as_deref() == Some("old-owner-rule")
 }
 
 fn with_progress(mut opts: crate::AcquireOptions, verbose: u8) -> crate::AcquireOptions {
@@ -251,10 +292,7 @@ fn export_github(env: &EnvFn, g: &Grant) -> Result<()> {
     Ok(())
 }
 
-fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+use crate::clock::rfc3339;
 
 fn ago(now: i64, then: i64) -> String {
     let d = Duration::from_secs(((now - then).max(0) / 1000) as u64);

@@ -92,8 +92,19 @@ pub fn detect(env: Env<'_>, scope: Scope, owner: Option<&str>) -> Result<Option<
 
 type Found = (CiSystem, String, String, String);
 
+/// The CI instance as it appears in an owner: the server URL without its scheme, so another
+/// port or another path is another instance (DESIGN "Identity rules (v2)"). A path's `/` is
+/// written `%2F`, which keeps the owner's first `/` the end of the instance.
+fn instance(url: &str) -> String {
+    let bare = url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/');
+    bare.replace('/', "%2F")
+}
+
 fn gitlab(env: Env<'_>, scope: Scope, holder: &mut Holder) -> Result<Found> {
-    let host = get(env, "CI_SERVER_HOST").unwrap_or_else(|| "gitlab.com".into());
+    let host = get(env, "CI_SERVER_URL")
+        .map(|u| instance(&u))
+        .or_else(|| get(env, "CI_SERVER_HOST"))
+        .unwrap_or_else(|| "gitlab.com".into());
     let project = require(env, "GitLab CI", "CI_PROJECT_PATH")?;
     let pipeline = require(env, "GitLab CI", "CI_PIPELINE_ID")?;
     let mut owner = format!("gitlab:{host}/{project}/pipelines/{pipeline}");
@@ -110,11 +121,7 @@ fn gitlab(env: Env<'_>, scope: Scope, holder: &mut Holder) -> Result<Found> {
 
 fn github(env: Env<'_>, scope: Scope, holder: &mut Holder) -> Result<Found> {
     let server = get(env, "GITHUB_SERVER_URL").unwrap_or_else(|| "https://github.com".into());
-    let host = server
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let host = instance(&server);
     let repo = require(env, "GitHub Actions", "GITHUB_REPOSITORY")?;
     let run = require(env, "GitHub Actions", "GITHUB_RUN_ID")?;
     let mut owner = format!("github:{host}/{repo}/runs/{run}");
@@ -122,8 +129,11 @@ fn github(env: Env<'_>, scope: Scope, holder: &mut Holder) -> Result<Found> {
         let job = require(env, "GitHub Actions", "GITHUB_JOB")?;
         let attempt = get(env, "GITHUB_RUN_ATTEMPT").unwrap_or_else(|| "1".into());
         owner.push_str(&format!("/jobs/{job}/attempts/{attempt}"));
-        // A matrix job runs once per combination under one GITHUB_JOB.
-        if let Some(index) = get(env, "PIPELINE_LOCK_MATRIX_INDEX").or_else(|| get(env, "strategy.job-index")) {
+        // A matrix job runs once per combination under one GITHUB_JOB, and no variable of the
+        // runner tells the legs apart: the workflow passes `${{ strategy.job-index }}`. Without
+        // it the legs share this owner, and still exclude each other (`run` never shares a
+        // grant it did not make).
+        if let Some(index) = get(env, "PIPELINE_LOCK_MATRIX_INDEX") {
             owner.push_str(&format!("/matrix/{index}"));
         }
     }
@@ -218,6 +228,45 @@ mod tests {
             Some("local")
         );
         assert_eq!(default_lock(&none), None);
+    }
+
+    #[test]
+    fn another_port_or_path_is_another_instance() {
+        let mut pairs = GITLAB.to_vec();
+        pairs.push(("CI_SERVER_URL", "https://gitlab.example.com:8443/code"));
+        let id = detect(&env(&pairs), Scope::Pipeline, None).unwrap().unwrap();
+        assert_eq!(id.owner, "gitlab:gitlab.example.com:8443%2Fcode/group/app/pipelines/1234");
+        pairs.pop();
+        pairs.push(("CI_SERVER_URL", "https://gitlab.example.com"));
+        let id = detect(&env(&pairs), Scope::Pipeline, None).unwrap().unwrap();
+        assert_eq!(id.owner, "gitlab:gitlab.example.com/group/app/pipelines/1234");
+        let gh = env(&[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_SERVER_URL", "https://ghe.example.com:8443/"),
+            ("GITHUB_REPOSITORY", "org/repo"),
+            ("GITHUB_RUN_ID", "7"),
+        ]);
+        assert_eq!(
+            detect(&gh, Scope::Pipeline, None).unwrap().unwrap().owner,
+            "github:ghe.example.com:8443/org/repo/runs/7"
+        );
+    }
+
+    #[test]
+    fn matrix_legs_are_told_apart_only_by_the_index_the_workflow_passes() {
+        let base = [
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_REPOSITORY", "org/repo"),
+            ("GITHUB_RUN_ID", "7"),
+            ("GITHUB_JOB", "test"),
+            ("strategy.job-index", "3"),
+        ];
+        let leg = detect(&env(&base), Scope::Job, None).unwrap().unwrap();
+        assert_eq!(leg.owner, "github:github.com/org/repo/runs/7/jobs/test/attempts/1");
+        let mut with_index = base.to_vec();
+        with_index.push(("PIPELINE_LOCK_MATRIX_INDEX", "2"));
+        let leg2 = detect(&env(&with_index), Scope::Job, None).unwrap().unwrap();
+        assert_eq!(leg2.owner, "github:github.com/org/repo/runs/7/jobs/test/attempts/1/matrix/2");
     }
 
     #[test]

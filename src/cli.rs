@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use clap::builder::{BoolishValueParser, FalseyValueParser};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::ci::Scope;
 use crate::error::{Error, Result};
@@ -22,6 +25,70 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Which options were given on the command line (not from the environment).
+    #[arg(skip)]
+    pub given: Given,
+}
+
+/// The options given on the command line, by clap id. An explicit flag beats the environment
+/// (DESIGN "Leases in practice (v2)"): `--no-wait` wins over `PIPELINE_LOCK_WAIT`, and so on;
+/// and `run` in CI takes its owner only from `--owner`, never from an inherited variable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Given(BTreeSet<String>);
+
+impl Given {
+    /// Was option `id` (clap's id: the field name) on the command line?
+    pub fn has(&self, id: &str) -> bool {
+        self.0.contains(id)
+    }
+
+    fn collect(m: &ArgMatches, into: &mut BTreeSet<String>) {
+        for id in m.ids() {
+            if m.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
+                into.insert(id.to_string());
+            }
+        }
+        if let Some((_, sub)) = m.subcommand() {
+            Self::collect(sub, into);
+        }
+    }
+
+    /// Of options that exclude each other, the one that counts: the one on the command line
+    /// when the others come from the environment. Two on the command line, or two from the
+    /// environment, are a usage error naming both.
+    fn one_of<'a>(&self, set: &[(&'a str, &str, bool)]) -> Result<Option<&'a str>> {
+        let present: Vec<_> = set.iter().filter(|(_, _, on)| *on).collect();
+        let explicit: Vec<_> = present.iter().filter(|(id, _, _)| self.has(id)).collect();
+        match (present.as_slice(), explicit.as_slice()) {
+            ([], _) => Ok(None),
+            ([only], _) => Ok(Some(only.0)),
+            (_, [winner]) => Ok(Some(winner.0)),
+            (all, _) => {
+                let names: Vec<String> = all
+                    .iter()
+                    .map(|(id, var, _)| {
+                        let flag = format!("--{}", id.replace('_', "-"));
+                        if self.has(id) { flag } else { format!("{var} (for {flag})") }
+                    })
+                    .collect();
+                Err(Error::Usage(format!("{} exclude each other; give one", names.join(" and "))))
+            }
+        }
+    }
+}
+
+impl Cli {
+    /// Parses `args` and notes which options came from the command line.
+    pub fn try_parse_sourced<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        Given::collect(&matches, &mut cli.given.0);
+        Ok(cli)
+    }
 }
 
 fn exit_codes_help() -> String {
@@ -29,6 +96,7 @@ fn exit_codes_help() -> String {
     for (code, meaning) in crate::exit::TABLE {
         s.push_str(&format!("  {code:>3}  {meaning}\n"));
     }
+    s.push_str("  128+N: signal N stopped a wait (the queue entry is removed first)\n");
     s.push_str("  run: the command's own exit code; 128+N if it died of signal N\n");
     s
 }
@@ -52,10 +120,10 @@ pub struct Global {
     #[arg(long, global = true, env = "PIPELINE_LOCK_STORE")]
     pub store: Option<String>,
     /// DynamoDB table (shorthand for --store dynamodb://TABLE).
-    #[arg(long, global = true, env = "PIPELINE_LOCK_TABLE", conflicts_with_all = ["store", "bucket"])]
+    #[arg(long, global = true, env = "PIPELINE_LOCK_TABLE")]
     pub table: Option<String>,
     /// S3 bucket (shorthand for --store s3://BUCKET/PREFIX).
-    #[arg(long, global = true, env = "PIPELINE_LOCK_BUCKET", conflicts_with = "store")]
+    #[arg(long, global = true, env = "PIPELINE_LOCK_BUCKET")]
     pub bucket: Option<String>,
     /// Key prefix within --bucket.
     #[arg(long, global = true, env = "PIPELINE_LOCK_PREFIX", requires = "bucket")]
@@ -131,20 +199,14 @@ pub struct AcquireArgs {
     /// Take over a lock acquired longer ago than this (e.g. 3600, 1h).
     #[arg(long, env = "PIPELINE_LOCK_FORCE_AFTER", allow_hyphen_values = true)]
     pub force_after: Option<String>,
-    /// Lease length; renew before it ends [default: 1h]
-    #[arg(long, env = "PIPELINE_LOCK_TTL", conflicts_with = "disable_ttl", allow_hyphen_values = true)]
+    /// Lease length; renew before it ends [default: 1h; run: 2m]
+    #[arg(long, env = "PIPELINE_LOCK_TTL", allow_hyphen_values = true)]
     pub ttl: Option<String>,
     /// No lease: only --force-after or --force can take the lock from a dead holder.
     #[arg(long, env = "PIPELINE_LOCK_DISABLE_TTL", value_parser = FalseyValueParser::new(), default_value_t = false)]
     pub disable_ttl: bool,
     /// Give up waiting after this long (exit 75) [default: wait forever]
-    #[arg(
-        long,
-        alias = "timeout",
-        env = "PIPELINE_LOCK_WAIT",
-        conflicts_with = "no_wait",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, alias = "timeout", env = "PIPELINE_LOCK_WAIT", allow_hyphen_values = true)]
     pub wait: Option<String>,
     /// Do not wait: exit 73 if the lock is held.
     #[arg(long, env = "PIPELINE_LOCK_NO_WAIT", value_parser = FalseyValueParser::new(), default_value_t = false)]
@@ -210,8 +272,8 @@ pub struct ReleaseArgs {
 /// Options of `renew`.
 #[derive(Debug, Args)]
 pub struct RenewArgs {
-    /// New lease length from now [default: 1h]
-    #[arg(long, env = "PIPELINE_LOCK_TTL", conflicts_with = "disable_ttl", allow_hyphen_values = true)]
+    /// New lease length from now [default: the grant's own]
+    #[arg(long, env = "PIPELINE_LOCK_TTL", allow_hyphen_values = true)]
     pub ttl: Option<String>,
     /// Renew without a lease end.
     #[arg(long, env = "PIPELINE_LOCK_DISABLE_TTL", value_parser = FalseyValueParser::new(), default_value_t = false)]
@@ -285,27 +347,42 @@ pub fn validate_text(what: &str, value: &str) -> Result<String> {
     Ok(value.to_string())
 }
 
-/// The lease: `--ttl`, `--disable-ttl`, or the default hour.
-pub fn lease(ttl: Option<&str>, disable: bool) -> Result<Option<Duration>> {
-    match (ttl, disable) {
-        (_, true) => Ok(None),
-        (Some(t), false) => positive("--ttl", t).map(Some),
-        (None, false) => Ok(Some(Duration::from_secs(3600))),
+/// The lease: `--ttl`, `--disable-ttl` (whichever is explicit, see [`Given`]), or `default`.
+pub fn lease(ttl: Option<&str>, disable: bool, given: &Given, default: Option<Duration>) -> Result<Option<Duration>> {
+    match given.one_of(&[
+        ("ttl", "PIPELINE_LOCK_TTL", ttl.is_some()),
+        ("disable_ttl", "PIPELINE_LOCK_DISABLE_TTL", disable),
+    ])? {
+        Some("disable_ttl") => Ok(None),
+        Some(_) => positive("--ttl", ttl.unwrap_or_default()).map(Some),
+        None => Ok(default),
     }
 }
 
+/// `acquire`'s default lease.
+pub const ACQUIRE_TTL: Duration = Duration::from_secs(3600);
+/// `run`'s default lease: short, because its heartbeat keeps it alive and a killed `run` must
+/// not block its own re-run for long (DESIGN "Leases in practice (v2)").
+pub const RUN_TTL: Duration = Duration::from_secs(120);
+
 impl Global {
-    /// The store URL from `--store`, `--table` or `--bucket`/`--prefix`.
-    pub fn store_url(&self) -> Result<StoreUrl> {
-        if self.prefix.is_some() && self.bucket.is_none() {
+    /// The store URL from `--store`, `--table` or `--bucket`/`--prefix`; the one on the
+    /// command line wins over the others' environment variables.
+    pub fn store_url(&self, given: &Given) -> Result<StoreUrl> {
+        let which = given.one_of(&[
+            ("store", "PIPELINE_LOCK_STORE", self.store.is_some()),
+            ("table", "PIPELINE_LOCK_TABLE", self.table.is_some()),
+            ("bucket", "PIPELINE_LOCK_BUCKET", self.bucket.is_some()),
+        ])?;
+        if self.prefix.is_some() && which != Some("bucket") {
             return Err(Error::Usage(
                 "--prefix only goes with --bucket; with --store put the prefix in the URL (s3://BUCKET/PREFIX)".into(),
             ));
         }
-        match (&self.store, &self.table, &self.bucket) {
-            (_, Some(table), _) => StoreUrl::dynamodb(table),
-            (_, _, Some(bucket)) => StoreUrl::s3(bucket, self.prefix.as_deref().unwrap_or("")),
-            (Some(url), _, _) => StoreUrl::parse(url),
+        match (which, &self.store, &self.table, &self.bucket) {
+            (Some("table"), _, Some(table), _) => StoreUrl::dynamodb(table),
+            (Some("bucket"), _, _, Some(bucket)) => StoreUrl::s3(bucket, self.prefix.as_deref().unwrap_or("")),
+            (Some("store"), Some(url), _, _) => StoreUrl::parse(url),
             _ => StoreUrl::dynamodb(crate::store::url::DEFAULT_TABLE),
         }
     }
@@ -326,12 +403,16 @@ impl Global {
 }
 
 impl AcquireArgs {
-    /// Validated acquire options (without progress, which the app adds).
-    pub fn options(&self, margin: Duration) -> Result<crate::AcquireOptions> {
-        let wait = match (&self.wait, self.no_wait) {
-            (_, true) => crate::Wait::No,
-            (Some(w), false) => crate::Wait::For(parse_duration("--wait", w)?),
-            (None, false) => crate::Wait::Forever,
+    /// Validated acquire options (without progress, which the app adds), with `default_ttl`
+    /// where neither `--ttl` nor `--disable-ttl` is given.
+    pub fn options(&self, margin: Duration, given: &Given, default_ttl: Duration) -> Result<crate::AcquireOptions> {
+        let wait = match given.one_of(&[
+            ("wait", "PIPELINE_LOCK_WAIT", self.wait.is_some()),
+            ("no_wait", "PIPELINE_LOCK_NO_WAIT", self.no_wait),
+        ])? {
+            Some("no_wait") => crate::Wait::No,
+            Some(_) => crate::Wait::For(parse_duration("--wait", self.wait.as_deref().unwrap_or_default())?),
+            None => crate::Wait::Forever,
         };
         let force = match (self.force, &self.reason) {
             (true, Some(r)) => Some(r.clone()),
@@ -339,7 +420,7 @@ impl AcquireArgs {
             _ => None,
         };
         Ok(crate::AcquireOptions {
-            ttl: lease(self.ttl.as_deref(), self.disable_ttl)?,
+            ttl: lease(self.ttl.as_deref(), self.disable_ttl, given, Some(default_ttl))?,
             force_after: self.force_after.as_deref().map(|v| positive("--force-after", v)).transpose()?,
             wait,
             retry_interval: positive("--retry-interval", &self.retry_interval)?,
@@ -389,10 +470,10 @@ mod tests {
 
     #[test]
     fn store_options_accepted_before_or_after_the_command() {
-        let a = Cli::try_parse_from(["pipeline-lock", "--table", "tbl", "acquire", "--no-wait"]).unwrap();
-        let b = Cli::try_parse_from(["pipeline-lock", "acquire", "--table", "tbl", "--no-wait"]).unwrap();
-        assert_eq!(a.global.store_url().unwrap(), b.global.store_url().unwrap());
-        assert_eq!(a.global.store_url().unwrap(), StoreUrl::DynamoDb { table: "tbl".into() });
+        let a = Cli::try_parse_sourced(["pipeline-lock", "--table", "tbl", "acquire", "--no-wait"]).unwrap();
+        let b = Cli::try_parse_sourced(["pipeline-lock", "acquire", "--table", "tbl", "--no-wait"]).unwrap();
+        assert_eq!(a.global.store_url(&a.given).unwrap(), b.global.store_url(&b.given).unwrap());
+        assert_eq!(a.global.store_url(&a.given).unwrap(), StoreUrl::DynamoDb { table: "tbl".into() });
     }
 
     #[test]
@@ -409,19 +490,47 @@ mod tests {
         ])
         .unwrap();
         let Command::Acquire(args) = a.command else { panic!("not acquire") };
-        let opts = args.options(Duration::from_secs(2)).unwrap();
+        let opts = args.options(Duration::from_secs(2), &Given::default(), ACQUIRE_TTL).unwrap();
         assert_eq!((opts.queue, opts.supersede, opts.ordinal), (QueueMode::Newest, true, Some(7)));
         assert_eq!(opts.prune_floor, Duration::from_secs(30));
         assert_eq!(args.ci_api_wanted(), Some(false));
-        let b = Cli::try_parse_from(["pipeline-lock", "acquire", "--ci-api"]).unwrap();
+        let b = Cli::try_parse_sourced(["pipeline-lock", "acquire", "--ci-api"]).unwrap();
         let Command::Acquire(args) = b.command else { panic!("not acquire") };
         assert_eq!((args.ci_api_wanted(), args.queue), (Some(true), QueueMode::Fifo));
         assert!(Cli::try_parse_from(["pipeline-lock", "acquire", "--queue", "lifo"]).is_err());
     }
 
     #[test]
-    fn wait_and_no_wait_conflict() {
-        let err = Cli::try_parse_from(["pipeline-lock", "acquire", "--wait", "5s", "--no-wait"]).unwrap_err();
-        assert_eq!(err.exit_code(), 2);
+    fn wait_and_no_wait_conflict_on_the_command_line() {
+        let cli = Cli::try_parse_sourced(["pipeline-lock", "acquire", "--wait", "5s", "--no-wait"]).unwrap();
+        let Command::Acquire(args) = &cli.command else { panic!("not acquire") };
+        let err = args.options(Duration::from_secs(2), &cli.given, ACQUIRE_TTL).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{err}");
+        assert!(err.to_string().contains("--wait and --no-wait"), "{err}");
+    }
+
+    #[test]
+    fn the_flag_on_the_command_line_beats_the_environment() {
+        // What clap would have taken from PIPELINE_LOCK_WAIT / _TTL / _TABLE: set, but not given.
+        let given = |ids: &[&str]| Given(ids.iter().map(|s| s.to_string()).collect());
+        let mut cli = Cli::try_parse_sourced(["pipeline-lock", "acquire", "--no-wait", "--disable-ttl"]).unwrap();
+        let Command::Acquire(args) = &mut cli.command else {
+            panic!("not acquire")
+        };
+        args.wait = Some("10m".into());
+        args.ttl = Some("1h".into());
+        let opts = args.options(Duration::from_secs(2), &cli.given, ACQUIRE_TTL).unwrap();
+        assert_eq!((opts.wait, opts.ttl), (crate::Wait::No, None));
+        // Both from the environment: neither is explicit, so that is an error naming both.
+        let err = args.options(Duration::from_secs(2), &given(&[]), ACQUIRE_TTL).unwrap_err().to_string();
+        assert!(
+            err.contains("PIPELINE_LOCK_WAIT (for --wait)") && err.contains("PIPELINE_LOCK_NO_WAIT"),
+            "{err}"
+        );
+        let mut g = Cli::try_parse_sourced(["pipeline-lock", "--store", "file:///tmp/x", "status"]).unwrap();
+        g.global.table = Some("from-env".into());
+        assert_eq!(g.global.store_url(&g.given).unwrap(), StoreUrl::File { dir: "/tmp/x".into() });
+        g.given = given(&["table"]);
+        assert_eq!(g.global.store_url(&g.given).unwrap(), StoreUrl::DynamoDb { table: "from-env".into() });
     }
 }

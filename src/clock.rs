@@ -92,6 +92,13 @@ impl StoreClock {
 }
 
 /// The local wall clock in unix milliseconds.
+/// Store ms as an RFC 3339 time to the second, for messages.
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// This machine's wall clock in unix ms.
 pub fn local_wall_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

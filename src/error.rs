@@ -44,6 +44,14 @@ pub enum Error {
     /// A newer pipeline waits for or holds the lock.
     #[error("{0}")]
     Superseded(String),
+    /// A signal stopped us while waiting; the queue entry was removed. Exit 128 + signal.
+    #[error("{message}")]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+        /// What was given up.
+        message: String,
+    },
     /// Anything else, with its source chain.
     #[error("{message}")]
     Other {
@@ -68,6 +76,7 @@ impl Error {
             Error::HeldByOther(_) => exit::HELD_BY_OTHER,
             Error::LeaseLost(_) => exit::LEASE_LOST,
             Error::Superseded(_) => exit::SUPERSEDED,
+            Error::Interrupted { signal, .. } => exit::after_signal(*signal),
             Error::Other { .. } => exit::UNEXPECTED,
         }
     }

@@ -10,13 +10,14 @@ pub const USAGE: u8 = 2;
 pub const UNAVAILABLE: u8 = 69;
 /// `release --strict`: the lock is held by someone else.
 pub const HELD_BY_OTHER: u8 = 72;
-/// `--no-wait` and the lock is held.
+/// `--no-wait` and the lock is held; or `run` found its own pipeline holding the lock.
 pub const HELD: u8 = 73;
 /// A newer pipeline of the same project waits for or holds the lock.
 pub const SUPERSEDED: u8 = 74;
 /// Gave up waiting (`--wait`, `--max-retries`).
 pub const TIMED_OUT: u8 = 75;
-/// The lease was lost while we held it (`run`, `renew`).
+/// The lease was lost while we held it (`run`, `renew`), or `release` found that the grant
+/// had been taken over from us.
 pub const LEASE_LOST: u8 = 76;
 /// The store refused our credentials the permission for an action.
 pub const ACCESS_DENIED: u8 = 77;
@@ -27,16 +28,24 @@ pub const CONFIG: u8 = 78;
 pub const TABLE: &[(u8, &str)] = &[
     (OK, "done (acquired, released, status shown)"),
     (UNEXPECTED, "unexpected error"),
-    (USAGE, "usage error"),
+    (USAGE, "usage error (flags, names a store cannot hold, a lease run cannot keep)"),
     (UNAVAILABLE, "store unreachable or throttled past retries"),
     (HELD_BY_OTHER, "release --strict: the lock is held by someone else"),
-    (HELD, "--no-wait and the lock is held"),
+    (HELD, "--no-wait and the lock is held (or run: held by its own pipeline)"),
     (SUPERSEDED, "superseded by a newer pipeline"),
     (TIMED_OUT, "timed out waiting (--wait, --max-retries)"),
-    (LEASE_LOST, "lease lost while holding it (run, renew)"),
+    (
+        LEASE_LOST,
+        "lease lost while holding it (run, renew), or release/renew of a grant taken over from us",
+    ),
     (ACCESS_DENIED, "access denied by the store"),
     (
         CONFIG,
         "configuration: no table/bucket, wrong key schema, bad record, no credentials or region",
     ),
 ];
+
+/// The shell's convention for a process stopped by signal `sig`: 128 + N (143 for TERM).
+pub fn after_signal(sig: i32) -> u8 {
+    u8::try_from(128 + sig.clamp(0, 127)).unwrap_or(UNEXPECTED)
+}

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::ci::Identity;
 use crate::error::{Error, Result};
-use crate::locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released};
+use crate::locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released, Ttl};
 
 /// Where a lease stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,58 +32,86 @@ pub struct Lease {
     locker: Locker,
     grant: Grant,
     state: watch::Receiver<LeaseState>,
+    /// The lease end minus the margin, on our monotonic clock: by then a command run under
+    /// the lock must be dead. Moves on with every renewal.
+    kill_by: watch::Receiver<Option<Instant>>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     retention: Duration,
 }
 
-/// Refuses heartbeats that cannot keep a lease alive.
-pub fn check_heartbeat(ttl: Option<Duration>, heartbeat: Option<Duration>) -> Result<Option<Duration>> {
+/// Refuses a lease that cannot keep `run`'s promise (DESIGN "Leases in practice (v2)"): the
+/// command gets TERM at the lease end minus the clock margin minus `grace`, and KILL at the
+/// lease end minus the margin, so it is dead before anyone may take over. What is left of the
+/// lease before TERM must hold two heartbeats, so one lost renewal does not lose the lock.
+/// Returns the heartbeat (default: a third of the lease, at most half of what is left).
+pub fn check_heartbeat(ttl: Option<Duration>, heartbeat: Option<Duration>, margin: Duration, grace: Duration) -> Result<Option<Duration>> {
     let Some(ttl) = ttl else {
         // No lease end: nothing can expire, so nothing needs renewing.
         return Ok(None);
     };
-    let hb = heartbeat.unwrap_or(ttl / 3);
-    if hb.is_zero() || hb > ttl / 2 {
+    let f = |d: Duration| humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string();
+    let budget = ttl.saturating_sub(margin + grace);
+    if budget.is_zero() {
         return Err(Error::Usage(format!(
-            "--heartbeat {} must be positive and at most half the lease (--ttl {}), so one lost renewal does not lose the lock",
-            humantime::format_duration(hb),
-            humantime::format_duration(ttl)
+            "--ttl {} leaves no time to renew: the command must be stopped --kill-grace ({}) before the lease end minus \
+             --clock-margin ({}); use a longer --ttl or a shorter --kill-grace",
+            f(ttl),
+            f(grace),
+            f(margin)
+        )));
+    }
+    let hb = heartbeat.unwrap_or((ttl / 3).min(budget / 2));
+    if hb.is_zero() || hb > budget / 2 {
+        return Err(Error::Usage(format!(
+            "--heartbeat {} must be positive and at most half of the {} that the lease leaves before the command is stopped \
+             (--ttl {} minus --clock-margin {} minus --kill-grace {}), so one lost renewal does not lose the lock",
+            f(hb),
+            f(budget),
+            f(ttl),
+            f(margin),
+            f(grace)
         )));
     }
     Ok(Some(hb))
 }
 
 impl Locker {
-    /// Acquires `lock` and keeps it renewed every `heartbeat` (default: a third of the lease).
-    pub async fn lease(&self, lock: &str, who: &Identity, opts: &AcquireOptions, heartbeat: Option<Duration>) -> Result<Lease> {
-        let heartbeat = check_heartbeat(opts.ttl, heartbeat)?;
-        let started = Instant::now();
+    /// Acquires `lock` and keeps it renewed every `heartbeat` (see [`check_heartbeat`]). The
+    /// lease counts as lost `grace` before its end minus the clock margin, so that a command
+    /// stopped then (TERM, `grace`, KILL) is dead before anyone may take over.
+    pub async fn lease(&self, lock: &str, who: &Identity, opts: &AcquireOptions, heartbeat: Option<Duration>, grace: Duration) -> Result<Lease> {
+        let heartbeat = check_heartbeat(opts.ttl, heartbeat, opts.clock_margin, grace)?;
         let grant = self.acquire(lock, who, opts).await?;
         let (state_tx, state) = watch::channel(LeaseState::Held);
         let (stop, stop_rx) = watch::channel(false);
-        let task = heartbeat.zip(opts.ttl).map(|(every, ttl)| {
+        // What is left of the lease, on the store clock estimate, less that estimate's
+        // uncertainty: erring towards giving up early, never late.
+        let clock = self.store().clock();
+        let valid_until = opts.ttl.zip(grant.lease_expires_at).map(|(ttl, end)| {
+            let left = Duration::from_millis((end - clock.now_ms()).max(0) as u64).saturating_sub(clock.uncertainty());
+            Instant::now() + left.min(ttl)
+        });
+        let kill_by = valid_until.map(|v| v.checked_sub(opts.clock_margin).unwrap_or(v));
+        let (kill_tx, kill_by) = watch::channel(kill_by);
+        let task = heartbeat.zip(opts.ttl).zip(valid_until).map(|((every, ttl), valid_until)| {
             let beat = Heartbeat {
                 locker: self.clone(),
                 lock: lock.to_string(),
-                who: Holding {
-                    owner: grant.owner.clone(),
-                    token: Some(grant.token.clone()),
-                },
+                who: Holding::grant(&grant),
                 ttl,
                 every,
                 margin: opts.clock_margin,
+                grace,
                 retention: opts.retention,
             };
-            // The lease began no earlier than the acquisition did: measuring from before it
-            // errs on the side of giving up too early, never too late.
-            let valid_until = Instant::now().max(started) + ttl;
-            tokio::spawn(beat.run(valid_until, state_tx, stop_rx))
+            tokio::spawn(beat.run(valid_until, state_tx, kill_tx, stop_rx))
         });
         Ok(Lease {
             locker: self.clone(),
             grant,
             state,
+            kill_by,
             stop,
             task,
             retention: opts.retention,
@@ -97,7 +125,7 @@ impl Locker {
         F: FnOnce(u64) -> Fut,
         Fut: Future<Output = T>,
     {
-        let mut lease = self.lease(lock, who, opts, None).await?;
+        let mut lease = self.lease(lock, who, opts, None, Duration::ZERO).await?;
         let work = f(lease.fence());
         let lost = lease.lost();
         tokio::select! {
@@ -123,11 +151,18 @@ struct Heartbeat {
     ttl: Duration,
     every: Duration,
     margin: Duration,
+    grace: Duration,
     retention: Duration,
 }
 
 impl Heartbeat {
-    async fn run(self, mut valid_until: Instant, state: watch::Sender<LeaseState>, mut stop: watch::Receiver<bool>) {
+    async fn run(
+        self,
+        mut valid_until: Instant,
+        state: watch::Sender<LeaseState>,
+        kill_by: watch::Sender<Option<Instant>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut next = Instant::now() + self.every;
         loop {
             tokio::select! {
@@ -138,15 +173,16 @@ impl Heartbeat {
                 return;
             }
             let sent = Instant::now();
-            // A renewal may wait for its request timeout (seconds); the lease does not. An
-            // answer after the lease's end on our clock is no use: by then a taker may rightly
-            // hold the lock, so the command must be stopped. A renewal sent already late (this
-            // process was paused) gets a moment to say whether the lock is still ours.
-            let deadline = valid_until.checked_sub(self.margin).unwrap_or(valid_until);
-            let cutoff = valid_until.max(sent + self.every.min(LATE_ANSWER));
+            // The command must be dead by the lease end minus the margin, so it is told to stop
+            // `grace` earlier; a renewal that has not answered by then is no use, whatever it
+            // says later. A renewal sent already late (this process was paused) gets a moment
+            // to say whether the lock is still ours.
+            let kill_at = valid_until.checked_sub(self.margin).unwrap_or(valid_until);
+            let term_at = kill_at.checked_sub(self.grace).unwrap_or(kill_at);
+            let cutoff = term_at.max(sent + self.every.min(LATE_ANSWER));
             let renewal = tokio::select! {
                 biased;
-                r = self.locker.renew(&self.lock, &self.who, Some(self.ttl), self.retention, false) => r,
+                r = self.locker.renew(&self.lock, &self.who, Ttl::For(self.ttl), self.retention, false) => r,
                 _ = tokio::time::sleep_until(cutoff) => Err(Error::Unavailable {
                     message: "no answer to the renewal".into(),
                     source: None,
@@ -155,6 +191,7 @@ impl Heartbeat {
             match renewal {
                 Ok(_) => {
                     valid_until = sent + self.ttl;
+                    let _ = kill_by.send(Some(valid_until.checked_sub(self.margin).unwrap_or(valid_until)));
                     next = sent + self.every;
                 }
                 Err(Error::LeaseLost(msg)) => {
@@ -162,18 +199,21 @@ impl Heartbeat {
                     return;
                 }
                 Err(e) => {
-                    if Instant::now() >= deadline {
+                    if Instant::now() >= term_at {
                         let _ = state.send(LeaseState::Unknown(format!(
-                            "could not renew lock {:?} in {} before its lease ended: {}",
+                            "could not renew lock {:?} in {} in time (its lease ends in {} on this machine's clock): {}",
                             self.lock,
                             self.locker.store().url(),
+                            humantime::format_duration(Duration::from_millis(
+                                valid_until.saturating_duration_since(Instant::now()).as_millis() as u64
+                            )),
                             crate::report::chain(&e)
                         )));
                         return;
                     }
                     tracing::warn!("renewing lock {:?} failed, retrying: {}", self.lock, crate::report::chain(&e));
-                    // Retry soon, but stop trying by the deadline.
-                    next = (Instant::now() + self.every / 4).min(deadline);
+                    // Retry soon, but stop trying when the command must be told to stop.
+                    next = (Instant::now() + self.every / 4).min(term_at);
                 }
             }
         }
@@ -220,6 +260,12 @@ impl Lease {
         }
     }
 
+    /// When a command run under the lock must be dead: the lease end minus the margin, on
+    /// our monotonic clock (`None` without a lease end).
+    pub fn kill_by(&self) -> Option<Instant> {
+        *self.kill_by.borrow()
+    }
+
     /// Stops renewing and waits for a renewal in flight to finish.
     async fn stop_heartbeat(&mut self) {
         let _ = self.stop.send(true);
@@ -236,10 +282,7 @@ impl Lease {
         if !self.is_held() {
             return Ok(Released::NotHeld);
         }
-        let who = Holding {
-            owner: self.grant.owner.clone(),
-            token: Some(self.grant.token.clone()),
-        };
+        let who = Holding::grant(&self.grant);
         self.locker
             .release(
                 &self.grant.lock,
@@ -264,17 +307,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heartbeat_must_fit_twice_in_the_lease() {
+    fn heartbeat_must_fit_twice_before_the_command_is_stopped() {
         let s = Duration::from_secs;
-        assert_eq!(check_heartbeat(Some(s(30)), None).unwrap(), Some(s(10)));
-        assert_eq!(check_heartbeat(Some(s(30)), Some(s(15))).unwrap(), Some(s(15)));
-        assert!(
-            check_heartbeat(Some(s(30)), Some(s(16)))
-                .unwrap_err()
-                .to_string()
-                .contains("half the lease")
-        );
-        assert!(check_heartbeat(Some(s(30)), Some(s(0))).is_err());
-        assert_eq!(check_heartbeat(None, Some(s(5))).unwrap(), None);
+        let ms = Duration::from_millis;
+        // 30 s lease, 2 s margin, 10 s grace: 18 s before TERM, heartbeats of at most 9 s.
+        assert_eq!(check_heartbeat(Some(s(30)), None, s(2), s(10)).unwrap(), Some(s(9)));
+        assert_eq!(check_heartbeat(Some(s(30)), Some(s(9)), s(2), s(10)).unwrap(), Some(s(9)));
+        let err = check_heartbeat(Some(s(30)), Some(s(10)), s(2), s(10)).unwrap_err().to_string();
+        assert!(err.contains("at most half") && err.contains("--kill-grace"), "{err}");
+        // The default of a third of the lease where that fits.
+        assert_eq!(check_heartbeat(Some(s(120)), None, s(2), s(10)).unwrap(), Some(s(40)));
+        // A lease that leaves nothing before TERM.
+        let err = check_heartbeat(Some(s(12)), None, s(2), s(10)).unwrap_err().to_string();
+        assert!(err.contains("leaves no time"), "{err}");
+        assert!(check_heartbeat(Some(s(2)), Some(ms(400)), ms(200), ms(500)).is_ok());
+        assert!(check_heartbeat(Some(s(30)), Some(s(0)), s(2), s(1)).is_err());
+        assert_eq!(check_heartbeat(None, Some(s(5)), s(2), s(10)).unwrap(), None);
     }
 }

@@ -9,7 +9,7 @@
 //! let me = ci::detect(&|k| std::env::var(k).ok(), ci::Scope::Pipeline, Some("me"))?.unwrap();
 //! let grant = locker.acquire("deploy-prod", &me, &AcquireOptions::default()).await?;
 //! println!("fence {}", grant.fence);
-//! locker.release("deploy-prod", &Holding { owner: me.owner, token: Some(grant.token) }, &ReleaseOptions::default()).await?;
+//! locker.release("deploy-prod", &Holding::grant(&grant), &ReleaseOptions::default()).await?;
 //! # Ok(()) }
 //! ```
 
@@ -28,8 +28,9 @@ pub mod queue;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod signals;
 pub mod store;
 
 pub use error::{Error, Result};
 pub use lease::{Lease, LeaseState};
-pub use locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released, Wait};
+pub use locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released, Ttl, Wait};

@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ciapi::CiApi;
-use crate::clock::local_wall_ms;
+use crate::clock::{local_wall_ms, rfc3339};
 use crate::error::{Error, Result};
 use crate::queue::QueueMode;
 use crate::record::{Action, Change, Event, EventKind, Record};
 use crate::store::{Expect, Observed, State, Store, Write, Written};
+
+/// How long a record outlives its lease or release before DynamoDB's TTL may delete it.
+pub const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How long to wait for a held lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,16 @@ pub struct AcquireOptions {
     pub prune_floor: Duration,
     /// Our CI server's API, for early takeover of holders whose pipeline ended.
     pub ci_api: Option<Arc<CiApi>>,
+    /// May a grant our owner already holds (under another token) be re-entered? Yes for
+    /// `acquire` (a later stage, a retried job); no for `run`, which only ever holds a grant
+    /// of its own process (DESIGN "Identity rules (v2)").
+    pub reenter: bool,
+    /// Owners whose grant means "this job's own pipeline holds the lock": `run` stops at once
+    /// instead of waiting on itself. Grants made by `run` (`Holder.Via`) are waited for.
+    pub own_pipeline: Vec<String>,
+    /// A signal number arriving here stops the wait: the queue entry is removed and the
+    /// result is `Error::Interrupted`.
+    pub cancel: Option<tokio::sync::watch::Receiver<Option<i32>>>,
 }
 
 impl Default for AcquireOptions {
@@ -73,7 +86,7 @@ impl Default for AcquireOptions {
             force: None,
             reason: None,
             clock_margin: Duration::from_secs(2),
-            retention: Duration::from_secs(30 * 24 * 3600),
+            retention: RETENTION,
             progress: None,
             progress_every: Duration::from_secs(30),
             queue: QueueMode::Fifo,
@@ -81,6 +94,9 @@ impl Default for AcquireOptions {
             ordinal: None,
             prune_floor: crate::queue::PRUNE_FLOOR,
             ci_api: None,
+            reenter: true,
+            own_pipeline: Vec::new(),
+            cancel: None,
         }
     }
 }
@@ -96,6 +112,7 @@ impl std::fmt::Debug for AcquireOptions {
             .field("queue", &self.queue)
             .field("supersede", &self.supersede)
             .field("ci_api", &self.ci_api)
+            .field("reenter", &self.reenter)
             .finish_non_exhaustive()
     }
 }
@@ -176,15 +193,69 @@ pub struct Holding {
     pub owner: String,
     /// The token, when the caller has it (`run`, or `PIPELINE_LOCK_TOKEN`).
     pub token: Option<String>,
+    /// Find the grant by owner when the token is stale (a later job handed the token of an
+    /// earlier acquire). Off for `run`'s own grant: it never touches another process's grant.
+    pub by_owner: bool,
 }
 
 impl Holding {
+    /// A later job of the pipeline: by token when it has one, else (or when stale) by owner.
+    pub fn pipeline(owner: &str, token: Option<String>) -> Holding {
+        Holding {
+            owner: owner.to_string(),
+            token,
+            by_owner: true,
+        }
+    }
+
+    /// The process that made the grant: by its token only.
+    pub fn grant(g: &Grant) -> Holding {
+        Holding {
+            owner: g.owner.clone(),
+            token: Some(g.token.clone()),
+            by_owner: false,
+        }
+    }
+
     fn expect(&self) -> Expect {
         match &self.token {
             Some(t) => Expect::Token(t.clone()),
             None => Expect::Owner(self.owner.clone()),
         }
     }
+
+    /// Is `r` held by this grant (or, by owner, by this pipeline)? Its token if so.
+    fn finds<'r>(&self, r: &'r Record) -> Option<&'r str> {
+        let token = r.token.as_deref()?;
+        let by_token = self.token.as_deref() == Some(token);
+        let by_owner = (self.by_owner || self.token.is_none()) && r.owner.as_deref() == Some(self.owner.as_str());
+        (by_token || by_owner).then_some(token)
+    }
+}
+
+/// The lease length a renewal sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// The grant's own (LeaseExpiresAt - RenewedAt), or none if it has no lease end: a
+    /// renewal never shortens a lease and never puts an end on a `--disable-ttl` grant.
+    Keep,
+    /// This long from now.
+    For(Duration),
+    /// No lease end from now on (`--disable-ttl`).
+    NoEnd,
+}
+
+/// The History event that says a grant of `owner` ended without `owner` giving it back:
+/// a takeover from it, or a `--force` release by someone else. `None` when the last event
+/// about `owner` is its own release (or there is none: never ours, or pushed out of History).
+pub fn taken_from<'r>(r: &'r Record, owner: &str) -> Option<&'r Event> {
+    let last = r.history.iter().rev().find(|e| {
+        let taken = e.event.is_grant() && e.from.as_deref() == Some(owner);
+        let released = e.event == EventKind::Released && e.owner == owner;
+        taken || released
+    })?;
+    let forced_away = last.event == EventKind::Released && last.by.as_deref().is_some_and(|b| b != owner);
+    (last.event != EventKind::Released || forced_away).then_some(last)
 }
 
 /// What `release` found.
@@ -208,12 +279,21 @@ pub enum Released {
 }
 
 /// Options of `release`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ReleaseOptions {
     /// Break-glass: release whoever holds it (or a corrupt record), with this reason.
     pub force: Option<String>,
     /// Retention of the tombstone.
     pub retention: Duration,
+}
+
+impl Default for ReleaseOptions {
+    fn default() -> Self {
+        ReleaseOptions {
+            force: None,
+            retention: RETENTION,
+        }
+    }
 }
 
 /// Lock operations on one store. Cheap to clone.
@@ -282,7 +362,7 @@ impl Locker {
     /// refusal then shows a record that meets the condition, and the write is made again on
     /// that record. Grants are left to the caller, who must decide again (the queue moved).
     pub(crate) async fn commit(&self, lock: &str, expect: Expect, base: Option<&Observed>, change: &Change) -> Result<Written> {
-        let holder_write = matches!(expect, Expect::Owner(_) | Expect::Token(_) | Expect::TokenRvn { .. });
+        let holder_write = matches!(expect, Expect::Owner(_) | Expect::Token(_) | Expect::TokenRvn { .. } | Expect::Rvn(_));
         let mut rebased: Option<Observed> = None;
         for round in 0..EAGER_ROUNDS {
             let written = self.commit_once(lock, expect.clone(), rebased.as_ref().or(base), change).await?;
@@ -326,6 +406,8 @@ impl Locker {
 
     /// After a write made before the store's clock was known (the one-request fast path),
     /// rewrites the times if this machine's clock turned out to disagree with the store's.
+    /// A grant that created its record from absent also gets its fence raised to the store
+    /// ms: it started at this machine's ms, which may lie below an earlier fence of the lock.
     pub(crate) async fn retime(
         &self,
         lock: &str,
@@ -334,13 +416,16 @@ impl Locker {
         retention: Duration,
         restamp: bool,
     ) -> Result<Option<Record>> {
-        let skew = (self.store.clock().now_ms() - local_wall_ms()).abs();
+        let now = self.store.clock().now_ms();
+        let skew = (now - local_wall_ms()).abs();
         if skew <= 1000 {
             return Ok(Some(record));
         }
         tracing::info!("this machine's clock is {skew} ms off the store's; rewriting the lease times on the store clock");
         let token = record.token.clone().unwrap_or_default();
-        let change = self.change(Action::Renew { restamp }, lease, retention, None);
+        let created = record.history.len() == 1 && record.history[0].event.is_grant();
+        let raise_fence = (restamp && created && record.fence <= now.max(0) as u64).then(|| now.max(0) as u64 + 1);
+        let change = self.change(Action::Renew { restamp, raise_fence }, lease, retention, None);
         let expect = Expect::TokenRvn {
             token,
             rvn: record.rvn.clone(),
@@ -350,6 +435,19 @@ impl Locker {
             // Taken over in between: the grant is gone; the caller goes back to waiting.
             Written::Conflict(_) => Ok(None),
         }
+    }
+
+    /// After a release made before the store's clock was known: a tombstone whose ExpiresAt
+    /// came from a clock that is off would be garbage-collected early (or late), so it is
+    /// rewritten on the store clock. Best effort: a grant in between wrote its own times.
+    async fn retime_tombstone(&self, lock: &str, record: &Record, retention: Duration) -> Result<()> {
+        let skew = (self.store.clock().now_ms() - local_wall_ms()).abs();
+        if skew <= 1000 {
+            return Ok(());
+        }
+        tracing::info!("this machine's clock is {skew} ms off the store's; rewriting the tombstone's ExpiresAt on the store clock");
+        let change = self.change(Action::Release, None, retention, None);
+        self.commit(lock, Expect::Rvn(record.rvn.clone()), None, &change).await.map(|_| ())
     }
 
     pub(crate) fn grant(&self, lock: &str, r: &Record, how: How, polls: u32) -> Grant {
@@ -368,67 +466,126 @@ impl Locker {
     }
 
     /// Extends the lease of a lock `who` holds. Exit 76 if it is no longer theirs.
-    pub async fn renew(&self, lock: &str, who: &Holding, ttl: Option<Duration>, retention: Duration, event: bool) -> Result<Grant> {
+    ///
+    /// A renewal that knows its lease and its token (`run`'s heartbeat) is one write. One that
+    /// keeps the grant's own lease length, or may have to find the grant by owner (a later
+    /// job whose exported token is stale), reads the record first.
+    pub async fn renew(&self, lock: &str, who: &Holding, ttl: Ttl, retention: Duration, event: bool) -> Result<Grant> {
         let synced = self.store.clock().is_synced();
         let event = event.then(|| how_event(EventKind::Renewed, &who.owner, None)).flatten();
-        let change = self.change(Action::Renew { restamp: false }, ttl, retention, event);
-        match self.commit(lock, who.expect(), None, &change).await? {
-            Written::Done(r) => {
-                let r = if synced {
-                    Some(r)
-                } else {
-                    self.retime(lock, r, ttl, retention, false).await?
-                };
-                match r {
-                    Some(r) => Ok(self.grant(lock, &r, How::Reentered, 0)),
-                    None => Err(self.lost(lock, who, &self.store.read(lock, true).await?)),
+        let mut seen = match (ttl, who.by_owner) {
+            (Ttl::For(_) | Ttl::NoEnd, false) => None,
+            _ => Some(self.store.read(lock, true).await?),
+        };
+        for _ in 0..EAGER_ROUNDS {
+            let (expect, lease) = match &seen {
+                None => (who.expect(), ttl_len(ttl, None)),
+                Some(obs) => match &obs.state {
+                    State::Corrupt(why) => return Err(self.corrupt(lock, why)),
+                    State::Valid(r) => match who.finds(r) {
+                        Some(token) => (Expect::Token(token.to_string()), ttl_len(ttl, Some(r))),
+                        None => return Err(self.lost(lock, who, obs)),
+                    },
+                    State::Absent => return Err(self.lost(lock, who, obs)),
+                },
+            };
+            let change = self.change(
+                Action::Renew {
+                    restamp: false,
+                    raise_fence: None,
+                },
+                lease,
+                retention,
+                event.clone(),
+            );
+            match self.commit(lock, expect, None, &change).await? {
+                Written::Done(r) => {
+                    let r = if synced {
+                        Some(r)
+                    } else {
+                        self.retime(lock, r, lease, retention, false).await?
+                    };
+                    return match r {
+                        Some(r) => Ok(self.grant(lock, &r, How::Reentered, 0)),
+                        None => Err(self.lost(lock, who, &self.store.read(lock, true).await?)),
+                    };
                 }
+                // Decide again on what is there: the grant under another token of ours, or gone.
+                Written::Conflict(obs) => seen = Some(obs),
             }
-            Written::Conflict(obs) => Err(self.lost(lock, who, &obs)),
         }
+        Err(Error::Unavailable {
+            message: format!("lock {lock:?} in {} kept changing under renew", self.store.url()),
+            source: None,
+        })
     }
 
+    /// The error for a grant of `who` that is gone: exit 76, saying who has the lock now and,
+    /// where History tells, who took it from us and when.
     fn lost(&self, lock: &str, who: &Holding, obs: &Observed) -> Error {
-        let now = match &obs.state {
+        let record = match &obs.state {
             State::Corrupt(why) => return self.corrupt(lock, why),
-            State::Valid(r) if !r.is_free() => format!("held by {} (fence {})", r.owner.as_deref().unwrap_or("?"), r.fence),
-            _ => "free".to_string(),
+            State::Valid(r) => Some(r),
+            State::Absent => None,
+        };
+        let now = match record {
+            Some(r) if !r.is_free() => format!("held by {} (fence {})", r.owner.as_deref().unwrap_or("?"), r.fence),
+            Some(_) => "free".to_string(),
+            None => "absent (its record was deleted)".to_string(),
+        };
+        let how = match record.and_then(|r| taken_from(r, &who.owner)) {
+            Some(e) => format!("{} at {}", taken_text(e), rfc3339(e.at)),
+            None => "it was taken over (lease ended or --force-after) or released".to_string(),
         };
         Error::LeaseLost(format!(
-            "lock {lock:?} in {} is not held by {} any more: it is {now}. It was taken over (lease ended or --force-after) \
-             or released; acquire it again, and renew more often than the lease (--ttl)",
+            "lock {lock:?} in {} is not held by {} any more: {how}; it is {now} now. Work done since then ran \
+             without the lock; acquire it again, and renew more often than the lease (--ttl)",
             self.store.url(),
             who.owner
         ))
     }
 
-    /// Gives back the lock `who` holds. Someone else's lock is left alone.
+    /// Gives back the lock `who` holds. Someone else's lock is left alone; a grant that was
+    /// taken over from `who` is an error (exit 76): the pipeline ran part of its protected
+    /// work without the lock and must go red.
     pub async fn release(&self, lock: &str, who: &Holding, opts: &ReleaseOptions) -> Result<Released> {
         if let Some(reason) = &opts.force {
             return self.force_release(lock, who, reason, opts).await;
         }
+        let synced = self.store.clock().is_synced();
         let mut expect = who.expect();
         for _ in 0..EAGER_ROUNDS {
             let event = how_event(EventKind::Released, &who.owner, None);
             let change = self.change(Action::Release, None, opts.retention, event);
             let obs = match self.commit(lock, expect.clone(), None, &change).await? {
-                Written::Done(r) => return Ok(Released::Released { fence: r.fence }),
+                Written::Done(r) => {
+                    if !synced {
+                        self.retime_tombstone(lock, &r, opts.retention).await?;
+                    }
+                    return Ok(Released::Released { fence: r.fence });
+                }
                 Written::Conflict(obs) => obs,
             };
-            match &obs.state {
+            let r = match &obs.state {
                 State::Corrupt(why) => return Err(self.corrupt(lock, why)),
-                State::Valid(r) if r.owner.as_deref() == Some(who.owner.as_str()) => {
-                    // Ours under another token (re-acquired since the token was exported).
-                    expect = Expect::Token(r.token.clone().unwrap_or_default());
-                }
-                State::Valid(r) if !r.is_free() => {
-                    return Ok(Released::HeldByOther {
-                        owner: r.owner.clone().unwrap_or_default(),
-                        fence: r.fence,
-                    });
-                }
-                _ => return Ok(Released::NotHeld),
+                State::Absent => return Ok(Released::NotHeld),
+                State::Valid(r) => r,
+            };
+            if let Some(token) = who.finds(r) {
+                // Ours under another token (re-acquired since the token was exported).
+                expect = Expect::Token(token.to_string());
+                continue;
             }
+            if taken_from(r, &who.owner).is_some() {
+                return Err(self.lost(lock, who, &obs));
+            }
+            if r.is_free() {
+                return Ok(Released::NotHeld);
+            }
+            return Ok(Released::HeldByOther {
+                owner: r.owner.clone().unwrap_or_default(),
+                fence: r.fence,
+            });
         }
         Err(Error::Unavailable {
             message: format!("lock {lock:?} in {} kept changing under release", self.store.url()),
@@ -458,6 +615,7 @@ impl Locker {
                 at: self.store.clock().now_ms(),
                 by: Some(who.owner.clone()),
                 why: Some(format!("--force: {reason}")),
+                from: None,
             };
             let change = self.change(Action::Release, None, opts.retention, Some(event));
             if let Written::Done(r) = self.commit(lock, expect, Some(&obs), &change).await? {
@@ -490,7 +648,26 @@ pub(crate) fn how_event(kind: EventKind, owner: &str, why: Option<String>) -> Op
         at: 0,
         by: None,
         why,
+        from: None,
     })
+}
+
+/// The lease a renewal writes: `Keep` reads it off the grant.
+fn ttl_len(ttl: Ttl, grant: Option<&Record>) -> Option<Duration> {
+    match ttl {
+        Ttl::For(d) => Some(d),
+        Ttl::NoEnd => None,
+        Ttl::Keep => grant.and_then(crate::policy::lease_len),
+    }
+}
+
+/// "taken over by X (why)" / "released by X with --force (why)", for messages.
+fn taken_text(e: &Event) -> String {
+    let why = e.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
+    match e.event {
+        EventKind::Released => format!("it was released by {} with --force{why}", e.by.as_deref().unwrap_or("?")),
+        _ => format!("it was taken over by {}{why}", e.owner),
+    }
 }
 
 /// `base` scaled by a random factor in [0.75, 1.25): racing writers do not retry in lockstep.

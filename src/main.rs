@@ -2,11 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use pipeline_lock::{app, cli::Cli, exit, report};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_sourced(std::env::args_os()) {
         Ok(cli) => cli,
         // clap prints help/version (exit 0) and usage errors (exit 2) itself.
         Err(e) => e.exit(),

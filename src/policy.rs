@@ -12,7 +12,7 @@ pub enum Takeover {
     Forced(String),
     /// The lease ended on the store clock.
     LeaseEnded,
-    /// AcquiredAt is older than `--force-after`.
+    /// The holder's last sign of life (RenewedAt, else AcquiredAt) is older than `--force-after`.
     ForceAfter,
     /// We watched Rvn stay unchanged for the whole lease on our monotonic clock.
     Unrenewed,
@@ -26,7 +26,7 @@ impl Takeover {
         match self {
             Takeover::Forced(reason) => format!("--force: {reason}"),
             Takeover::LeaseEnded => "the lease ended".into(),
-            Takeover::ForceAfter => "held longer than --force-after".into(),
+            Takeover::ForceAfter => "not renewed for longer than --force-after".into(),
             Takeover::Unrenewed => "not renewed for a whole lease (watched on the taker's monotonic clock)".into(),
             Takeover::PipelineEnded(status) => {
                 format!("the holder's pipeline has ended ({status}, per the CI API)")
@@ -84,6 +84,12 @@ pub fn lease_len(record: &Record) -> Option<Duration> {
     Some(Duration::from_millis(end.saturating_sub(renewed).max(0) as u64))
 }
 
+/// When the holder last showed it is alive: its last renewal, else its grant. `--force-after`
+/// counts from here (DESIGN rule 4, v2), so a holder that renews is never evicted by it.
+pub fn last_sign_of_life(record: &Record) -> Option<i64> {
+    record.renewed_at.or(record.acquired_at)
+}
+
 impl Judge<'_> {
     /// May we take `record` (held by someone else) now?
     pub fn takeover(&self, record: &Record) -> Option<Takeover> {
@@ -94,8 +100,8 @@ impl Judge<'_> {
         if record.lease_expires_at.is_some_and(|end| now > end) {
             return Some(Takeover::LeaseEnded);
         }
-        if let (Some(fa), Some(acquired)) = (self.force_after, record.acquired_at)
-            && now.saturating_sub(acquired) > ms(fa)
+        if let (Some(fa), Some(alive)) = (self.force_after, last_sign_of_life(record))
+            && now.saturating_sub(alive) > ms(fa)
         {
             return Some(Takeover::ForceAfter);
         }
@@ -112,7 +118,7 @@ impl Judge<'_> {
     pub fn takeover_at(&self, record: &Record) -> Option<i64> {
         let m = ms(self.margin);
         let by_lease = record.lease_expires_at.map(|end| end + m + 1);
-        let by_age = self.force_after.zip(record.acquired_at).map(|(fa, a)| a + ms(fa) + m + 1);
+        let by_age = self.force_after.zip(last_sign_of_life(record)).map(|(fa, a)| a + ms(fa) + m + 1);
         let by_watch = lease_len(record).zip(self.watch).filter(|(_, w)| w.rvn == record.rvn).map(|(lease, w)| {
             let left = (lease + self.margin).saturating_sub(self.mono_now.saturating_duration_since(w.since));
             self.now + ms(left) + 1
@@ -161,14 +167,23 @@ mod tests {
     }
 
     #[test]
-    fn force_after_counts_from_acquisition_even_when_renewed() {
+    fn force_after_counts_from_the_last_renewal() {
+        // Acquired at 0, renewed at 100 s: a live holder that renews is never evicted.
         let r = held(0, 100_000, Some(200_000));
         let mut j = judge(100_000);
         j.force_after = Some(Duration::from_secs(60));
-        assert_eq!(j.takeover(&r), Some(Takeover::ForceAfter));
-        j.now = 61_000;
         assert_eq!(j.takeover(&r), None);
-        assert_eq!(j.takeover_at(&r), Some(62_001));
+        j.now = 161_000;
+        assert_eq!(j.takeover(&r), None);
+        assert_eq!(j.takeover_at(&r), Some(162_001));
+        j.now = 162_001;
+        assert_eq!(j.takeover(&r), Some(Takeover::ForceAfter));
+        // Never renewed: from the grant.
+        let quiet = held(0, 0, None);
+        j.now = 62_001;
+        assert_eq!(j.takeover(&quiet), Some(Takeover::ForceAfter));
+        j.now = 61_000;
+        assert_eq!(j.takeover(&quiet), None);
     }
 
     #[test]

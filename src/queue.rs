@@ -52,9 +52,37 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
+/// How long `w` may go unseen: its own window (from its own retry interval) or the
+/// observer's, whichever is longer, so a slow poller is never judged by a fast one.
+fn window_of(w: &Waiter, window: Duration) -> i64 {
+    ms(window).max(w.window.unwrap_or(0))
+}
+
 /// Is the entry live at store time `now`? (Callers widen `window` by their clock's uncertainty.)
 pub fn is_live(w: &Waiter, now: i64, window: Duration) -> bool {
-    w.seen_at.saturating_add(ms(window)) >= now
+    w.seen_at.saturating_add(window_of(w, window)) >= now
+}
+
+/// Pruning of dead entries, as a waiter's queue write does it: at store time `now`, with
+/// the writer's window for entries that carry none of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prune {
+    /// Store ms.
+    pub now: i64,
+    /// The writer's window.
+    pub window: Duration,
+}
+
+impl Prune {
+    /// The SeenAt below which `w` is dead.
+    pub fn cut(&self, w: &Waiter) -> i64 {
+        self.now.saturating_sub(window_of(w, self.window))
+    }
+
+    /// Is `w` dead?
+    pub fn is_dead(&self, w: &Waiter) -> bool {
+        w.seen_at < self.cut(w)
+    }
 }
 
 /// Sort key of an entry under `mode`: smaller goes first.
@@ -163,6 +191,7 @@ mod tests {
             seen_at: seen,
             ordinal,
             url: None,
+            window: None,
         }
     }
 
@@ -223,6 +252,25 @@ mod tests {
         let r = queue(&[("old", w("me", 1, 59_000, None))]);
         let entry = w("me", 500, 60_000, None);
         assert!(ahead(&r, &Me { token: "new", entry: &entry }, QueueMode::Fifo, 60_000, WIN).is_empty());
+    }
+
+    #[test]
+    fn a_slow_poller_is_judged_by_its_own_window() {
+        // Queued first, polling every 60 s (window 180 s); observed by a 2 s poller (30 s).
+        let mut slow = w("slow", 1, 0, None);
+        slow.window = Some(180_000);
+        let r = queue(&[("s", slow.clone()), ("f", w("fast", 2, 100_000, None))]);
+        assert!(is_live(&slow, 100_000, WIN));
+        assert!(stale(&r, "f", 100_000, WIN).is_empty());
+        let entry = w("fast", 2, 100_000, None);
+        let me = Me { token: "f", entry: &entry };
+        assert_eq!(ahead(&r, &me, QueueMode::Fifo, 100_000, WIN).len(), 1);
+        let prune = Prune { now: 100_000, window: WIN };
+        assert!(!prune.is_dead(&slow));
+        assert!(prune.is_dead(&w("old", 1, 0, None)));
+        // Past its own window it is dead like any other.
+        assert!(!is_live(&slow, 180_001, WIN));
+        assert!(Prune { now: 180_001, window: WIN }.is_dead(&slow));
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct Holder {
     /// Pipeline number (GitLab IID, GitHub run number): higher is newer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordinal: Option<u64>,
+    /// `run` for grants that `pipeline-lock run` holds around its command; absent for
+    /// `acquire`'s grants, which later jobs of the pipeline renew and release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// One queued waiter.
@@ -94,6 +98,11 @@ pub struct Waiter {
     /// Its pipeline URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// How long (ms) it may go unseen before it counts as dead: its own prune window, from its
+    /// own retry interval, so a slow poller is not judged by a fast one's interval. Absent in
+    /// entries written by older versions: the observer's window then applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<i64>,
 }
 
 /// What happened to the lock.
@@ -144,6 +153,10 @@ pub struct Event {
     /// Why: `--reason`, or the takeover rule that allowed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// For takeovers: the owner the lock was taken from, so that owner's later `release` or
+    /// `renew` can tell "taken over from us" (exit 76) from "never ours" (exit 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// The holder-side fields of one grant.
@@ -172,6 +185,9 @@ pub enum Action {
     Renew {
         /// Reset AcquiredAt too.
         restamp: bool,
+        /// Raise the fence to this (a grant that created the record from absent while this
+        /// machine's clock was behind the store's: its fence must still start at store ms).
+        raise_fence: Option<u64>,
     },
     /// Back to a free tombstone. Fence kept.
     Release,
@@ -213,6 +229,16 @@ impl Record {
             waiters: BTreeMap::new(),
             history: Vec::new(),
         }
+    }
+
+    /// The record a grant creates where there was none: the key was never used, or its record
+    /// was deleted (DynamoDB's TTL, an operator). The fence starts at the store-clock ms of
+    /// the write, above any fence the lost record can have had (fences move one per grant, far
+    /// slower than the clock), so fences never go back (DESIGN, `Fence`).
+    pub fn created(lock: &str, change: &Change) -> Record {
+        let mut base = Record::vacant(lock);
+        base.fence = change.now.max(0) as u64;
+        base.apply(change)
     }
 
     /// Is the lock free (a tombstone)?
@@ -263,10 +289,13 @@ impl Record {
                     next.waiters.remove(token);
                 }
             }
-            Action::Renew { restamp } => {
+            Action::Renew { restamp, raise_fence } => {
                 next.renewed_at = Some(change.now);
                 if *restamp {
                     next.acquired_at = Some(change.now);
+                }
+                if let Some(f) = raise_fence {
+                    next.fence = next.fence.max(*f);
                 }
             }
             Action::Release => {
@@ -289,14 +318,14 @@ impl Record {
     }
 
     /// The record after a waiter's own bookkeeping, for whole-record stores: `set` registers or
-    /// refreshes one entry, `remove` drops one, and entries unseen since `prune_before` (store
-    /// ms) go, except the one being set. Nothing else changes, Rvn included: a holder's or a
+    /// refreshes one entry, `remove` drops one, and dead entries (see [`crate::queue::Prune`])
+    /// go, except the one being set. Nothing else changes, Rvn included: a holder's or a
     /// taker's condition on Token and Rvn still holds afterwards.
-    pub fn with_waiters(&self, set: Option<(&str, &Waiter)>, remove: Option<&str>, prune_before: Option<i64>) -> Record {
+    pub fn with_waiters(&self, set: Option<(&str, &Waiter)>, remove: Option<&str>, prune: Option<crate::queue::Prune>) -> Record {
         let mut next = self.clone();
-        if let Some(cut) = prune_before {
+        if let Some(prune) = prune {
             let keep = set.map(|(t, _)| t);
-            next.waiters.retain(|t, w| Some(t.as_str()) == keep || w.seen_at >= cut);
+            next.waiters.retain(|t, w| Some(t.as_str()) == keep || !prune.is_dead(w));
         }
         if let Some(token) = remove {
             next.waiters.remove(token);
@@ -346,6 +375,7 @@ mod tests {
                 at: 1_000,
                 by: None,
                 why: None,
+                from: None,
             }),
         }
     }
@@ -368,7 +398,13 @@ mod tests {
         assert_eq!(held.fence, 1);
         assert_eq!(held.history[0].fence, Some(1));
         assert!(held.validate("l").is_ok());
-        let renewed = held.apply(&change(Action::Renew { restamp: false }, EventKind::Renewed));
+        let renewed = held.apply(&change(
+            Action::Renew {
+                restamp: false,
+                raise_fence: None,
+            },
+            EventKind::Renewed,
+        ));
         assert_eq!((renewed.fence, renewed.token.as_deref()), (1, Some("t")));
         let free = renewed.apply(&change(Action::Release, EventKind::Released));
         assert_eq!(free.fence, 1);
@@ -395,7 +431,13 @@ mod tests {
             grant(),
             change(Action::Release, EventKind::Released),
             grant(),
-            change(Action::Renew { restamp: false }, EventKind::Renewed),
+            change(
+                Action::Renew {
+                    restamp: false,
+                    raise_fence: None,
+                },
+                EventKind::Renewed,
+            ),
         ] {
             r = r.apply(&c);
         }
@@ -423,6 +465,7 @@ mod tests {
             seen_at: seen,
             ordinal: Some(3),
             url: None,
+            window: None,
         }
     }
 
@@ -437,11 +480,24 @@ mod tests {
             (held.rvn.as_str(), held.token.as_deref(), held.fence)
         );
         // Pruning spares the entry being set, and drops those unseen since the cut.
-        let pruned = queued.with_waiters(Some(("c", &waiter(0))), None, Some(5));
+        let pruned = queued.with_waiters(
+            Some(("c", &waiter(0))),
+            None,
+            Some(crate::queue::Prune {
+                now: 5,
+                window: std::time::Duration::ZERO,
+            }),
+        );
         assert_eq!(pruned.waiters.keys().collect::<Vec<_>>(), vec!["a", "c"]);
         assert!(pruned.with_waiters(None, Some("a"), None).waiters.contains_key("c"));
         // Holder writes keep the queue; a grant removes what it dequeues.
-        let renewed = queued.apply(&change(Action::Renew { restamp: false }, EventKind::Renewed));
+        let renewed = queued.apply(&change(
+            Action::Renew {
+                restamp: false,
+                raise_fence: None,
+            },
+            EventKind::Renewed,
+        ));
         assert_eq!(renewed.waiters, queued.waiters);
         let released = renewed.apply(&change(Action::Release, EventKind::Released));
         let g = Grantee {

@@ -7,11 +7,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 use crate::ci::Identity;
 use crate::error::{Error, Result};
 use crate::locker::{AcquireOptions, Locker};
+use crate::signals::Signals;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -42,7 +43,23 @@ fn send(pgid: i32, sig: i32) {
 
 /// Acquires, runs the command, releases, and returns the command's exit code.
 pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOptions, spec: &RunSpec) -> Result<u8> {
-    let mut lease = locker.lease(lock, who, opts, spec.heartbeat).await?;
+    let mut signals = Signals::install()?;
+    let (cancel, cancelled) = watch::channel(None);
+    let opts = AcquireOptions {
+        cancel: Some(cancelled.clone()),
+        ..opts.clone()
+    };
+    let mut lease = signals
+        .during(locker.lease(lock, who, &opts, spec.heartbeat, spec.kill_grace), &cancel)
+        .await?;
+    if let Some(sig) = *cancelled.borrow() {
+        // Granted just as we were told to stop: give it straight back, run nothing.
+        lease.release().await?;
+        return Err(Error::Interrupted {
+            signal: sig,
+            message: format!("got the lock {lock:?} but signal {sig} arrived meanwhile; released it, ran nothing"),
+        });
+    }
     let grant = lease.grant().clone();
     let mut cmd = tokio::process::Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
@@ -70,8 +87,6 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
         }
     };
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-    let sig = |kind| signal(kind).map_err(|e| Error::other("cannot install signal handlers", e));
-    let (mut int, mut term, mut hup) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?, sig(SignalKind::hangup())?);
     let lost = lease.lost();
     tokio::pin!(lost);
     let mut interrupts = 0;
@@ -86,17 +101,25 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
                 }
                 return Ok(code);
             }
-            _ = int.recv() => {
-                interrupts += 1;
+            sig = signals.recv() => {
+                if sig == libc::SIGINT {
+                    interrupts += 1;
+                }
                 // A second Ctrl-C means "now": KILL, then release as usual.
-                send(pgid, if interrupts > 1 { libc::SIGKILL } else { libc::SIGINT });
+                send(pgid, if interrupts > 1 { libc::SIGKILL } else { sig });
             }
-            _ = term.recv() => send(pgid, libc::SIGTERM),
-            _ = hup.recv() => send(pgid, libc::SIGHUP),
             err = &mut lost => {
-                eprintln!("pipeline-lock: {err}; stopping the command (TERM, then KILL after {})", humantime::format_duration(spec.kill_grace));
+                // Dead by the lease end minus the margin (DESIGN "Leases in practice (v2)"):
+                // the grace is cut short when that comes sooner, and is none when the lock
+                // is already someone else's.
+                let now = tokio::time::Instant::now();
+                let kill_at = lease.kill_by().map_or(now + spec.kill_grace, |k| k.min(now + spec.kill_grace)).max(now);
+                eprintln!(
+                    "pipeline-lock: {err}; stopping the command (TERM, then KILL after {})",
+                    humantime::format_duration(Duration::from_millis((kill_at - now).as_millis() as u64))
+                );
                 send(pgid, libc::SIGTERM);
-                if tokio::time::timeout(spec.kill_grace, child.wait()).await.is_err() {
+                if tokio::time::timeout_at(kill_at, child.wait()).await.is_err() {
                     send(pgid, libc::SIGKILL);
                     let _ = child.wait().await;
                 }

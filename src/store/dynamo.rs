@@ -210,7 +210,6 @@ fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Item2)> {
     let c = w.change;
     let mut set = vec!["#r = :r".to_string()];
     let mut remove = Vec::new();
-    let mut add = Vec::new();
     let mut values: Item = HashMap::from([(":r".to_string(), AttributeValue::S(c.rvn.clone()))]);
     let mut opt = |name: &str, value: Option<i64>, set: &mut Vec<String>, values: &mut Item| match value {
         Some(v) => {
@@ -230,7 +229,10 @@ fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Item2)> {
             values.insert(":t".into(), AttributeValue::S(g.token.clone()));
             values.insert(":h".into(), av(&g.holder)?);
             values.insert(":now".into(), now);
-            add.push("#f :one");
+            // An item created here starts its fence at the store ms of the write (see
+            // `Record::created`); one that exists counts on from its own.
+            set.push("#f = if_not_exists(#f, :base) + :one".into());
+            values.insert(":base".into(), AttributeValue::N(c.now.max(0).to_string()));
             values.insert(":one".into(), AttributeValue::N("1".into()));
             for (i, token) in g.dequeue.iter().enumerate().filter(|_| dequeue) {
                 // Removing map keys leaves Rvn and the holder fields alone; no path overlaps them.
@@ -239,10 +241,15 @@ fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Item2)> {
                 keys.insert("#ws".into(), "Waiters".into());
             }
         }
-        Action::Renew { restamp } => {
+        Action::Renew { restamp, raise_fence } => {
             set.push("#rn = :now".into());
             if *restamp {
                 set.push("#a = :now".into());
+            }
+            // Only ever asked for above the fence the caller read at this Rvn (the condition).
+            if let Some(f) = raise_fence {
+                set.push("#f = :nf".into());
+                values.insert(":nf".into(), AttributeValue::N(f.to_string()));
             }
             values.insert(":now".into(), now);
         }
@@ -256,9 +263,6 @@ fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Item2)> {
     let mut expr = format!("SET {}", set.join(", "));
     if !remove.is_empty() {
         expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
-    }
-    if !add.is_empty() {
-        expr.push_str(&format!(" ADD {}", add.join(", ")));
     }
     Ok((expr, values, keys))
 }
@@ -302,6 +306,10 @@ fn condition_for(expect: &Expect, blind: bool, values: &mut Item) -> Option<Stri
             s(":et", token);
             s(":er", rvn);
             "#t = :et AND #r = :er".into()
+        }
+        Expect::Rvn(rvn) => {
+            s(":er", rvn);
+            "#r = :er".into()
         }
         Expect::Exact => return None,
     };
@@ -441,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn grant_sets_holder_fields_and_adds_one_to_the_fence() {
+    fn grant_sets_holder_fields_and_counts_the_fence_on_from_store_ms() {
         let change = Change {
             action: Action::Grant(Grantee {
                 owner: "o".into(),
@@ -460,6 +468,7 @@ mod tests {
                 at: 5,
                 by: None,
                 why: None,
+                from: None,
             }),
         };
         let w = Write {
@@ -469,7 +478,8 @@ mod tests {
             change: &change,
         };
         let (expr, values, keys) = update_for(&w, true).unwrap();
-        assert!(expr.contains("ADD #f :one"), "{expr}");
+        assert!(expr.contains("#f = if_not_exists(#f, :base) + :one"), "{expr}");
+        assert_eq!(values[":base"], AttributeValue::N("5".into()));
         assert!(expr.contains("REMOVE #l, #e, #ws.#q0"), "{expr}");
         assert_eq!(keys["#q0"], "q");
         assert!(!update_for(&w, false).unwrap().0.contains("#ws"));

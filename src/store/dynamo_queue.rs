@@ -37,12 +37,12 @@ fn waiter_plan(u: &WaiterUpdate<'_>, base: &Observed) -> Result<Option<WaiterPla
         _ => !record.waiters.is_empty(),
     };
     let keep = [u.set.map(|(t, _)| t), u.remove].into_iter().flatten().collect::<Vec<_>>();
-    let prune: Vec<&String> = match u.prune_before {
-        Some(cut) => record
+    let prune: Vec<(&String, i64)> = match u.prune {
+        Some(p) => record
             .waiters
             .iter()
-            .filter(|(t, w)| w.seen_at < cut && !keep.contains(&t.as_str()))
-            .map(|(t, _)| t)
+            .filter(|(t, w)| p.is_dead(w) && !keep.contains(&t.as_str()))
+            .map(|(t, w)| (t, p.cut(w)))
             .collect(),
         None => Vec::new(),
     };
@@ -70,15 +70,15 @@ fn waiter_plan(u: &WaiterUpdate<'_>, base: &Observed) -> Result<Option<WaiterPla
     }
     let mut conditions = vec!["attribute_exists(#ws)".to_string()];
     let mut removes = Vec::new();
-    for (i, token) in prune.iter().enumerate() {
+    for (i, (token, cut)) in prune.iter().enumerate() {
         names.insert(format!("#p{i}"), token.to_string());
         removes.push(format!("#ws.#p{i}"));
         // Only if still unseen: a waiter that refreshed meanwhile stays.
-        conditions.push(format!("(attribute_not_exists(#ws.#p{i}) OR #ws.#p{i}.#sa < :cut)"));
+        conditions.push(format!("(attribute_not_exists(#ws.#p{i}) OR #ws.#p{i}.#sa < :cut{i})"));
+        values.insert(format!(":cut{i}"), AttributeValue::N(cut.to_string()));
     }
     if !prune.is_empty() {
         names.insert("#sa".into(), "SeenAt".into());
-        values.insert(":cut".into(), AttributeValue::N(u.prune_before.unwrap_or_default().to_string()));
     }
     if let Some(token) = remove {
         names.insert("#me".into(), token.to_string());
@@ -175,6 +175,7 @@ mod tests {
                     seen_at: *seen,
                     ordinal: None,
                     url: None,
+                    window: None,
                 },
             );
         }
@@ -196,13 +197,17 @@ mod tests {
             seen_at: 9,
             ordinal: None,
             url: None,
+            window: None,
         };
         let set = WaiterUpdate {
             lock: "l",
             base: None,
             set: Some(("me", &entry)),
             remove: None,
-            prune_before: Some(100),
+            prune: Some(crate::queue::Prune {
+                now: 100,
+                window: std::time::Duration::ZERO,
+            }),
         };
         // No map yet: create it whole, only if still absent.
         let plan = waiter_plan(&set, &observed(&[], false)).unwrap().unwrap();
@@ -226,7 +231,7 @@ mod tests {
             base: None,
             set: None,
             remove: Some("me"),
-            prune_before: None,
+            prune: None,
         };
         let plan = waiter_plan(&leave, &observed(&[("me", 1)], true)).unwrap().unwrap();
         assert_eq!((plan.update.as_str(), plan.values.is_empty()), ("REMOVE #ws.#me", true));

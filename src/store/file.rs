@@ -19,7 +19,7 @@ use crate::record::Record;
 pub const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 const DIR_LOCK: &str = ".pipeline-lock.dirlock";
-const SUFFIX: &str = ".lock";
+pub(crate) const SUFFIX: &str = ".lock";
 
 /// Locks in one local directory.
 #[derive(Debug)]
@@ -194,7 +194,7 @@ impl Store for FileStore {
             (Expect::Exact, State::Valid(r)) => r.apply(w.change),
             (Expect::Exact, _) => super::salvage(w.lock, salvage_fence(&current.version), w.change),
             (_, State::Valid(r)) => r.apply(w.change),
-            _ => Record::vacant(w.lock).apply(w.change),
+            _ => Record::created(w.lock, w.change),
         };
         self.replace(w.lock, &path, &next)?;
         Ok(Written::Done(next))
@@ -209,7 +209,7 @@ impl Store for FileStore {
         let State::Valid(record) = &current.state else {
             return Ok(Some(current));
         };
-        let next = record.with_waiters(u.set, u.remove, u.prune_before);
+        let next = record.with_waiters(u.set, u.remove, u.prune);
         if next.waiters == record.waiters {
             return Ok(Some(current));
         }

@@ -86,6 +86,9 @@ pub enum Expect {
         /// The record version read.
         rvn: String,
     },
+    /// Exactly the record version we wrote last (a valid record, held or free): re-timing a
+    /// tombstone whose times came from this machine's clock.
+    Rvn(String),
     /// Exactly the record in `base`, whatever it is: break-glass over a corrupt record.
     Exact,
 }
@@ -101,6 +104,7 @@ impl Expect {
             (Expect::Owner(o), State::Valid(r)) => r.owner.as_deref() == Some(o.as_str()),
             (Expect::Token(t), State::Valid(r)) => r.token.as_deref() == Some(t.as_str()),
             (Expect::TokenRvn { token, rvn }, State::Valid(r)) => r.token.as_deref() == Some(token.as_str()) && &r.rvn == rvn,
+            (Expect::Rvn(rvn), State::Valid(r)) => &r.rvn == rvn,
             _ => false,
         }
     }
@@ -147,8 +151,8 @@ pub struct WaiterUpdate<'a> {
     pub set: Option<(&'a str, &'a Waiter)>,
     /// Remove this entry (we got the lock or gave up).
     pub remove: Option<&'a str>,
-    /// Also remove entries unseen since this store time (ms), except `set`'s own.
-    pub prune_before: Option<i64>,
+    /// Also remove dead entries (each by its own window), except `set`'s own.
+    pub prune: Option<crate::queue::Prune>,
 }
 
 /// The answer to a conditional write: contention is a value, not an error.

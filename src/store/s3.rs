@@ -264,7 +264,7 @@ impl S3Store {
                 super::salvage(w.lock, salvage_fence(&Version(VersionKind::Bytes(Arc::new(bytes)))), w.change)
             }
             (Expect::Exact, _) => super::salvage(w.lock, None, w.change),
-            _ => Record::vacant(w.lock).apply(w.change),
+            _ => Record::created(w.lock, w.change),
         }))
     }
 }
@@ -361,7 +361,7 @@ impl Store for S3Store {
             let (State::Valid(record), VersionKind::Etag(etag)) = (&fresh.state, &fresh.version.0) else {
                 return Ok(Some(fresh));
             };
-            let next = record.with_waiters(u.set, u.remove, u.prune_before);
+            let next = record.with_waiters(u.set, u.remove, u.prune);
             if next.waiters == record.waiters {
                 return Ok(Some(fresh));
             }

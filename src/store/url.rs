@@ -66,6 +66,25 @@ impl StoreUrl {
         }
     }
 
+    /// Refuses, before any request, a lock name this store cannot hold (DESIGN "Leases in
+    /// practice (v2)"): a file name has at most 255 bytes, an S3 key 1024, both after the
+    /// name is percent-encoded; a DynamoDB key may have 2048 (more than the 1024 every name is
+    /// held to already).
+    pub fn check_lock_name(&self, name: &str) -> Result<()> {
+        let (what, len, limit) = match self {
+            StoreUrl::DynamoDb { .. } => return Ok(()),
+            StoreUrl::File { .. } => ("file name", encode_name(name).len() + super::file::SUFFIX.len(), 255),
+            StoreUrl::S3 { prefix, .. } => ("object key", super::s3::object_key(prefix, name).len(), 1024),
+        };
+        if len > limit {
+            return Err(Error::Usage(format!(
+                "the lock name is too long for {self}: its {what} would be {len} bytes once encoded \
+                 (every byte but A-Z a-z 0-9 . _ - takes three), and the store allows at most {limit}; use a shorter --lock"
+            )));
+        }
+        Ok(())
+    }
+
     /// A DynamoDB store, checking the table name as DynamoDB would.
     pub fn dynamodb(table: &str) -> Result<StoreUrl> {
         let ok = (3..=255).contains(&table.len()) && table.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
@@ -134,6 +153,26 @@ pub fn decode_name(encoded: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_a_store_cannot_hold_are_refused_with_its_limit() {
+        let file = StoreUrl::parse("file:///tmp/x").unwrap();
+        assert!(file.check_lock_name(&"a".repeat(250)).is_ok());
+        let err = file.check_lock_name(&"a".repeat(251)).unwrap_err().to_string();
+        assert!(
+            err.contains("file:///tmp/x") && err.contains("at most 255") && err.contains("256 bytes"),
+            "{err}"
+        );
+        // Encoding triples every other byte: 83 slashes and the suffix are 254 bytes, 84 are 257.
+        assert!(file.check_lock_name(&"/".repeat(83)).is_ok());
+        assert!(file.check_lock_name(&"/".repeat(84)).is_err());
+        let s3 = StoreUrl::parse("s3://bkt/ci").unwrap();
+        assert!(s3.check_lock_name(&"a".repeat(1016)).is_ok());
+        let err = s3.check_lock_name(&"a".repeat(1017)).unwrap_err().to_string();
+        assert!(err.contains("s3://bkt/ci") && err.contains("at most 1024"), "{err}");
+        assert!(matches!(s3.check_lock_name(&"/".repeat(400)), Err(Error::Usage(_))));
+        assert!(StoreUrl::dynamodb("tbl").unwrap().check_lock_name(&"/".repeat(1024)).is_ok());
+    }
 
     #[test]
     fn parses_each_scheme() {
