@@ -23,7 +23,11 @@ use crate::support;
 use crate::tools::{example, pinned_binary, signal};
 
 /// `run`'s lease flags that keep the contract's promise (heartbeat <= (ttl - margin - grace)/2).
-pub const RUN_LEASE: &[&str] = &["--ttl", "2s", "--clock-margin", "200ms", "--kill-grace", "1s", "--heartbeat", "400ms"];
+/// The margin is a second: the AWS stores' clocks are read from `Date` headers, which count
+/// whole seconds, and with 200 ms a taker was seen entering ~0.4 s before the holder's own
+/// lease end (moto S3, DynamoDB Local). The grace is longer than twice the margin, so that a
+/// `run` that sends TERM only when its lease ends (and KILL a grace later) is caught.
+pub const RUN_LEASE: &[&str] = &["--ttl", "6s", "--clock-margin", "1s", "--kill-grace", "3s", "--heartbeat", "1s"];
 
 /// A step that hangs longer than this is killed and reported.
 const STEP_LIMIT: Duration = Duration::from_secs(60);
@@ -49,7 +53,15 @@ impl Ctx {
         let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("safety/ci-{}-{tag}", kind.name()));
         std::fs::create_dir_all(&dir).unwrap();
-        let bin = pinned_binary(&dir, broken.is_some());
+        let bin = match std::env::var_os("PIPELINE_LOCK_SAFETY_BIN") {
+            // Another build under test (an older one, to see the scenarios fail).
+            Some(other) => {
+                let pinned = dir.join("pipeline-lock");
+                std::fs::copy(&other, &pinned).unwrap_or_else(|e| panic!("PIPELINE_LOCK_SAFETY_BIN {other:?}: {e}"));
+                pinned
+            }
+            None => pinned_binary(&dir, broken.is_some()),
+        };
         let server = Server::start(kind, &dir);
         Ctx {
             kind,
@@ -313,6 +325,18 @@ impl<'a> Lane<'a> {
         let _ = tx.send(());
         let _ = watchdog.join();
         let stderr = String::from_utf8_lossy(&out.stderr);
+        {
+            use std::io::Write as _;
+            let path = self.ctx.dir.join(format!("steps-{}.log", self.name));
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(
+                    f,
+                    "== {actor}: {what} -> {:?} in {} ms\n{stderr}",
+                    out.status,
+                    s.started.elapsed().as_millis()
+                );
+            }
+        }
         let tail: Vec<&str> = stderr.lines().rev().take(4).collect();
         let step = Step {
             what: what.to_string(),
@@ -638,14 +662,14 @@ pub fn trap_term(lane: &Lane) {
         std::os::unix::fs::symlink(lane.ctx.dir.join("locks"), &link).unwrap();
         cmd.env("PIPELINE_LOCK_STORE", format!("file://{}", link.display()));
     }
-    cmd.args(lane.run_args(&holder, &["--trap-term", "--writes", "120", "--gap", "50"]));
+    cmd.args(lane.run_args(&holder, &["--trap-term", "--writes", "300", "--gap", "50"]));
     let held = lane.spawn(cmd);
     assert!(wait_inside(&lane.witness, &holder, Duration::from_secs(20)), "{holder} never began");
     let mut run = lane.tool(&tci, "71", &Vec::new(), None);
     run.args(lane.run_args(&taker, &["--writes", "2", "--gap", "30"]));
     let waiting = lane.spawn(run);
-    // Let a renewal or two through, then cut the holder off.
-    std::thread::sleep(Duration::from_millis(700));
+    // Let a renewal through (heartbeat 1 s), then cut the holder off.
+    std::thread::sleep(Duration::from_millis(1300));
     lane.witness.mark(&format!("cut {holder} off from the store"));
     match &own_proxy {
         Some(p) => p.command("set blackhole 1.0"),
@@ -795,8 +819,16 @@ impl Outcome {
 }
 
 /// Runs `scenarios` at once on one store, each on its own lock and witness; judges each.
+/// `PIPELINE_LOCK_SAFETY_SCENARIOS=trap-term,waiters` runs only those (to look at one closely).
 pub fn run(kind: Kind, broken: Option<&'static str>, scenarios: &[(&'static str, ScenarioFn)]) -> Outcome {
     let started = Instant::now();
+    let only = std::env::var("PIPELINE_LOCK_SAFETY_SCENARIOS").unwrap_or_default();
+    let scenarios: Vec<(&'static str, ScenarioFn)> = scenarios
+        .iter()
+        .filter(|(n, _)| only.is_empty() || only.split(',').any(|o| o.trim() == *n))
+        .copied()
+        .collect();
+    let scenarios = scenarios.as_slice();
     let ctx = Ctx::start(kind, broken);
     let lanes: Vec<Lane> = scenarios.iter().map(|(n, _)| Lane::new(&ctx, n)).collect();
     let mut times = BTreeMap::new();
