@@ -15,9 +15,13 @@ use crate::servers::{Kind, Server};
 use crate::tools::{Rng, example, pinned_binary, signal};
 use crate::workload::{Invocation, Workload, lock};
 
-/// The takers' default skew margin (`--clock-margin`): a stale lease keeps others out this
-/// much longer.
-const CLOCK_MARGIN_MS: u64 = 2000;
+/// The contenders' skew margin (`--clock-margin`): a stale lease keeps others out this much
+/// longer. Not the default 2 s: `run` must stop its command (TERM, then KILL a grace later)
+/// by its lease end minus the margin, so margin, grace and two heartbeats must fit in the
+/// lease (1500 ms here).
+pub const CLOCK_MARGIN_MS: u64 = 500;
+/// `run --kill-grace` of the contenders (their command, the witness client, does not trap TERM).
+pub const KILL_GRACE_MS: u64 = 300;
 
 #[derive(Debug, Clone)]
 pub struct Config {

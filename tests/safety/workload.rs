@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::harness::{CLOCK_MARGIN_MS, KILL_GRACE_MS};
 use crate::tools::Rng;
 
 /// How each contender runs the tool.
@@ -180,7 +181,14 @@ fn contend(
         }
         cmd.args(["--owner", &owner, "--lock", &inv.lock, "run"])
             .args(["--ttl", &format!("{}ms", inv.ttl_ms), "--heartbeat", &format!("{}ms", inv.heartbeat_ms)])
-            .args(["--retry-interval", &format!("{}ms", inv.retry_ms), "--kill-grace", "1s", "--"])
+            .args(["--retry-interval", &format!("{}ms", inv.retry_ms)])
+            .args([
+                "--clock-margin",
+                &format!("{CLOCK_MARGIN_MS}ms"),
+                "--kill-grace",
+                &format!("{KILL_GRACE_MS}ms"),
+                "--",
+            ])
             .args([&inv.witness_bin, "client", &inv.witness]);
         cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let start = Instant::now();
