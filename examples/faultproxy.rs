@@ -3,7 +3,8 @@
 //! service do. It understands just enough HTTP to find where requests and replies end.
 //!
 //! ```text
-//! faultproxy HOST:PORT     print "PORT CONTROL_PORT", then proxy 127.0.0.1:PORT to HOST:PORT
+//! faultproxy HOST:PORT [PORT]  print "PORT CONTROL_PORT", then proxy 127.0.0.1:PORT to HOST:PORT
+//!                              (PORT: a given one, to stand in for a proxy that was killed)
 //! ```
 //!
 //! Control port, one line each (answer `ok`); P is the share of requests hit, 0.0 to 1.0:
@@ -80,7 +81,8 @@ fn main() {
     let upstream = std::env::args().nth(1).expect("faultproxy HOST:PORT");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
-        let data = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port: u16 = std::env::args().nth(2).map(|p| p.parse().expect("faultproxy PORT")).unwrap_or(0);
+        let data = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         println!("{} {}", data.local_addr().unwrap().port(), control.local_addr().unwrap().port());
         let _ = std::io::stdout().flush();

@@ -79,7 +79,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(upstream: &str) -> Proxy {
-        let (child, line) = spawn_helper(Command::new(example("faultproxy")).arg(upstream));
+        Proxy::start_on(upstream, 0)
+    }
+
+    /// A proxy on `port` (0: any), e.g. again on the port of one that was stopped.
+    pub fn start_on(upstream: &str, port: u16) -> Proxy {
+        let (child, line) = spawn_helper(Command::new(example("faultproxy")).arg(upstream).arg(port.to_string()));
         let mut ports = line.split_whitespace().map(|p| p.parse::<u16>().expect("proxy port"));
         Proxy {
             child,

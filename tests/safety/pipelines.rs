@@ -53,7 +53,7 @@ impl Ctx {
         let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("safety/ci-{}-{tag}", kind.name()));
         std::fs::create_dir_all(&dir).unwrap();
-        let bin = match std::env::var_os("PIPELINE_LOCK_SAFETY_BIN") {
+        let bin = match std::env::var_os("PIPELINE_LOCK_SAFETY_BIN").filter(|b| !b.is_empty()) {
             // Another build under test (an older one, to see the scenarios fail).
             Some(other) => {
                 let pinned = dir.join("pipeline-lock");
@@ -175,8 +175,10 @@ pub struct Lane<'a> {
     pub witness: Witness,
     /// A second resource, guarded by another lock of the scenario.
     pub side: Witness,
-    /// Between this lane's processes and the store (networked stores).
-    pub proxy: Option<Proxy>,
+    /// Between this lane's processes and the store (networked stores); its URL stays the same
+    /// when the scenario stops and restarts it.
+    pub proxy: Mutex<Option<Proxy>>,
+    proxy_url: Option<String>,
     /// Each actor, and whether it works on the side witness.
     actors: Mutex<BTreeMap<String, (Actor, bool)>>,
     next_pipeline: Mutex<u64>,
@@ -187,15 +189,25 @@ pub type Exported = Vec<(String, String)>;
 
 impl<'a> Lane<'a> {
     pub fn new(ctx: &'a Ctx, name: &'static str) -> Lane<'a> {
+        let proxy = ctx.server.endpoint().map(|_| Proxy::start(&ctx.server.addr()));
+        let proxy_url = proxy.as_ref().map(Proxy::url);
         Lane {
             ctx,
             name,
             project: format!("group/{}-{}", name, ctx.tag),
             witness: Witness::start(true),
             side: Witness::start(true),
-            proxy: ctx.server.endpoint().map(|_| Proxy::start(&ctx.server.addr())),
+            proxy: Mutex::new(proxy),
+            proxy_url,
             actors: Mutex::new(BTreeMap::new()),
             next_pipeline: Mutex::new(0),
+        }
+    }
+
+    /// A command to the lane's proxy, if there is one.
+    pub fn proxy_command(&self, line: &str) {
+        if let Some(p) = self.proxy.lock().unwrap().as_ref() {
+            p.command(line);
         }
     }
 
@@ -260,7 +272,7 @@ impl<'a> Lane<'a> {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("PIPELINE_LOCK_STORE", self.ctx.store_url());
-        if let Some(e) = endpoint.map(str::to_string).or_else(|| self.proxy.as_ref().map(Proxy::url)) {
+        if let Some(e) = endpoint.map(str::to_string).or_else(|| self.proxy_url.clone()) {
             c.env("PIPELINE_LOCK_ENDPOINT_URL", e);
         }
         if self.ctx.kind == Kind::MotoS3 {
@@ -356,19 +368,28 @@ impl<'a> Lane<'a> {
     /// `acquire` in the pipeline's first job; returns what it exported (GitLab: the dotenv
     /// lines on stdout; GitHub: what it appended to `$GITHUB_ENV`).
     pub fn acquire(&self, actor: &str, ci: &Ci, args: &[&str], allowed: &[i32]) -> Exported {
-        let github_env = self.ctx.dir.join(format!("{}-{actor}-github-env", self.name));
-        let mut cmd = self.tool(ci, "lock", &Vec::new(), None);
+        self.acquire_in(actor, ci, "lock", &Vec::new(), args, allowed, &format!("acquire {}", args.join(" ")))
+    }
+
+    /// `acquire` in job `job`, with what earlier jobs exported. On GitHub the job's
+    /// `$GITHUB_ENV` starts with those lines, and the file as the runner reads it (the last
+    /// line of a name wins) is what the job's later steps see.
+    #[allow(clippy::too_many_arguments)]
+    pub fn acquire_in(&self, actor: &str, ci: &Ci, job: &str, exported: &Exported, args: &[&str], allowed: &[i32], what: &str) -> Exported {
+        let github_env = self.ctx.dir.join(format!("{}-{actor}-{job}-github-env", self.name));
+        let mut cmd = self.tool(ci, job, exported, None);
         cmd.arg("acquire").args(args);
         match ci {
             Ci::GitLab { .. } => {
                 cmd.args(["--output", "env"]);
             }
             Ci::GitHub { .. } => {
+                let lines: String = exported.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                std::fs::write(&github_env, lines).unwrap();
                 cmd.env("GITHUB_ENV", &github_env);
             }
         }
-        let what = format!("acquire {}", args.join(" "));
-        let out = self.step(actor, &what, allowed, cmd);
+        let out = self.step(actor, what, allowed, cmd);
         let text = match ci {
             Ci::GitLab { .. } => String::from_utf8_lossy(&out.stdout).into_owned(),
             Ci::GitHub { .. } => std::fs::read_to_string(&github_env).unwrap_or_default(),
@@ -449,32 +470,54 @@ fn settle() {
 // leases, so that slow process starts on a busy machine never make a lease run out where the
 // scenario says it must not.
 
-/// Three pipelines (two GitLab, one GitHub) contend for their project's lock; each acquires
-/// in one job, renews and works in two later jobs with the exported environment, and
-/// releases in a last one. All must go green, one after another, with rising fences.
+/// Three pipelines (two GitLab, one GitHub) contend for their project's lock, shaped like the
+/// templates: acquire in a first job; "build" renews and works with the exported environment;
+/// "deploy" starts with a re-entrant acquire (`.pipeline-lock:reacquire`) and works with what
+/// that exported; "verify" renews and works with the first job's exports again; a last job
+/// releases. The GitHub run's first job also takes a second lock, so `$GITHUB_ENV` ends with
+/// that grant's name and token: its later renew and release name the project's lock with
+/// `--lock` and a token that is not that lock's. All must go green, one after another.
 pub fn pipelines(lane: &Lane) {
-    let rounds = if lane.ctx.long { 3 } else { 1 };
     std::thread::scope(|s| {
         for i in 0..3 {
             s.spawn(move || {
-                for _ in 0..rounds {
-                    let (name, ci) = if i == 2 { lane.github() } else { lane.gitlab() };
-                    lane.actor(&name, true, false);
-                    let env = lane.acquire(&name, &ci, &["--ttl", "10s", "--wait", "60s", "--retry-interval", "150ms"], &[0]);
-                    for (stage, job) in [("build", "11"), ("deploy", "12")] {
-                        let mut renew = lane.tool(&ci, job, &env, None);
-                        renew.arg("renew");
-                        lane.step(&name, &format!("renew ({stage})"), &[0], renew);
-                        lane.step(
-                            &name,
-                            &format!("work ({stage})"),
-                            &[0],
-                            lane.work(&ci, job, &env, &name, &["--writes", "3", "--gap", "40"]),
-                        );
-                    }
-                    let mut release = lane.tool(&ci, "13", &env, None);
-                    release.arg("release");
-                    lane.step(&name, "release", &[0], release);
+                let github = i == 2;
+                let (name, ci) = if github { lane.github() } else { lane.gitlab() };
+                lane.actor(&name, true, false);
+                let acquire = ["--ttl", "10s", "--wait", "60s", "--retry-interval", "150ms"];
+                let first = lane.acquire(&name, &ci, &acquire, &[0]);
+                let db = format!("{}/db", lane.project);
+                // What later jobs are handed; on GitHub the second grant's lines came last.
+                let handed = if github {
+                    let args = ["--lock", db.as_str(), "--ttl", "10s", "--wait", "60s", "--retry-interval", "150ms"];
+                    lane.acquire_in(&name, &ci, "lock", &first, &args, &[0], "acquire --lock .../db (same job)")
+                } else {
+                    first.clone()
+                };
+                let lock: &[&str] = if github { &["--lock", &lane.project] } else { &[] };
+                let work = ["--writes", "3", "--gap", "40"];
+                let mut renew = lane.tool(&ci, "11", &handed, None);
+                renew.args(lock).arg("renew");
+                lane.step(&name, "renew (build)", &[0], renew);
+                lane.step(&name, "work (build)", &[0], lane.work(&ci, "11", &first, &name, &work));
+                let mut reacquire: Vec<&str> = lock.to_vec();
+                reacquire.extend(["--ttl", "10s", "--no-wait"]);
+                let again = lane.acquire_in(&name, &ci, "12", &handed, &reacquire, &[0], "re-entrant acquire (deploy)");
+                let mut renew = lane.tool(&ci, "12", &again, None);
+                renew.arg("renew");
+                lane.step(&name, "renew (deploy)", &[0], renew);
+                lane.step(&name, "work (deploy)", &[0], lane.work(&ci, "12", &again, &name, &work));
+                let mut renew = lane.tool(&ci, "13", &handed, None);
+                renew.args(lock).arg("renew");
+                lane.step(&name, "renew (verify, handed token)", &[0], renew);
+                lane.step(&name, "work (verify)", &[0], lane.work(&ci, "13", &first, &name, &work));
+                let mut release = lane.tool(&ci, "14", &handed, None);
+                release.args(lock).arg("release");
+                lane.step(&name, "release (handed token)", &[0], release);
+                if github {
+                    let mut release = lane.tool(&ci, "14", &handed, None);
+                    release.args(["--lock", &db, "release"]);
+                    lane.step(&name, "release --lock .../db", &[0], release);
                 }
             });
         }
@@ -656,7 +699,7 @@ pub fn trap_term(lane: &Lane) {
     lane.actor(&taker, false, false);
     // The holder's own path to the store, which the scenario cuts.
     let own_proxy = lane.ctx.server.endpoint().map(|_| Proxy::start(&lane.ctx.server.addr()));
-    let link = lane.ctx.dir.join(format!("locks-{}", lane.name));
+    let link = lane.ctx.dir.join(format!("locks-{}-{h}", lane.name));
     let mut cmd = lane.tool(&ci, "61", &Vec::new(), own_proxy.as_ref().map(Proxy::url).as_deref());
     if lane.ctx.kind == Kind::File {
         std::os::unix::fs::symlink(lane.ctx.dir.join("locks"), &link).unwrap();
@@ -722,15 +765,25 @@ pub fn waiters(lane: &Lane) {
     lane.witness.mark(&format!("SIGTERM {w2} (waiting)"));
     signal(w2_proc.pid, libc::SIGTERM);
     lane.finish(&w2, "acquire (SIGTERM while waiting)", &[143], w2_proc);
-    if let Some(p) = &lane.proxy {
-        lane.witness.mark("store unreachable for 4 s");
-        p.command("set blackhole 1.0");
+    if lane.proxy_url.is_some() {
+        lane.witness.mark("store unreachable for 4 s (blackhole)");
+        lane.proxy_command("set blackhole 1.0");
         std::thread::sleep(Duration::from_secs(4));
         lane.witness.mark("store answers 500 for 1.5 s");
-        p.command("set fail 1.0");
+        lane.proxy_command("set fail 1.0");
         std::thread::sleep(Duration::from_millis(1500));
-        p.command("set pass");
-        lane.witness.mark("proxy pass");
+        lane.proxy_command("set pass");
+        // The endpoint itself killed for 4 s (connections refused), then back on its port.
+        lane.witness.mark("endpoint killed for 4 s");
+        let port = {
+            let mut p = lane.proxy.lock().unwrap();
+            let port = p.as_ref().map(|p| p.port).unwrap_or(0);
+            *p = None;
+            port
+        };
+        std::thread::sleep(Duration::from_secs(4));
+        *lane.proxy.lock().unwrap() = Some(Proxy::start_on(&lane.ctx.server.addr(), port));
+        lane.witness.mark("endpoint back");
     }
     lane.step(
         &h,
@@ -841,7 +894,10 @@ pub fn run(kind: Kind, broken: Option<&'static str>, scenarios: &[(&'static str,
                     *n,
                     s.spawn(move || {
                         let t = Instant::now();
-                        f(lane);
+                        // The long run repeats every scenario on the same lock and witness.
+                        for _ in 0..if lane.ctx.long { 3 } else { 1 } {
+                            f(lane);
+                        }
                         t.elapsed()
                     }),
                 )
