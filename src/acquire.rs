@@ -200,7 +200,13 @@ impl Locker {
                     Ok(v) => v,
                     Err(e) => {
                         failures += 1;
-                        if let Some(give_up) = self.ride_out(lock, e, opts, deadline, started, failures, &mut cancel).await {
+                        // Only a store that has answered us is ridden out: one that never did
+                        // is a wrong endpoint or a missing network, not a blip.
+                        let answered = seen.is_some();
+                        if let Some(give_up) = self
+                            .ride_out(lock, e, opts, (answered, deadline), started, failures, &mut cancel)
+                            .await
+                        {
                             self.leave(lock, &place, None).await;
                             return Err(give_up);
                         }
@@ -378,8 +384,7 @@ impl Locker {
                 // Re-entry never shortens the grant's lease and never puts an end on a
                 // grant without one (a later job's acquire with the default --ttl).
                 let lease = match &record {
-                    Some(r) if reentered && r.lease_expires_at.is_none() => None,
-                    Some(r) if reentered => opts.ttl.max(crate::policy::lease_len(r)),
+                    Some(r) if reentered => crate::policy::kept_lease(r, now, opts.ttl),
                     _ => opts.ttl,
                 };
                 let change = self.change(action, lease, opts.retention, event);
@@ -502,20 +507,21 @@ impl Locker {
 
     /// A store failure while waiting (DESIGN "Leases in practice (v2)"): unreachable,
     /// throttled or 5xx is ridden out with backoff until our own `--wait` (or
-    /// `--max-retries`) runs out; anything else, and `--no-wait`, gives up at once. Returns
-    /// the error to give up with, or `None` after the pause.
+    /// `--max-retries`) runs out; anything else, `--no-wait`, and a store that has not
+    /// answered once yet give up at once. Returns the error to give up with, or `None` after
+    /// the pause.
     #[allow(clippy::too_many_arguments)]
     async fn ride_out(
         &self,
         lock: &str,
         err: Error,
         opts: &AcquireOptions,
-        deadline: Option<Instant>,
+        (answered, deadline): (bool, Option<Instant>),
         started: Instant,
         failures: u32,
         cancel: &mut Option<tokio::sync::watch::Receiver<Option<i32>>>,
     ) -> Option<Error> {
-        if !matches!(err, Error::Unavailable { .. }) || opts.wait == Wait::No {
+        if !matches!(err, Error::Unavailable { .. }) || opts.wait == Wait::No || !answered {
             return Some(err);
         }
         let out_of_tries = opts.max_retries.is_some_and(|m| failures > m.max(1));

@@ -100,11 +100,26 @@ fn instance(url: &str) -> String {
     bare.replace('/', "%2F")
 }
 
+/// GitLab's instance: CI_SERVER_HOST, its CI_SERVER_PORT unless the protocol's default, and
+/// the path of CI_SERVER_URL (a relative URL root), so `gitlab:HOST[:PORT][%2FPATH]`.
+fn gitlab_instance(env: Env<'_>) -> String {
+    let host = get(env, "CI_SERVER_HOST").unwrap_or_else(|| "gitlab.com".into());
+    let url = get(env, "CI_SERVER_URL").unwrap_or_default();
+    let default_port = if url.starts_with("http://") { "80" } else { "443" };
+    let port = get(env, "CI_SERVER_PORT")
+        .filter(|p| p != default_port)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let path = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, p)| p.trim_end_matches('/'));
+    let path = path.filter(|p| !p.is_empty()).map(|p| format!("/{p}")).unwrap_or_default();
+    instance(&format!("{host}{port}{path}"))
+}
+
 fn gitlab(env: Env<'_>, scope: Scope, holder: &mut Holder) -> Result<Found> {
-    let host = get(env, "CI_SERVER_URL")
-        .map(|u| instance(&u))
-        .or_else(|| get(env, "CI_SERVER_HOST"))
-        .unwrap_or_else(|| "gitlab.com".into());
+    let host = gitlab_instance(env);
     let project = require(env, "GitLab CI", "CI_PROJECT_PATH")?;
     let pipeline = require(env, "GitLab CI", "CI_PIPELINE_ID")?;
     let mut owner = format!("gitlab:{host}/{project}/pipelines/{pipeline}");
@@ -233,11 +248,11 @@ mod tests {
     #[test]
     fn another_port_or_path_is_another_instance() {
         let mut pairs = GITLAB.to_vec();
-        pairs.push(("CI_SERVER_URL", "https://gitlab.example.com:8443/code"));
+        pairs.extend([("CI_SERVER_URL", "https://gitlab.example.com:8443/code"), ("CI_SERVER_PORT", "8443")]);
         let id = detect(&env(&pairs), Scope::Pipeline, None).unwrap().unwrap();
         assert_eq!(id.owner, "gitlab:gitlab.example.com:8443%2Fcode/group/app/pipelines/1234");
-        pairs.pop();
-        pairs.push(("CI_SERVER_URL", "https://gitlab.example.com"));
+        pairs.truncate(GITLAB.len());
+        pairs.extend([("CI_SERVER_URL", "https://gitlab.example.com"), ("CI_SERVER_PORT", "443")]);
         let id = detect(&env(&pairs), Scope::Pipeline, None).unwrap().unwrap();
         assert_eq!(id.owner, "gitlab:gitlab.example.com/group/app/pipelines/1234");
         let gh = env(&[

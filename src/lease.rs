@@ -64,7 +64,7 @@ pub fn check_heartbeat(ttl: Option<Duration>, heartbeat: Option<Duration>, margi
     let hb = heartbeat.unwrap_or((ttl / 3).min(budget / 2));
     if hb.is_zero() || hb > budget / 2 {
         return Err(Error::Usage(format!(
-            "--heartbeat {} must be positive and at most half of the {} that the lease leaves before the command is stopped \
+            "--heartbeat {} must be positive and at most half the lease left before the command is stopped: {} \
              (--ttl {} minus --clock-margin {} minus --kill-grace {}), so one lost renewal does not lose the lock",
             f(hb),
             f(budget),
@@ -314,7 +314,7 @@ mod tests {
         assert_eq!(check_heartbeat(Some(s(30)), None, s(2), s(10)).unwrap(), Some(s(9)));
         assert_eq!(check_heartbeat(Some(s(30)), Some(s(9)), s(2), s(10)).unwrap(), Some(s(9)));
         let err = check_heartbeat(Some(s(30)), Some(s(10)), s(2), s(10)).unwrap_err().to_string();
-        assert!(err.contains("at most half") && err.contains("--kill-grace"), "{err}");
+        assert!(err.contains("half the lease") && err.contains("--kill-grace"), "{err}");
         // The default of a third of the lease where that fits.
         assert_eq!(check_heartbeat(Some(s(120)), None, s(2), s(10)).unwrap(), Some(s(40)));
         // A lease that leaves nothing before TERM.

@@ -311,6 +311,10 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
+/// How far this machine's clock may be off the store's before a write made on it (the
+/// one-request path, before any `Date` was seen) is re-timed on the store clock.
+const CLOCK_SLACK: Duration = Duration::from_secs(1);
+
 /// A lost-reply read-back is tried this many times before the store counts as unreachable.
 const READ_BACK_TRIES: u32 = 3;
 /// Decisions in a row without a pause (conflicts from racing writers) before we back off.
@@ -350,8 +354,17 @@ impl Locker {
             now,
             lease_expires_at,
             expires_at: gc_from.map(|t| t / 1000 + retention.as_secs() as i64),
+            fence_floor: self.fence_floor(),
             event,
         }
+    }
+
+    /// Where a record created now starts its fence: the latest the store clock can read now
+    /// (our estimate plus its uncertainty), plus the second by which another runner's clock
+    /// may be off before its write is re-timed. Any grant made earlier got less.
+    fn fence_floor(&self) -> u64 {
+        let clock = self.store.clock();
+        (clock.now_ms() + ms(clock.uncertainty()) + ms(CLOCK_SLACK)).max(0) as u64
     }
 
     /// One conditional write, surviving lost replies (DESIGN rule 6) and queue traffic.
@@ -418,13 +431,14 @@ impl Locker {
     ) -> Result<Option<Record>> {
         let now = self.store.clock().now_ms();
         let skew = (now - local_wall_ms()).abs();
-        if skew <= 1000 {
+        if skew <= ms(CLOCK_SLACK) {
             return Ok(Some(record));
         }
         tracing::info!("this machine's clock is {skew} ms off the store's; rewriting the lease times on the store clock");
         let token = record.token.clone().unwrap_or_default();
         let created = record.history.len() == 1 && record.history[0].event.is_grant();
-        let raise_fence = (restamp && created && record.fence <= now.max(0) as u64).then(|| now.max(0) as u64 + 1);
+        let floor = self.fence_floor() + 1;
+        let raise_fence = (restamp && created && record.fence < floor).then_some(floor);
         let change = self.change(Action::Renew { restamp, raise_fence }, lease, retention, None);
         let expect = Expect::TokenRvn {
             token,
@@ -442,7 +456,7 @@ impl Locker {
     /// rewritten on the store clock. Best effort: a grant in between wrote its own times.
     async fn retime_tombstone(&self, lock: &str, record: &Record, retention: Duration) -> Result<()> {
         let skew = (self.store.clock().now_ms() - local_wall_ms()).abs();
-        if skew <= 1000 {
+        if skew <= ms(CLOCK_SLACK) {
             return Ok(());
         }
         tracing::info!("this machine's clock is {skew} ms off the store's; rewriting the tombstone's ExpiresAt on the store clock");
@@ -479,11 +493,11 @@ impl Locker {
         };
         for _ in 0..EAGER_ROUNDS {
             let (expect, lease) = match &seen {
-                None => (who.expect(), ttl_len(ttl, None)),
+                None => (who.expect(), ttl_len(ttl, None, 0)),
                 Some(obs) => match &obs.state {
                     State::Corrupt(why) => return Err(self.corrupt(lock, why)),
                     State::Valid(r) => match who.finds(r) {
-                        Some(token) => (Expect::Token(token.to_string()), ttl_len(ttl, Some(r))),
+                        Some(token) => (Expect::Token(token.to_string()), ttl_len(ttl, Some(r), self.store.clock().now_ms())),
                         None => return Err(self.lost(lock, who, obs)),
                     },
                     State::Absent => return Err(self.lost(lock, who, obs)),
@@ -653,11 +667,11 @@ pub(crate) fn how_event(kind: EventKind, owner: &str, why: Option<String>) -> Op
 }
 
 /// The lease a renewal writes: `Keep` reads it off the grant.
-fn ttl_len(ttl: Ttl, grant: Option<&Record>) -> Option<Duration> {
+fn ttl_len(ttl: Ttl, grant: Option<&Record>, now: i64) -> Option<Duration> {
     match ttl {
         Ttl::For(d) => Some(d),
         Ttl::NoEnd => None,
-        Ttl::Keep => grant.and_then(crate::policy::lease_len),
+        Ttl::Keep => grant.and_then(|r| crate::policy::kept_lease(r, now, None)),
     }
 }
 

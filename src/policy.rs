@@ -84,6 +84,16 @@ pub fn lease_len(record: &Record) -> Option<Duration> {
     Some(Duration::from_millis(end.saturating_sub(renewed).max(0) as u64))
 }
 
+/// The lease a renewal (or a re-entry) that keeps the grant's own writes at store time `now`:
+/// none for a grant without a lease end; else the grant's length, `at_least`, or what is left
+/// of the lease now, whichever is longest, so that neither the length nor the end moves back
+/// (not even by the difference between two runners' store-clock estimates).
+pub fn kept_lease(record: &Record, now: i64, at_least: Option<Duration>) -> Option<Duration> {
+    let end = record.lease_expires_at?;
+    let left = Duration::from_millis(end.saturating_sub(now).max(0) as u64);
+    Some([lease_len(record), at_least, Some(left)].into_iter().flatten().max().unwrap_or(left))
+}
+
 /// When the holder last showed it is alive: its last renewal, else its grant. `--force-after`
 /// counts from here (DESIGN rule 4, v2), so a holder that renews is never evicted by it.
 pub fn last_sign_of_life(record: &Record) -> Option<i64> {

@@ -206,6 +206,8 @@ pub struct Change {
     pub lease_expires_at: Option<i64>,
     /// New GC time in unix seconds; `None` while held without a lease.
     pub expires_at: Option<i64>,
+    /// Where the fence of a record created by this write starts (see [`Record::created`]).
+    pub fence_floor: u64,
     /// History entry to append. Its `fence` is left out: it follows from the record (see
     /// [`Record::fill_history_fences`]), so stores that cannot know the new fence before
     /// writing (DynamoDB's atomic ADD) write the same history as the others.
@@ -232,12 +234,13 @@ impl Record {
     }
 
     /// The record a grant creates where there was none: the key was never used, or its record
-    /// was deleted (DynamoDB's TTL, an operator). The fence starts at the store-clock ms of
-    /// the write, above any fence the lost record can have had (fences move one per grant, far
-    /// slower than the clock), so fences never go back (DESIGN, `Fence`).
+    /// was deleted (DynamoDB's TTL, an operator). The fence starts at `Change::fence_floor`,
+    /// store-clock ms with room for clock disagreement, above any fence the lost record can
+    /// have had (fences move one per grant, far slower than the clock), so fences never go
+    /// back (DESIGN, `Fence`).
     pub fn created(lock: &str, change: &Change) -> Record {
         let mut base = Record::vacant(lock);
-        base.fence = change.now.max(0) as u64;
+        base.fence = change.fence_floor;
         base.apply(change)
     }
 
@@ -368,6 +371,7 @@ mod tests {
             now: 1_000,
             lease_expires_at: Some(61_000),
             expires_at: Some(99),
+            fence_floor: 0,
             event: Some(Event {
                 event: kind,
                 owner: "me".into(),

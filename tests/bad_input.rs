@@ -159,7 +159,7 @@ fn flag_cases() -> Vec<Case> {
         ),
         case(
             "run --heartbeat over half the lease",
-            &["--lock", "l", "run", "--ttl", "10s", "--heartbeat", "6s", "--", "true"],
+            &["--lock", "l", "run", "--ttl", "30s", "--heartbeat", "10s", "--", "true"],
             2,
             "half the lease",
         ),

@@ -130,7 +130,8 @@ fn github_outputs_are_appended() {
         "{env_file}"
     );
     let outputs = std::fs::read_to_string(&gout).unwrap();
-    assert!(outputs.contains("fence=1\n") && outputs.contains("token="), "{outputs}");
+    let fence = e.record("org/repo")["Fence"].as_u64().unwrap();
+    assert!(outputs.contains(&format!("fence={fence}\n")) && outputs.contains("token="), "{outputs}");
 }
 
 /// DESIGN: an uncontended acquire is one request, release one, status one.

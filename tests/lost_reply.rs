@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use pipeline_lock::store::{self, Hooked, Store, StoreUrl, Write, WriteHook, Written};
-use pipeline_lock::{AcquireOptions, Error, Holding, Locker, ReleaseOptions, Released, Result, ci};
+use pipeline_lock::{AcquireOptions, Error, Holding, Locker, ReleaseOptions, Released, Result, Ttl, ci};
 use support::{Backend, Env};
 
 /// Forwards everything; the first `drop` writes are carried out but their replies "lost".
@@ -90,9 +90,11 @@ async fn lost_grant_reply_still_grants_once(e: Env) {
     let locker = locker(&e, 1).await;
     let lock = e.lock("l");
     let grant = locker.acquire(&lock, &me("alice"), &AcquireOptions::default()).await.unwrap();
-    assert_eq!(grant.fence, 1, "{grant:?}");
+    // A record created from absent starts its fence above the grant's store ms (AcquiredAt).
+    assert!(grant.fence > grant.acquired_at as u64, "{grant:?}");
     let rec = locker.status(&lock).await.unwrap();
     let r = rec.record().unwrap();
+    assert_eq!(r.fence, grant.fence);
     assert_eq!(r.token.as_deref(), Some(grant.token.as_str()));
     assert_eq!(r.history.len(), 1, "one grant event, not two: {:?}", r.history);
 }
@@ -102,10 +104,7 @@ async fn lost_release_reply_still_releases(e: Env) {
     let lock = e.lock("l");
     let grant = locker.acquire(&lock, &me("alice"), &AcquireOptions::default()).await.unwrap();
     let flaky = drop_replies(locker.store().clone(), 1);
-    let who = Holding {
-        owner: "alice".into(),
-        token: None,
-    };
+    let who = Holding::pipeline("alice", None);
     let released = flaky.release(&lock, &who, &ReleaseOptions::default()).await.unwrap();
     assert_eq!(released, Released::Released { fence: grant.fence });
     assert!(locker.status(&lock).await.unwrap().record().unwrap().is_free());
@@ -116,15 +115,12 @@ async fn lost_renew_reply_is_not_a_lost_lease(e: Env) {
     let lock = e.lock("l");
     let grant = locker.acquire(&lock, &me("alice"), &AcquireOptions::default()).await.unwrap();
     let flaky = drop_replies(locker.store().clone(), 1);
-    let who = Holding {
-        owner: "alice".into(),
-        token: Some(grant.token.clone()),
-    };
+    let who = Holding::grant(&grant);
     let renewed = flaky
         .renew(
             &lock,
             &who,
-            Some(std::time::Duration::from_secs(60)),
+            Ttl::For(std::time::Duration::from_secs(60)),
             std::time::Duration::from_secs(60),
             false,
         )

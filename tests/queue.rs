@@ -321,7 +321,25 @@ fn holder_on_another_host_is_never_asked_about(b: Backend) {
 fn waiter_traffic_never_fails_a_renewal(b: Backend) {
     let e = Env::new(b, "traffic");
     let lock = e.lock("l");
-    let holder = spawn(&e, "holder", &lock, &["run", "--ttl", "1s", "--heartbeat", "200ms", "--", "sleep", "6"]);
+    let holder = spawn(
+        &e,
+        "holder",
+        &lock,
+        &[
+            "run",
+            "--ttl",
+            "1s",
+            "--heartbeat",
+            "200ms",
+            "--clock-margin",
+            "200ms",
+            "--kill-grace",
+            "200ms",
+            "--",
+            "sleep",
+            "6",
+        ],
+    );
     wait_until("the grant", Duration::from_secs(10), || e.record(&lock).get("Owner").is_some());
     let fence = e.record(&lock)["Fence"].clone();
     let busy = ["acquire", "--retry-interval", "100ms", "--prune-floor", "600ms", "--wait", "2s"];

@@ -55,7 +55,8 @@ fn gives_the_child_its_lock(b: Backend) {
         ),
     );
     assert_code(&out, 0);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{lock},job,1,32"));
+    let fence = e.record(&lock)["Fence"].as_u64().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{lock},job,{fence},32"));
 }
 
 fn heartbeats_keep_a_short_lease_alive(b: Backend) {
@@ -64,7 +65,10 @@ fn heartbeats_keep_a_short_lease_alive(b: Backend) {
     let mut holder = e
         .cmd()
         .args(["--owner", "job", "--lock", &lock])
-        .args(run_args(&["--ttl", "2s"], &["sleep", "6"]))
+        .args(run_args(
+            &["--ttl", "2s", "--clock-margin", "200ms", "--kill-grace", "500ms"],
+            &["sleep", "6"],
+        ))
         .spawn()
         .unwrap();
     wait_until("the grant", Duration::from_secs(10), || e.record(&lock).get("Owner").is_some());
@@ -107,7 +111,10 @@ fn a_paused_holder_loses_its_lease(b: Backend) {
     let holder = e
         .cmd()
         .args(["--owner", "holder", "--lock", &lock])
-        .args(run_args(&["--ttl", "2s", "--kill-grace", "1s"], &["sleep", "60"]))
+        .args(run_args(
+            &["--ttl", "2s", "--clock-margin", "200ms", "--kill-grace", "1s"],
+            &["sleep", "60"],
+        ))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -134,7 +141,10 @@ fn a_killed_holder_is_taken_over_after_its_lease(b: Backend) {
     let mut holder = e
         .cmd()
         .args(["--owner", "holder", "--lock", &lock])
-        .args(run_args(&["--ttl", "2s"], &["sleep", "60"]))
+        .args(run_args(
+            &["--ttl", "2s", "--clock-margin", "200ms", "--kill-grace", "500ms"],
+            &["sleep", "60"],
+        ))
         .spawn()
         .unwrap();
     wait_until("the grant", Duration::from_secs(10), || e.record(&lock).get("Owner").is_some());
@@ -156,7 +166,7 @@ fn bad_commands(b: Backend) {
     assert_code(&out, 127);
     assert!(stderr(&out).contains("command-xyz"), "{}", stderr(&out));
     assert!(e.record(&lock).get("Owner").is_none(), "lock left held after a missing command");
-    let out = e.run("job", &lock, &run_args(&["--ttl", "10s", "--heartbeat", "6s"], &["true"]));
+    let out = e.run("job", &lock, &run_args(&["--ttl", "30s", "--heartbeat", "10s"], &["true"]));
     assert_code(&out, 2);
     assert!(stderr(&out).contains("half the lease"), "{}", stderr(&out));
 }

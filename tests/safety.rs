@@ -177,8 +177,8 @@ fn a_holder_cut_off_from_its_store_stops_by_its_lease_end() {
     let holder = e
         .cmd()
         .env("PIPELINE_LOCK_ENDPOINT_URL", proxy.url())
-        .args(["--owner", "holder", "--lock", &lock, "run", "--ttl", "2s", "--heartbeat", "500ms"])
-        .args(["--kill-grace", "1s", "--", "sleep", "60"])
+        .args(["--owner", "holder", "--lock", &lock, "run", "--ttl", "2s", "--heartbeat", "400ms"])
+        .args(["--clock-margin", "200ms", "--kill-grace", "1s", "--", "sleep", "60"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

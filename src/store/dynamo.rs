@@ -232,7 +232,7 @@ fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Item2)> {
             // An item created here starts its fence at the store ms of the write (see
             // `Record::created`); one that exists counts on from its own.
             set.push("#f = if_not_exists(#f, :base) + :one".into());
-            values.insert(":base".into(), AttributeValue::N(c.now.max(0).to_string()));
+            values.insert(":base".into(), AttributeValue::N(c.fence_floor.to_string()));
             values.insert(":one".into(), AttributeValue::N("1".into()));
             for (i, token) in g.dequeue.iter().enumerate().filter(|_| dequeue) {
                 // Removing map keys leaves Rvn and the holder fields alone; no path overlaps them.
@@ -461,6 +461,7 @@ mod tests {
             now: 5,
             lease_expires_at: None,
             expires_at: None,
+            fence_floor: 5,
             event: Some(Event {
                 event: EventKind::Acquired,
                 owner: "o".into(),
@@ -502,6 +503,7 @@ mod tests {
             now: 5,
             lease_expires_at: None,
             expires_at: Some(9),
+            fence_floor: 5,
             event: None,
         };
         let w = Write {

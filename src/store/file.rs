@@ -254,6 +254,7 @@ impl Store for FileStore {
             now: self.clock.now_ms(),
             lease_expires_at: None,
             expires_at: None,
+            fence_floor: self.clock.now_ms().max(0) as u64,
             event: None,
         };
         let first = self
