@@ -85,13 +85,10 @@ impl Locker {
         let grant = self.acquire(lock, who, opts).await?;
         let (state_tx, state) = watch::channel(LeaseState::Held);
         let (stop, stop_rx) = watch::channel(false);
-        // What is left of the lease, on the store clock estimate, less that estimate's
-        // uncertainty: erring towards giving up early, never late.
-        let clock = self.store().clock();
-        let valid_until = opts.ttl.zip(grant.lease_expires_at).map(|(ttl, end)| {
-            let left = Duration::from_millis((end - clock.now_ms()).max(0) as u64).saturating_sub(clock.uncertainty());
-            Instant::now() + left.min(ttl)
-        });
+        let valid_until = opts
+            .ttl
+            .zip(grant.lease_expires_at)
+            .map(|(ttl, end)| self.lease_end(end, Instant::now() + ttl));
         let kill_by = valid_until.map(|v| v.checked_sub(opts.clock_margin).unwrap_or(v));
         let (kill_tx, kill_by) = watch::channel(kill_by);
         let task = heartbeat.zip(opts.ttl).zip(valid_until).map(|((every, ttl), valid_until)| {
@@ -116,6 +113,17 @@ impl Locker {
             task,
             retention: opts.retention,
         })
+    }
+
+    /// When the lease that the store says ends at `end` (store ms) ends on our monotonic
+    /// clock, at the latest `cap`. The end was written on the clock estimate of the moment
+    /// of writing, which may lie behind the store's true time by that estimate's
+    /// uncertainty; a taker goes by the true time. So what is left is counted from the
+    /// latest the store clock can read now: erring towards giving up early, never late.
+    fn lease_end(&self, end: i64, cap: Instant) -> Instant {
+        let clock = self.store().clock();
+        let left = Duration::from_millis((end - clock.now_ms()).max(0) as u64).saturating_sub(clock.uncertainty());
+        (Instant::now() + left).min(cap)
     }
 
     /// Runs `f` while holding `lock`, handing it the fence. If the lease is lost, `f` is
@@ -189,8 +197,11 @@ impl Heartbeat {
                 }),
             };
             match renewal {
-                Ok(_) => {
-                    valid_until = sent + self.ttl;
+                Ok(g) => {
+                    valid_until = match g.lease_expires_at {
+                        Some(end) => self.locker.lease_end(end, sent + self.ttl),
+                        None => sent + self.ttl,
+                    };
                     let _ = kill_by.send(Some(valid_until.checked_sub(self.margin).unwrap_or(valid_until)));
                     next = sent + self.every;
                 }
