@@ -131,6 +131,18 @@ fn negative_control_ci_dynamodb_local() {
 }
 
 #[test]
+#[ignore = "long run: scripts/safety --long"]
+fn negative_control_ci_moto_dynamodb() {
+    negative_control_ci(Kind::MotoDynamo);
+}
+
+#[test]
+#[ignore = "long run: scripts/safety --long"]
+fn negative_control_ci_moto_s3() {
+    negative_control_ci(Kind::MotoS3);
+}
+
+#[test]
 fn file_is_safe_under_faults() {
     safe_under_faults(Kind::File);
 }
