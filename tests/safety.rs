@@ -9,6 +9,15 @@
 //! `src/store/broken.rs`) and asserts that the checker then fails: a checker that cannot fail
 //! proves nothing.
 //!
+//! The CI-shaped scenarios (`safety/pipelines.rs`, judged by `safety/ci_checker.rs`) use the
+//! lock the way pipelines do: acquire, renew, work and release in separate processes with the
+//! environment the templates export, parallel `run` jobs and matrix legs that inherit it, long
+//! stages, TERM-trapping commands, waiters under outages and signals, deleted tombstones. They
+//! pause nobody, so they hold the lock to stricter rules (see `ci_checker`). Their negative
+//! control is the old owner rule (`PIPELINE_LOCK_TEST_BREAK=old-owner-rule`).
+//! `PIPELINE_LOCK_SAFETY_SCENARIOS=a,b` picks scenarios; `PIPELINE_LOCK_SAFETY_BIN` judges
+//! another build of the binary (an older one, to watch the scenarios fail).
+//!
 //! Every run starts its own store server, witness and proxy on random loopback ports, so these
 //! tests need no shared servers, only the tools `scripts/test` installs (DynamoDB Local, moto,
 //! faketime).
@@ -119,6 +128,18 @@ fn negative_control_ci_file() {
 #[test]
 fn negative_control_ci_dynamodb_local() {
     negative_control_ci(Kind::DynamoLocal);
+}
+
+#[test]
+#[ignore = "long run: scripts/safety --long"]
+fn negative_control_ci_moto_dynamodb() {
+    negative_control_ci(Kind::MotoDynamo);
+}
+
+#[test]
+#[ignore = "long run: scripts/safety --long"]
+fn negative_control_ci_moto_s3() {
+    negative_control_ci(Kind::MotoS3);
 }
 
 #[test]

@@ -460,10 +460,26 @@ fn wait_inside(w: &Witness, name: &str, limit: Duration) -> bool {
     false
 }
 
-/// Time for a waiter just started to write its queue entry (a process start and a poll or two),
-/// so that the next one queues behind it.
-fn settle() {
-    std::thread::sleep(Duration::from_millis(900));
+/// Waits until the lock's queue holds an entry of pipeline `name` (`gl-N`: an owner ending in
+/// `/pipelines/N`), so that the next waiter queues behind it, and a signal finds it waiting.
+fn wait_queued(lane: &Lane, ci: &Ci, name: &str) -> bool {
+    let suffix = format!("/pipelines/{}", name.trim_start_matches("gl-"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let mut status = lane.tool(ci, "observer", &Vec::new(), None);
+        status.args(["status", "--output", "json"]);
+        if let Ok(out) = status.output() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let queued = v["record"]["Waiters"]
+                .as_object()
+                .is_some_and(|w| w.values().any(|e| e["Owner"].as_str().is_some_and(|o| o.ends_with(&suffix))));
+            if queued {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
 
 // The scenarios. Pipeline-scoped leases are a few seconds unless the scenario is about
@@ -758,8 +774,11 @@ pub fn waiters(lane: &Lane) {
             &wait
         };
         cmd.arg("acquire").args(args).args(["--output", "env"]);
-        started.push((w, name, wci, lane.spawn(cmd), format!("acquire {}", args.join(" "))));
-        settle();
+        let spawned = lane.spawn(cmd);
+        if !wait_queued(lane, &wci, &name) {
+            lane.witness.mark(&format!("{w} ({name}) not seen in the queue after 20 s"));
+        }
+        started.push((w, name, wci, spawned, format!("acquire {}", args.join(" "))));
     }
     let (_, w2, _, w2_proc, _) = started.remove(1);
     lane.witness.mark(&format!("SIGTERM {w2} (waiting)"));
