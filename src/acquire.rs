@@ -3,7 +3,7 @@
 //!
 //! The queue only ever decides *who may try*; every grant is still one conditional write on
 //! Token and Rvn (or on a free record), so a wrong view of the queue can cost fairness but
-//! never safety. See DESIGN "Queue and early takeover".
+//! never safety. See docs/design.md, "The queue and early takeover".
 
 use std::time::{Duration, Instant};
 
@@ -192,8 +192,8 @@ impl Locker {
         let mut reread = false;
         let mut cancel = opts.cancel.clone();
 
-        // A store failure while waiting is ridden out until our own --wait ends (DESIGN
-        // "Leases in practice"): pause, then start the round again with a fresh read.
+        // A store failure while waiting is ridden out until our own --wait ends
+        // (docs/design.md, "Leases in practice (v2)"): pause, then start the round again with a fresh read.
         macro_rules! ride {
             ($e:expr) => {
                 match $e {
@@ -505,7 +505,7 @@ impl Locker {
         }
     }
 
-    /// A store failure while waiting (DESIGN "Leases in practice (v2)"): unreachable,
+    /// A store failure while waiting (docs/design.md, "Leases in practice (v2)"): unreachable,
     /// throttled or 5xx is ridden out with backoff until our own `--wait` (or
     /// `--max-retries`) runs out; anything else, `--no-wait`, and a store that has not
     /// answered once yet give up at once. Returns the error to give up with, or `None` after

@@ -41,7 +41,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
     };
     // In CI a job-scoped `run` takes its owner from `--owner` only: PIPELINE_LOCK_OWNER in its
     // environment is what an earlier job exported for the pipeline (dotenv, $GITHUB_ENV),
-    // and would turn the job's identity into the pipeline's (DESIGN "Identity rules (v2)").
+    // and would turn the job's identity into the pipeline's (docs/design.md, "Owner identity and scopes").
     let in_ci = env("GITLAB_CI").is_some_and(|v| !v.is_empty()) || env("GITHUB_ACTIONS").is_some_and(|v| !v.is_empty());
     let inherited_owner = g.owner.is_some() && !cli.given.has("owner");
     let owner_flag = match g.owner.as_deref() {

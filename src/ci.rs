@@ -29,7 +29,7 @@ pub enum CiSystem {
 /// What the environment says about us.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    /// The lock owner string (DESIGN: "Scope of an owner").
+    /// The lock owner string (docs/design.md, "Owner identity and scopes").
     pub owner: String,
     /// Holder details stored with a grant.
     pub holder: Holder,
@@ -93,7 +93,7 @@ pub fn detect(env: Env<'_>, scope: Scope, owner: Option<&str>) -> Result<Option<
 type Found = (CiSystem, String, String, String);
 
 /// The CI instance as it appears in an owner: the server URL without its scheme, so another
-/// port or another path is another instance (DESIGN "Identity rules (v2)"). A path's `/` is
+/// port or another path is another instance (docs/design.md, "Owner identity and scopes"). A path's `/` is
 /// written `%2F`, which keeps the owner's first `/` the end of the instance.
 fn instance(url: &str) -> String {
     let bare = url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/');

@@ -1,4 +1,4 @@
-//! Early takeover (DESIGN "Queue and early takeover"): a waiter asks its own CI server whether
+//! Early takeover (docs/design.md, "The queue and early takeover"): a waiter asks its own CI server whether
 //! the holder's pipeline (GitLab) or workflow run (GitHub) has ended.
 //!
 //! The token never leaves for a place the lock record names: the server is the waiter's own,

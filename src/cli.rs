@@ -1,5 +1,6 @@
-//! Command-line arguments, parsed raw by clap and then validated in one step
-//! ([`Cli::settings`]) into values the commands can trust.
+//! Command-line arguments, parsed raw by clap ([`Cli::try_parse_sourced`]) and then checked
+//! into values the commands can trust ([`Global::store_url`], [`AcquireArgs::options`],
+//! [`lease`]), which [`crate::app::run`] calls before it connects to anything.
 
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ pub struct Cli {
 }
 
 /// The options given on the command line, by clap id. An explicit flag beats the environment
-/// (DESIGN "Leases in practice (v2)"): `--no-wait` wins over `PIPELINE_LOCK_WAIT`, and so on;
+/// (docs/design.md, "Leases in practice (v2)"): `--no-wait` wins over `PIPELINE_LOCK_WAIT`, and so on;
 /// and `run` in CI takes its owner only from `--owner`, never from an inherited variable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Given(BTreeSet<String>);
@@ -362,7 +363,7 @@ pub fn lease(ttl: Option<&str>, disable: bool, given: &Given, default: Option<Du
 /// `acquire`'s default lease.
 pub const ACQUIRE_TTL: Duration = Duration::from_secs(3600);
 /// `run`'s default lease: short, because its heartbeat keeps it alive and a killed `run` must
-/// not block its own re-run for long (DESIGN "Leases in practice (v2)").
+/// not block its own re-run for long (docs/design.md, "Leases in practice (v2)").
 pub const RUN_TTL: Duration = Duration::from_secs(120);
 
 impl Global {

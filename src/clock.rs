@@ -1,4 +1,4 @@
-//! The store's clock, estimated from the `Date` headers of its responses (DESIGN rule 7).
+//! The store's clock, estimated from the `Date` headers of its responses (docs/design.md, rule 7).
 //!
 //! A `Date` header has one-second resolution and is stamped somewhere between our request
 //! leaving and its reply arriving. Each response therefore bounds the offset between the

@@ -64,7 +64,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code that DESIGN assigns to this error.
+    /// The process exit code that docs/design.md ("Exit codes") assigns to this error.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => exit::USAGE,

@@ -1,4 +1,5 @@
-//! Exit codes: the one place they are defined. The README's table is generated from the same list.
+//! Exit codes: the one place they are defined. `--help` prints [`TABLE`]; the tables in the
+//! README and docs/design.md are written by hand and checked against it by `tests/docs.rs`.
 
 /// Done: acquired, released, renewed, status shown.
 pub const OK: u8 = 0;
@@ -24,7 +25,7 @@ pub const ACCESS_DENIED: u8 = 77;
 /// Configuration: no table/bucket, wrong key schema, bad record, no credentials or region.
 pub const CONFIG: u8 = 78;
 
-/// Every code with its meaning, for `--help` and the README.
+/// Every code with its meaning, for `--help`; `tests/docs.rs` holds the README's table to it.
 pub const TABLE: &[(u8, &str)] = &[
     (OK, "done (acquired, released, status shown)"),
     (UNEXPECTED, "unexpected error"),

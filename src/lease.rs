@@ -40,7 +40,7 @@ pub struct Lease {
     retention: Duration,
 }
 
-/// Refuses a lease that cannot keep `run`'s promise (DESIGN "Leases in practice (v2)"): the
+/// Refuses a lease that cannot keep `run`'s promise (docs/design.md, "Leases in practice (v2)"): the
 /// command gets TERM at the lease end minus the clock margin minus `grace`, and KILL at the
 /// lease end minus the margin, so it is dead before anyone may take over. What is left of the
 /// lease before TERM must hold two heartbeats, so one lost renewal does not lose the lock.

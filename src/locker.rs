@@ -1,5 +1,5 @@
 //! The lock protocol above the stores: grant, re-entrance, takeover, renew, release, lost
-//! replies and waiting. Everything here is store-agnostic; see DESIGN rules 1 to 8.
+//! replies and waiting. Everything here is store-agnostic; see docs/design.md, rules 1 to 8.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +65,7 @@ pub struct AcquireOptions {
     pub ci_api: Option<Arc<CiApi>>,
     /// May a grant our owner already holds (under another token) be re-entered? Yes for
     /// `acquire` (a later stage, a retried job); no for `run`, which only ever holds a grant
-    /// of its own process (DESIGN "Identity rules (v2)").
+    /// of its own process (docs/design.md, "Owner identity and scopes").
     pub reenter: bool,
     /// Owners whose grant means "this job's own pipeline holds the lock": `run` stops at once
     /// instead of waiting on itself. Grants made by `run` (`Holder.Via`) are waited for.
@@ -367,7 +367,7 @@ impl Locker {
         (clock.now_ms() + ms(clock.uncertainty()) + ms(CLOCK_SLACK)).max(0) as u64
     }
 
-    /// One conditional write, surviving lost replies (DESIGN rule 6) and queue traffic.
+    /// One conditional write, surviving lost replies (docs/design.md, rule 6) and queue traffic.
     ///
     /// A holder's write made without a base (renew, release, retime) only cares about its
     /// Token (and Rvn), which waiter bookkeeping never changes. A whole-record store still

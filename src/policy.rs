@@ -1,4 +1,4 @@
-//! The takeover rules (DESIGN rule 4) as a pure function of what was read and what time it
+//! The takeover rules (docs/design.md, rule 4) as a pure function of what was read and what time it
 //! is, so they are tested without a store or a clock.
 
 use std::time::{Duration, Instant};
@@ -95,7 +95,7 @@ pub fn kept_lease(record: &Record, now: i64, at_least: Option<Duration>) -> Opti
 }
 
 /// When the holder last showed it is alive: its last renewal, else its grant. `--force-after`
-/// counts from here (DESIGN rule 4, v2), so a holder that renews is never evicted by it.
+/// counts from here (docs/design.md, rule 4), so a holder that renews is never evicted by it.
 pub fn last_sign_of_life(record: &Record) -> Option<i64> {
     record.renewed_at.or(record.acquired_at)
 }

@@ -1,4 +1,4 @@
-//! The queue in the lock record's `Waiters` map (DESIGN "Queue and early takeover"), as pure
+//! The queue in the lock record's `Waiters` map (docs/design.md, "The queue and early takeover"), as pure
 //! functions of what was read and what time it is: who is live, in which order, who is ahead
 //! of whom, which entries are stale, and whether a newer pipeline supersedes us. The waiting
 //! loop in [`crate::locker`] decides with these; the stores only write the entries.

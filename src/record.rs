@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// How many History events a record keeps (DynamoDB trims in batches, see `store::dynamo`).
 pub const HISTORY_LEN: usize = 20;
 
-/// The lock record as DESIGN describes it. Times are store-clock unix milliseconds,
+/// The lock record as docs/design.md ("The record") describes it. Times are store-clock unix milliseconds,
 /// except `expires_at`, which is the DynamoDB TTL attribute in unix seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -237,7 +237,7 @@ impl Record {
     /// was deleted (DynamoDB's TTL, an operator). The fence starts at `Change::fence_floor`,
     /// store-clock ms with room for clock disagreement, above any fence the lost record can
     /// have had (fences move one per grant, far slower than the clock), so fences never go
-    /// back (DESIGN, `Fence`).
+    /// back (docs/design.md, rule 2).
     pub fn created(lock: &str, change: &Change) -> Record {
         let mut base = Record::vacant(lock);
         base.fence = change.fence_floor;

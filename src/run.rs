@@ -109,7 +109,7 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
                 send(pgid, if interrupts > 1 { libc::SIGKILL } else { sig });
             }
             err = &mut lost => {
-                // Dead by the lease end minus the margin (DESIGN "Leases in practice (v2)"):
+                // Dead by the lease end minus the margin (docs/design.md, "Leases in practice (v2)"):
                 // the grace is cut short when that comes sooner, and is none when the lock
                 // is already someone else's.
                 let now = tokio::time::Instant::now();

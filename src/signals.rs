@@ -1,5 +1,5 @@
 //! SIGINT, SIGTERM and SIGHUP, caught once for the whole command: while we wait for a lock
-//! they end the wait (the queue entry is removed first, DESIGN "Leases in practice (v2)");
+//! they end the wait (the queue entry is removed first, docs/design.md, "Leases in practice (v2)");
 //! while `run`'s command runs they are forwarded to it.
 
 use std::future::Future;

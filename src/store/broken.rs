@@ -1,5 +1,5 @@
 //! The safety checker's negative control (see `tests/safety.rs`): a store wrapper that breaks
-//! DESIGN rule 4 on purpose, so a test can show that the checker notices. A checker that
+//! docs/design.md's rule 4 on purpose, so a test can show that the checker notices. A checker that
 //! cannot fail proves nothing.
 //!
 //! Compiled only with the `negative-control` feature (test builds enable it; release builds

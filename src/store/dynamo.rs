@@ -267,7 +267,7 @@ fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Item2)> {
     Ok((expr, values, keys))
 }
 
-/// The condition for an expectation (DESIGN rules 2, 4, 5); `None` for `Expect::Exact`,
+/// The condition for an expectation (docs/design.md, rules 2, 4, 5); `None` for `Expect::Exact`,
 /// which is written whole with PutItem (see `put_exact`).
 fn condition_for(expect: &Expect, blind: bool, values: &mut Item) -> Option<String> {
     let mut s = |k: &str, v: &str| {

@@ -32,7 +32,7 @@ pub enum State {
     Absent,
     /// A record that parsed and validated.
     Valid(Record),
-    /// A record that did not parse: never free (DESIGN rule 8).
+    /// A record that did not parse: never free (docs/design.md, rule 8).
     Corrupt(String),
 }
 
@@ -68,7 +68,7 @@ pub(crate) enum VersionKind {
     Bytes(Arc<Vec<u8>>),
 }
 
-/// The condition a write is made under (DESIGN rules 2 to 5).
+/// The condition a write is made under (docs/design.md, rules 2 to 5).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expect {
     /// No record, or a valid free tombstone. Grant from free. A blind grant (a write without a

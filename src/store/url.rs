@@ -66,8 +66,8 @@ impl StoreUrl {
         }
     }
 
-    /// Refuses, before any request, a lock name this store cannot hold (DESIGN "Leases in
-    /// practice (v2)"): a file name has at most 255 bytes, an S3 key 1024, both after the
+    /// Refuses, before any request, a lock name this store cannot hold (docs/design.md,
+    /// "Leases in practice (v2)"): a file name has at most 255 bytes, an S3 key 1024, both after the
     /// name is percent-encoded; a DynamoDB key may have 2048 (more than the 1024 every name is
     /// held to already).
     pub fn check_lock_name(&self, name: &str) -> Result<()> {
