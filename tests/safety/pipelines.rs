@@ -637,11 +637,15 @@ pub fn parallel_jobs(lane: &Lane) {
 /// On a second lock the same long stage renews first (`renew --ttl`) and keeps the lock.
 pub fn long_stages(lane: &Lane) {
     let (writes, gap) = ("14", "250"); // 3.5 s of work against a 2 s lease
+    // The waiter starts once the holder has the lock (a fixed head start loses to a slow
+    // first request on a busy machine, and the waiter then wins the race for the lock).
+    let (held, holder_has_it) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        s.spawn(|| {
+        s.spawn(move || {
             let (l1, ci) = lane.gitlab();
             lane.actor(&l1, true, true);
             let env = lane.acquire(&l1, &ci, &["--ttl", "2s", "--clock-margin", "200ms", "--no-wait"], &[0]);
+            let _ = held.send(());
             lane.witness.mark(&format!("{l1} acquired fence {}, lease 2s, no renew", fence_of(&env)));
             lane.step(
                 &l1,
@@ -654,8 +658,8 @@ pub fn long_stages(lane: &Lane) {
             // 76: it was taken over; 0 only if nobody took it (then nobody was waiting).
             lane.step(&l1, "release", &[0, 76], release);
         });
-        s.spawn(|| {
-            std::thread::sleep(Duration::from_millis(400));
+        s.spawn(move || {
+            let _ = holder_has_it.recv();
             let (l2, ci) = lane.gitlab();
             lane.actor(&l2, true, false);
             let args = ["--ttl", "5s", "--clock-margin", "200ms", "--wait", "60s", "--retry-interval", "100ms"];
@@ -671,14 +675,16 @@ pub fn long_stages(lane: &Lane) {
 /// The same long stage on a GitHub run that renews at the stage's start: it keeps the lock,
 /// and the waiting run gets it only after its release.
 pub fn long_stages_renewed(lane: &Lane) {
+    let (held, holder_has_it) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        s.spawn(|| {
+        s.spawn(move || {
             let (l3, ci) = lane.github();
             lane.actor(&l3, true, false);
             let env = lane.acquire(&l3, &ci, &["--ttl", "2s", "--clock-margin", "200ms", "--no-wait"], &[0]);
             let mut renew = lane.tool(&ci, "deploy", &env, None);
             renew.args(["renew", "--ttl", "12s"]);
             lane.step(&l3, "renew --ttl 12s", &[0], renew);
+            let _ = held.send(());
             lane.step(
                 &l3,
                 "work (a stage of 3.5 s)",
@@ -689,8 +695,8 @@ pub fn long_stages_renewed(lane: &Lane) {
             release.arg("release");
             lane.step(&l3, "release", &[0], release);
         });
-        s.spawn(|| {
-            std::thread::sleep(Duration::from_millis(400));
+        s.spawn(move || {
+            let _ = holder_has_it.recv();
             let (l4, ci) = lane.github();
             lane.actor(&l4, true, false);
             let args = ["--ttl", "5s", "--clock-margin", "200ms", "--wait", "60s", "--retry-interval", "100ms"];
