@@ -197,7 +197,7 @@ pub struct RunArgs {
 /// Options of acquiring.
 #[derive(Debug, Args, Clone)]
 pub struct AcquireArgs {
-    /// Take over a lock acquired longer ago than this (e.g. 3600, 1h).
+    /// Take over a lock whose holder has not renewed it for longer than this (e.g. 3600, 1h).
     #[arg(long, env = "PIPELINE_LOCK_FORCE_AFTER", allow_hyphen_values = true)]
     pub force_after: Option<String>,
     /// Lease length; renew before it ends [default: 1h; run: 2m]
