@@ -1,6 +1,6 @@
 //! Command-line arguments, parsed raw by clap ([`Cli::try_parse_sourced`]) and then checked
 //! into values the commands can trust ([`Global::store_url`], [`AcquireArgs::options`],
-//! [`lease`]), which [`crate::app::run`] calls before it connects to anything.
+//! [`lease`]), which [`crate::settings::Settings::build`] calls before anything connects.
 
 use std::time::Duration;
 

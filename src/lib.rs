@@ -23,11 +23,13 @@ pub mod error;
 pub mod exit;
 pub mod lease;
 pub mod locker;
+pub mod output;
 pub mod policy;
 pub mod queue;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod settings;
 pub mod signals;
 pub mod store;
 

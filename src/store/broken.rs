@@ -41,7 +41,7 @@ impl Mode {
         match std::env::var(VAR).ok().as_deref() {
             None | Some("") => Ok(None),
             Some("unconditional-takeover") => Ok(Some(Mode::UnconditionalTakeover)),
-            // Broken above the store, in how `run` finds its owner (see `app::old_owner_rule`).
+            // Broken above the store, in how `run` finds its owner (see `settings::old_owner_rule`).
             Some("old-owner-rule") => Ok(None),
             Some(other) => Err(Error::Usage(format!(
                 "{VAR}={other:?} is not a known mode; the modes are unconditional-takeover and old-owner-rule"

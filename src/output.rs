@@ -1,0 +1,286 @@
+//! What the commands print: result lines for people, JSON for scripts, dotenv lines and the
+//! GitHub outputs of a grant, and the progress line of a wait.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use crate::ci::Env;
+use crate::cli::Output;
+use crate::clock::rfc3339;
+use crate::error::{Error, Result};
+use crate::locker::{Grant, How, WaitReport};
+use crate::queue::{self, QueueMode};
+use crate::record::Record;
+use crate::store::{Observed, State};
+
+/// Prints `json` for `--output json`, else `text`.
+pub(crate) fn emit(output: Output, text: &str, json: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let r = match output {
+        Output::Json => writeln!(out, "{json}"),
+        _ => writeln!(out, "{text}"),
+    };
+    r.map_err(|e| Error::other("cannot write to standard output", e))
+}
+
+fn env_lines(g: &Grant) -> String {
+    format!(
+        "PIPELINE_LOCK_NAME={}\nPIPELINE_LOCK_OWNER={}\nPIPELINE_LOCK_TOKEN={}\nPIPELINE_LOCK_FENCE={}\n",
+        g.lock, g.owner, g.token, g.fence
+    )
+}
+
+/// Prints a grant: a line, its JSON (with the request count), or its dotenv lines.
+pub(crate) fn print_grant(g: &Grant, output: Output, requests: u64) -> Result<()> {
+    let how = match &g.how {
+        How::Acquired => String::new(),
+        How::Reentered => " (already ours: lease renewed, same fence)".into(),
+        How::TookOver { from, why } => format!(" (taken over from {from}: {why})"),
+    };
+    let lease = match g.lease_expires_at {
+        Some(t) => format!("lease until {}", rfc3339(t)),
+        None => "no lease end (--disable-ttl)".into(),
+    };
+    let text = format!(
+        "acquired lock {:?} in {} as {}: fence {}, {lease}{how}",
+        g.lock, g.store, g.owner, g.fence
+    );
+    match output {
+        Output::Env => {
+            print!("{}", env_lines(g));
+            Ok(())
+        }
+        _ => {
+            let mut json = serde_json::to_value(g).map_err(|e| Error::other("cannot encode the grant", e))?;
+            json["requests"] = requests.into();
+            emit(output, &text, &json)
+        }
+    }
+}
+
+/// Appends the grant to `$GITHUB_ENV` and `$GITHUB_OUTPUT` when they are set.
+pub(crate) fn export_github(env: Env<'_>, g: &Grant) -> Result<()> {
+    let outputs = format!("name={}\nowner={}\ntoken={}\nfence={}\n", g.lock, g.owner, g.token, g.fence);
+    for (var, text) in [("GITHUB_ENV", env_lines(g)), ("GITHUB_OUTPUT", outputs)] {
+        if let Some(path) = env(var).filter(|p| !p.is_empty()) {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| Error::other(format!("cannot append the lock's outputs to ${var} ({path})"), e))?;
+        }
+    }
+    Ok(())
+}
+
+fn ago(now: i64, then: i64) -> String {
+    let d = Duration::from_secs(((now - then).max(0) / 1000) as u64);
+    humantime::format_duration(d).to_string()
+}
+
+/// The line printed while waiting.
+pub fn progress_line(r: &WaitReport) -> String {
+    let h = &r.holder;
+    let waited = format!(
+        "attempt {}, waited {}",
+        r.attempt,
+        humantime::format_duration(Duration::from_secs(r.waited.as_secs()))
+    );
+    let queue = queue_line(r);
+    if h.is_free() {
+        return format!(
+            "waiting for lock {:?} in {}: free, but others are ahead of us{queue}; {waited}",
+            r.lock, r.store
+        );
+    }
+    let url = h
+        .holder
+        .as_ref()
+        .and_then(|x| x.url.as_deref())
+        .map(|u| format!(" ({u})"))
+        .unwrap_or_default();
+    let since = h
+        .acquired_at
+        .map(|a| format!(" since {} ({} ago)", rfc3339(a), ago(r.now, a)))
+        .unwrap_or_default();
+    let lease = match h.lease_expires_at {
+        Some(end) if end > r.now => format!("lease left {}", ago(end, r.now)),
+        Some(_) => "lease ended".into(),
+        None => "no lease end".into(),
+    };
+    let takeover = match r.takeover_at {
+        Some(at) if at > r.now => format!("takeover possible in {}", ago(at, r.now)),
+        Some(_) => "takeover possible now".into(),
+        None => "no takeover possible (no lease end and no --force-after)".into(),
+    };
+    format!(
+        "waiting for lock {:?} in {}: held by {}{url}{since}, fence {}, {lease}{queue}; {waited}; {takeover}",
+        r.lock,
+        r.store,
+        h.owner.as_deref().unwrap_or("?"),
+        h.fence,
+    )
+}
+
+/// `; queue (fifo): 2nd of 3, ahead: OWNER (URL)`, or nothing when nobody else waits.
+fn queue_line(r: &WaitReport) -> String {
+    let Some(position) = r.position else {
+        return if r.queued > 1 {
+            format!("; {} waiting (--queue none: first writer wins)", r.queued)
+        } else {
+            String::new()
+        };
+    };
+    if r.queued <= 1 && position == 1 {
+        return String::new();
+    }
+    let mut ahead: Vec<String> = r
+        .ahead
+        .iter()
+        .take(3)
+        .map(|(owner, url)| match url {
+            Some(u) => format!("{owner} ({u})"),
+            None => owner.clone(),
+        })
+        .collect();
+    if r.ahead.len() > 3 {
+        ahead.push(format!("and {} more", r.ahead.len() - 3));
+    }
+    let ahead = if ahead.is_empty() {
+        "next in line".to_string()
+    } else {
+        format!("ahead: {}", ahead.join(", "))
+    };
+    format!("; queue ({}): position {position} of {}, {ahead}", r.queue.as_str(), r.queued)
+}
+
+/// One line about a lock, as `list` shows it and `status` starts.
+pub(crate) fn summary(o: &Observed, now: i64) -> String {
+    match &o.state {
+        State::Absent => "absent".into(),
+        State::Corrupt(why) => format!("UNREADABLE ({why})"),
+        State::Valid(r) if r.is_free() => format!("free\tfence {}", r.fence),
+        State::Valid(r) => {
+            let lease = match r.lease_expires_at {
+                Some(end) if end > now => format!("lease left {}", ago(end, now)),
+                Some(_) => "lease ended".into(),
+                None => "no lease end".into(),
+            };
+            format!(
+                "held by {}\tfence {}\tfor {}\t{lease}",
+                r.owner.as_deref().unwrap_or("?"),
+                r.fence,
+                ago(now, r.acquired_at.unwrap_or(now))
+            )
+        }
+    }
+}
+
+/// A lock for `status --output json` and each entry of `list --output json`.
+pub(crate) fn status_json(lock: &str, o: &Observed, now: i64, requests: u64) -> serde_json::Value {
+    let (state, record, problem) = match &o.state {
+        State::Absent => ("absent", None, None),
+        State::Corrupt(why) => ("unreadable", None, Some(why.clone())),
+        State::Valid(r) if r.is_free() => ("free", Some(r), None),
+        State::Valid(_) => ("held", o.record(), None),
+    };
+    serde_json::json!({
+        "lock": lock,
+        "state": state,
+        "record": record,
+        "problem": problem,
+        "now": now,
+        "lease_left_ms": record.and_then(|r: &Record| r.lease_expires_at).map(|e| (e - now).max(0)),
+        "requests": requests,
+    })
+}
+
+/// The queue in order, for `status --output json`.
+pub(crate) fn queue_json(o: &Observed, now: i64, mode: QueueMode) -> serde_json::Value {
+    let Some(r) = o.record() else {
+        return serde_json::json!([]);
+    };
+    let window = queue::prune_window(Duration::ZERO, queue::PRUNE_FLOOR);
+    let entries: Vec<_> = queue::ordered(r, mode)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (token, w))| {
+            serde_json::json!({
+                "position": i + 1,
+                "token": token,
+                "owner": w.owner,
+                "url": w.url,
+                "ordinal": w.ordinal,
+                "enqueued_at": w.enqueued_at,
+                "seen_at": w.seen_at,
+                "waiting_ms": (now - w.enqueued_at).max(0),
+                "live": queue::is_live(w, now, window),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(entries)
+}
+
+/// `status` for people: holder, age, lease, fence, queue, history.
+pub(crate) fn status_text(lock: &str, url: &str, o: &Observed, now: i64, mode: QueueMode) -> String {
+    let mut s = format!("lock:     {lock}\nstore:    {url}\nstate:    {}\n", summary(o, now));
+    if let State::Valid(r) = &o.state {
+        if let Some(h) = &r.holder {
+            for (k, v) in [
+                ("pipeline", &h.url),
+                ("job", &h.job),
+                ("job url", &h.job_url),
+                ("host", &h.host),
+                ("reason", &h.reason),
+            ] {
+                if let Some(v) = v {
+                    s.push_str(&format!("{:<9} {v}\n", format!("{k}:")));
+                }
+            }
+        }
+        if let Some(a) = r.acquired_at {
+            s.push_str(&format!("since:    {} ({} ago)\n", rfc3339(a), ago(now, a)));
+        }
+        if let Some(e) = r.lease_expires_at.filter(|_| !r.is_free()) {
+            s.push_str(&format!("lease:    ends {}\n", rfc3339(e)));
+        }
+        s.push_str(&format!("fence:    {}\n", r.fence));
+        if r.waiters.is_empty() {
+            s.push_str("queue:    empty\n");
+        } else {
+            s.push_str(&format!("queue:    ({} order)\n", mode.as_str()));
+            let window = queue::prune_window(Duration::ZERO, queue::PRUNE_FLOOR);
+            for (i, (_, w)) in queue::ordered(r, mode).into_iter().enumerate() {
+                let ordinal = w.ordinal.map(|n| format!(" pipeline {n}")).unwrap_or_default();
+                let url = w.url.as_deref().map(|u| format!(" {u}")).unwrap_or_default();
+                let stale = if queue::is_live(w, now, window) {
+                    String::new()
+                } else {
+                    format!(" (unseen for {}: dead, pruned next)", ago(now, w.seen_at))
+                };
+                s.push_str(&format!(
+                    "  {}. {}{ordinal} waiting {}{url}{stale}\n",
+                    i + 1,
+                    w.owner,
+                    ago(now, w.enqueued_at)
+                ));
+            }
+        }
+        if !r.history.is_empty() {
+            s.push_str("history:\n");
+            for e in &r.history {
+                let by = e.by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
+                let why = e.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
+                s.push_str(&format!(
+                    "  {} {:<10} {} fence {}{by}{why}\n",
+                    rfc3339(e.at),
+                    e.event.as_str(),
+                    e.owner,
+                    e.fence.unwrap_or(0)
+                ));
+            }
+        }
+    }
+    s.trim_end().to_string()
+}

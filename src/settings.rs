@@ -1,0 +1,414 @@
+//! Validated settings: the raw command line ([`Cli`]) and the environment become, in one step
+//! and before anything connects, values each command can trust (ripgrep's `LowArgs` ->
+//! `HiArgs`). Every usage error is found here, so none of them costs a store request;
+//! [`crate::app::run`] then only dispatches to one function per command.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ci::{self, Env, Identity, Scope};
+use crate::ciapi::CiApi;
+use crate::cli::{self, AcquireArgs, Cli, Command, Given, Global, Output, ReleaseArgs, RenewArgs, RunArgs};
+use crate::error::{Error, Result};
+use crate::locker::{AcquireOptions, Holding, RETENTION, ReleaseOptions, Ttl, WaitReport};
+use crate::queue::QueueMode;
+use crate::run::RunSpec;
+use crate::store::StoreUrl;
+use crate::store::aws::AwsOptions;
+
+/// Everything one command line asks for, checked.
+pub struct Settings {
+    /// The store (`--store`, `--table`, `--bucket`/`--prefix`).
+    pub store: StoreUrl,
+    /// AWS overrides for the store's client (`--region`, `--endpoint-url`, path style).
+    pub aws: AwsOptions,
+    /// `--clock-margin`.
+    pub clock_margin: Duration,
+    /// Whose lock: `--scope`, else the job for `run` and the pipeline for the others.
+    pub scope: Scope,
+    /// How results are printed.
+    pub output: Output,
+    /// The command, with its own options checked.
+    pub command: Task,
+}
+
+/// A command with its checked options.
+pub enum Task {
+    /// `acquire`.
+    Acquire(Acquire),
+    /// `release`.
+    Release(Release),
+    /// `renew`.
+    Renew(Renew),
+    /// `status`.
+    Status(Status),
+    /// `list`.
+    List,
+    /// `doctor`.
+    Doctor,
+    /// `run -- CMD`.
+    Run(Run),
+}
+
+/// `acquire`: who takes which lock, and how.
+pub struct Acquire {
+    /// The lock name, valid for the store.
+    pub lock: String,
+    /// Who we are.
+    pub me: Identity,
+    /// How to wait and take over, with progress lines and the CI server to ask.
+    pub opts: AcquireOptions,
+}
+
+/// `release`: which grant to give back.
+pub struct Release {
+    /// The lock name, valid for the store.
+    pub lock: String,
+    /// This pipeline, and the grant's token if we have it.
+    pub who: Holding,
+    /// Break-glass and retention.
+    pub opts: ReleaseOptions,
+    /// `--strict`: someone else's lock is an error (exit 72), not a warning.
+    pub strict: bool,
+}
+
+/// `renew`: which grant, for how long.
+pub struct Renew {
+    /// The lock name, valid for the store.
+    pub lock: String,
+    /// This pipeline, and the grant's token if we have it.
+    pub who: Holding,
+    /// The new lease.
+    pub ttl: Ttl,
+}
+
+/// `status`: which lock, and the queue order to show.
+pub struct Status {
+    /// The lock name, valid for the store.
+    pub lock: String,
+    /// The order to show the queue in.
+    pub queue: QueueMode,
+}
+
+/// `run -- CMD`: a job-scoped grant around one command.
+pub struct Run {
+    /// The lock name, valid for the store.
+    pub lock: String,
+    /// Who we are (`Holder.Via = "run"`).
+    pub me: Identity,
+    /// How to wait; no re-entry, and our own pipeline's owners to refuse at once.
+    pub opts: AcquireOptions,
+    /// The command, its heartbeat and kill grace, checked against the lease.
+    pub spec: RunSpec,
+}
+
+impl Settings {
+    /// Checks `cli` against the environment `env`. Errors are usage errors (exit 2), found
+    /// in the order the flags are read: store, margin, lock name, owner, the command's own.
+    pub fn build(cli: Cli, env: Env<'_>) -> Result<Settings> {
+        let Cli { global, command, given } = cli;
+        let store = global.store_url(&given)?;
+        let clock_margin = global.clock_margin()?;
+        // `run` guards one job's command; the other commands act for the whole pipeline.
+        let default_scope = if matches!(command, Command::Run(_)) {
+            Scope::Job
+        } else {
+            Scope::Pipeline
+        };
+        let scope = global.scope.unwrap_or(default_scope);
+        let low = Low {
+            g: &global,
+            given: &given,
+            env,
+            store: &store,
+            margin: clock_margin,
+            scope,
+            old_owner_rule: old_owner_rule(env),
+        };
+        let task = match command {
+            Command::Acquire(args) => Task::Acquire(low.acquire(&args)?),
+            Command::Release(args) => Task::Release(low.release(&args)?),
+            Command::Renew(args) => Task::Renew(low.renew(&args)?),
+            Command::Status(args) => Task::Status(Status {
+                lock: low.lock()?,
+                queue: args.queue,
+            }),
+            Command::List => Task::List,
+            Command::Doctor => Task::Doctor,
+            Command::Run(args) => Task::Run(low.run(args)?),
+        };
+        Ok(Settings {
+            store,
+            aws: global.aws(),
+            clock_margin,
+            scope,
+            output: global.output,
+            command: task,
+        })
+    }
+}
+
+/// The safety checker's negative control for the identity rules: `run` takes its owner from
+/// an inherited PIPELINE_LOCK_OWNER and re-enters a grant of that owner, as before v2. Only in
+/// test builds (feature `negative-control`).
+fn old_owner_rule(env: Env<'_>) -> bool {
+    cfg!(feature = "negative-control") && env("PIPELINE_LOCK_TEST_BREAK").as_deref() == Some("old-owner-rule")
+}
+
+/// What every command's checks share: the raw flags and the environment.
+struct Low<'a> {
+    g: &'a Global,
+    given: &'a Given,
+    env: Env<'a>,
+    store: &'a StoreUrl,
+    margin: Duration,
+    scope: Scope,
+    old_owner_rule: bool,
+}
+
+impl Low<'_> {
+    /// The lock name: `--lock`, else the CI project path; valid, and one the store can hold.
+    fn lock(&self) -> Result<String> {
+        let name = match self.g.lock.clone().or_else(|| ci::default_lock(self.env)) {
+            Some(l) => cli::validate_lock(&l)?,
+            None => {
+                return Err(Error::Usage(
+                    "no lock name: pass --lock NAME (in CI it defaults to the project path)".into(),
+                ));
+            }
+        };
+        self.store.check_lock_name(&name)?;
+        Ok(name)
+    }
+
+    /// `PIPELINE_LOCK_OWNER` came from the environment, not from `--owner`.
+    fn inherited_owner(&self) -> bool {
+        self.g.owner.is_some() && !self.given.has("owner")
+    }
+
+    /// The owner to use instead of CI's. In CI a job-scoped command (`run`) takes it from
+    /// `--owner` only: PIPELINE_LOCK_OWNER in its environment is what an earlier job exported
+    /// for the pipeline (dotenv, $GITHUB_ENV), and would turn the job's identity into the
+    /// pipeline's (docs/design.md, "Owner identity and scopes").
+    fn owner_flag(&self) -> Option<&str> {
+        let env = self.env;
+        let in_ci = env("GITLAB_CI").is_some_and(|v| !v.is_empty()) || env("GITHUB_ACTIONS").is_some_and(|v| !v.is_empty());
+        match self.g.owner.as_deref() {
+            Some(_) if self.scope == Scope::Job && in_ci && self.inherited_owner() && !self.old_owner_rule => None,
+            o => o,
+        }
+    }
+
+    /// Who we are: CI's identity, or the owner flag outside CI.
+    fn identity(&self) -> Result<Identity> {
+        let owner = self
+            .owner_flag()
+            .map(|o| cli::validate_text("owner (--owner, PIPELINE_LOCK_OWNER)", o))
+            .transpose()?;
+        ci::detect(self.env, self.scope, owner.as_deref())?
+            .ok_or_else(|| Error::Usage("no owner: outside GitLab CI and GitHub Actions pass --owner NAME (or set PIPELINE_LOCK_OWNER)".into()))
+    }
+
+    /// The acquire options of `args`, with progress lines and the CI server to ask.
+    fn acquire_options(&self, args: &AcquireArgs, me: &Identity, default_ttl: Duration) -> Result<AcquireOptions> {
+        let mut opts = with_progress(args.options(self.margin, self.given, default_ttl)?, self.g.verbose);
+        opts.ci_api = CiApi::from_env(self.env, me, args.ci_api_wanted())?;
+        Ok(opts)
+    }
+
+    fn acquire(&self, args: &AcquireArgs) -> Result<Acquire> {
+        let (lock, me) = (self.lock()?, self.identity()?);
+        let opts = self.acquire_options(args, &me, cli::ACQUIRE_TTL)?;
+        Ok(Acquire { lock, me, opts })
+    }
+
+    fn release(&self, args: &ReleaseArgs) -> Result<Release> {
+        let (lock, me) = (self.lock()?, self.identity()?);
+        let reason = args.reason.as_deref().map(|r| cli::validate_text("reason (--reason)", r)).transpose()?;
+        let opts = ReleaseOptions {
+            force: args.force.then(|| reason.unwrap_or_default()),
+            retention: RETENTION,
+        };
+        let who = Holding::pipeline(&me.owner, args.token.clone());
+        Ok(Release {
+            lock,
+            who,
+            opts,
+            strict: args.strict,
+        })
+    }
+
+    fn renew(&self, args: &RenewArgs) -> Result<Renew> {
+        let (lock, me) = (self.lock()?, self.identity()?);
+        let ttl = match cli::lease(args.ttl.as_deref(), args.disable_ttl, self.given, None)? {
+            Some(d) => Ttl::For(d),
+            None if args.ttl.is_some() || args.disable_ttl => Ttl::NoEnd,
+            None => Ttl::Keep,
+        };
+        let who = Holding::pipeline(&me.owner, args.token.clone());
+        Ok(Renew { lock, who, ttl })
+    }
+
+    fn run(&self, args: RunArgs) -> Result<Run> {
+        let (lock, mut me) = (self.lock()?, self.identity()?);
+        me.holder.via = Some("run".into());
+        let mut opts = self.acquire_options(&args.acquire, &me, cli::RUN_TTL)?;
+        opts.reenter = self.old_owner_rule;
+        // This job's own pipeline, as an earlier job's `acquire` would hold the lock.
+        opts.own_pipeline = ci::detect(self.env, Scope::Pipeline, None)?.map(|p| p.owner).into_iter().collect();
+        opts.own_pipeline.extend(self.g.owner.clone().filter(|_| self.inherited_owner()));
+        if self.old_owner_rule {
+            opts.own_pipeline.clear();
+        }
+        let spec = RunSpec {
+            argv: args.command,
+            heartbeat: args.heartbeat.as_deref().map(|h| cli::parse_duration("--heartbeat", h)).transpose()?,
+            kill_grace: cli::parse_duration("--kill-grace", &args.kill_grace)?,
+        };
+        crate::lease::check_heartbeat(opts.ttl, spec.heartbeat, opts.clock_margin, spec.kill_grace)?;
+        Ok(Run { lock, me, opts, spec })
+    }
+}
+
+/// Progress lines on stderr while waiting: every few polls, or every poll with `-v`.
+fn with_progress(mut opts: AcquireOptions, verbose: u8) -> AcquireOptions {
+    opts.progress = Some(Arc::new(|r: &WaitReport| eprintln!("pipeline-lock: {}", crate::output::progress_line(r))));
+    if verbose > 0 {
+        opts.progress_every = Duration::ZERO;
+    }
+    opts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ci::test_env;
+
+    const GITLAB: &[(&str, &str)] = &[
+        ("GITLAB_CI", "true"),
+        ("CI_SERVER_HOST", "gitlab.example.com"),
+        ("CI_PROJECT_PATH", "group/app"),
+        ("CI_PIPELINE_ID", "1234"),
+        ("CI_JOB_ID", "99"),
+    ];
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_sourced(args).unwrap()
+    }
+
+    /// As clap reads PIPELINE_LOCK_OWNER from an inherited dotenv: set, but not given.
+    fn with_inherited_owner(mut cli: Cli, owner: &str) -> Cli {
+        cli.global.owner = Some(owner.into());
+        cli
+    }
+
+    fn usage(cli: Cli, env: Env<'_>) -> String {
+        match Settings::build(cli, env) {
+            Err(Error::Usage(m)) => m,
+            Err(e) => panic!("not a usage error: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn in_ci_run_ignores_an_inherited_owner_and_acquire_keeps_it() {
+        let env = test_env(GITLAB);
+        let pipeline = ci::detect(&env, Scope::Pipeline, None).unwrap().unwrap().owner;
+        let job = ci::detect(&env, Scope::Job, None).unwrap().unwrap().owner;
+        let cli = with_inherited_owner(parse(&["pipeline-lock", "run", "--", "true"]), &pipeline);
+        let Task::Run(run) = Settings::build(cli, &env).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.me.owner, job);
+        assert_eq!(run.me.holder.via.as_deref(), Some("run"));
+        assert!(!run.opts.reenter);
+        assert!(run.opts.own_pipeline.contains(&pipeline), "{:?}", run.opts.own_pipeline);
+        let cli = with_inherited_owner(parse(&["pipeline-lock", "acquire"]), "exported-owner");
+        let Task::Acquire(acquire) = Settings::build(cli, &env).unwrap().command else {
+            panic!("not acquire")
+        };
+        assert_eq!(acquire.me.owner, "exported-owner");
+        // On run's own command line it counts.
+        let cli = parse(&["pipeline-lock", "run", "--owner", "mine", "--", "true"]);
+        let Task::Run(run) = Settings::build(cli, &env).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.me.owner, "mine");
+    }
+
+    #[test]
+    #[cfg(feature = "negative-control")]
+    fn the_negative_control_restores_the_old_owner_rule() {
+        let mut pairs = GITLAB.to_vec();
+        pairs.push(("PIPELINE_LOCK_TEST_BREAK", "old-owner-rule"));
+        let env = test_env(&pairs);
+        let cli = with_inherited_owner(parse(&["pipeline-lock", "run", "--", "true"]), "exported-owner");
+        let Task::Run(run) = Settings::build(cli, &env).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.me.owner, "exported-owner");
+        assert!(run.opts.reenter && run.opts.own_pipeline.is_empty());
+    }
+
+    #[test]
+    fn each_command_checks_only_what_it_needs() {
+        let env = test_env(&[]);
+        let list = Settings::build(parse(&["pipeline-lock", "list"]), &env).unwrap();
+        assert!(matches!(list.command, Task::List));
+        assert_eq!((list.scope, list.clock_margin), (Scope::Pipeline, Duration::from_secs(2)));
+        let status = parse(&["pipeline-lock", "status", "--lock", "x", "--queue", "newest"]);
+        let Task::Status(s) = Settings::build(status, &env).unwrap().command else {
+            panic!("not status")
+        };
+        assert_eq!((s.lock.as_str(), s.queue), ("x", QueueMode::Newest));
+        assert!(usage(parse(&["pipeline-lock", "status"]), &env).contains("no lock name"));
+        assert!(usage(parse(&["pipeline-lock", "release", "--lock", "x"]), &env).contains("no owner"));
+        let too_long = parse(&["pipeline-lock", "--store", "file:///tmp/x", "status", "--lock", &"x".repeat(300)]);
+        assert!(!usage(too_long, &env).is_empty());
+    }
+
+    #[test]
+    fn run_timings_that_cannot_be_kept_are_refused_before_connecting() {
+        let env = test_env(&[]);
+        let args = [
+            "pipeline-lock",
+            "run",
+            "--lock",
+            "x",
+            "--owner",
+            "me",
+            "--ttl",
+            "10s",
+            "--kill-grace",
+            "1s",
+            "--heartbeat",
+            "9s",
+            "--",
+            "true",
+        ];
+        assert!(usage(parse(&args), &env).contains("--heartbeat"));
+        let ok = parse(&["pipeline-lock", "run", "--lock", "x", "--owner", "me", "--", "true"]);
+        let Task::Run(run) = Settings::build(ok, &env).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!((run.opts.ttl, run.spec.kill_grace), (Some(cli::RUN_TTL), Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn renew_keeps_the_grants_lease_unless_told() {
+        let env = test_env(&[]);
+        let ttl = |args: &[&str]| match Settings::build(parse(args), &env).unwrap().command {
+            Task::Renew(r) => r.ttl,
+            _ => panic!("not renew"),
+        };
+        assert_eq!(ttl(&["pipeline-lock", "renew", "--lock", "x", "--owner", "me"]), Ttl::Keep);
+        assert_eq!(
+            ttl(&["pipeline-lock", "renew", "--lock", "x", "--owner", "me", "--disable-ttl"]),
+            Ttl::NoEnd
+        );
+        assert_eq!(
+            ttl(&["pipeline-lock", "renew", "--lock", "x", "--owner", "me", "--ttl", "5m"]),
+            Ttl::For(Duration::from_secs(300))
+        );
+    }
+}
