@@ -117,6 +117,7 @@ impl Broken {
             }
             Raw::S3(s) => {
                 let body = serde_json::to_vec_pretty(record).map_err(|e| Error::other("negative control: cannot encode the record", e))?;
+                let s = s.objects();
                 s.client()
                     .put_object()
                     .bucket(s.bucket())

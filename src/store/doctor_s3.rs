@@ -8,8 +8,9 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::aws::{Failure, failure};
-use super::s3::{Answer, DOCTOR_SCRATCH, S3Store, classify, list_prefix};
-use super::{Check, Outcome, Store};
+use super::s3::{Answer, DOCTOR_SCRATCH, S3Bucket, classify, list_prefix};
+use super::whole::Objects;
+use super::{Check, Outcome};
 
 /// An ETag no object has: S3 ETags are quoted MD5s (or MD5-N for multipart uploads).
 const WRONG_ETAG: &str = "\"00000000000000000000000000000000\"";
@@ -22,7 +23,7 @@ fn answer<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<An
     }
 }
 
-pub(super) async fn run(store: &S3Store) -> Vec<Check> {
+pub(super) async fn run(store: &S3Bucket) -> Vec<Check> {
     let mut checks = Vec::new();
     let client = store.client();
     let bucket = store.bucket();
@@ -84,7 +85,7 @@ pub(super) async fn run(store: &S3Store) -> Vec<Check> {
 }
 
 /// Writes a scratch object, proves that conditional headers are enforced, and deletes it.
-async fn conditional_writes(store: &S3Store) -> Vec<Check> {
+async fn conditional_writes(store: &S3Bucket) -> Vec<Check> {
     let client = store.client();
     let bucket = store.bucket();
     // `list` skips these; the random part keeps it clear of any real lock.

@@ -3,14 +3,13 @@
 //! `ReturnValuesOnConditionCheckFailure=ALL_OLD` so a refusal costs no second request.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::aws::{self, AwsOptions, Failure, Meter};
-use super::{Check, Expect, Observed, State, Store, Version, VersionKind, WaiterUpdate, Write, Written};
+use super::{Check, Expect, Observed, State, Store, Version, WaiterUpdate, Write, Written};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::{Action, HISTORY_LEN, Record};
@@ -97,7 +96,7 @@ impl DynamoStore {
                 version: Version::default(),
             };
         };
-        let version = Version(VersionKind::Item(Arc::new(item.clone())));
+        let version = Version::of(item.clone());
         let whole = serde_dynamo::AttributeValue::M(serde_dynamo::Item::from(item.clone()).into());
         let state = match serde_path_to_error::deserialize::<_, Record>(serde_dynamo::Deserializer::from_attribute_value(whole)) {
             Ok(mut record) => match record.validate(lock) {
@@ -140,10 +139,7 @@ impl DynamoStore {
         let base = w
             .base
             .ok_or_else(|| Error::Usage("a break-glass write needs the record it replaces".into()))?;
-        let raw = match &base.version.0 {
-            VersionKind::Item(item) => Some(item.clone()),
-            _ => None,
-        };
+        let raw = base.version.get::<Item>();
         let fence = raw
             .as_ref()
             .and_then(|i| i.get("Fence"))

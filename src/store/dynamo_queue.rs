@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::dynamo::{DynamoStore, Item, Item2, av};
-use super::{Observed, State, Store, VersionKind, WaiterUpdate, aws};
+use super::{Observed, State, Store, WaiterUpdate, aws};
 use crate::error::{Error, Result};
 
 /// Conditional rounds a waiter update tries before leaving it to the next poll.
@@ -32,9 +32,9 @@ fn waiter_plan(u: &WaiterUpdate<'_>, base: &Observed) -> Result<Option<WaiterPla
         // Absent (the lock is free; nothing to queue for) or unreadable: never write waiters.
         return Ok(None);
     };
-    let has_map = match &base.version.0 {
-        VersionKind::Item(item) => item.contains_key("Waiters"),
-        _ => !record.waiters.is_empty(),
+    let has_map = match base.version.get::<Item>() {
+        Some(item) => item.contains_key("Waiters"),
+        None => !record.waiters.is_empty(),
     };
     let keep = [u.set.map(|(t, _)| t), u.remove].into_iter().flatten().collect::<Vec<_>>();
     let prune: Vec<(&String, i64)> = match u.prune {
@@ -157,7 +157,6 @@ pub(super) async fn update_waiters(store: &DynamoStore, u: WaiterUpdate<'_>) -> 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::record::Record;
@@ -185,7 +184,7 @@ mod tests {
         }
         Observed {
             state: State::Valid(r),
-            version: Version(VersionKind::Item(Arc::new(item))),
+            version: Version::of(item),
         }
     }
 

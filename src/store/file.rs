@@ -1,4 +1,5 @@
-//! The file store: one JSON file per lock in one directory, for one host. Every
+//! The file store: one JSON file per lock in one directory, for one host. The record logic is
+//! the whole-record engine's ([`super::whole`]); this file holds its object primitives. Every
 //! read-compare-write happens under an exclusive `flock` on the directory's lock file, and
 //! a new version is written to a fresh file (exclusive create) and renamed into place, so a
 //! reader never sees half a record and a crash never leaves one.
@@ -10,30 +11,42 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Check, Expect, Observed, Outcome, State, Store, Version, VersionKind, WaiterUpdate, Write, Written, decode_name, encode_name};
+pub use super::whole::MAX_RECORD_BYTES;
+use super::whole::{Object, Objects, PutMode, PutOutcome, Whole};
+use super::{Check, Expect, Observed, Outcome, State, Store, Version, Write, Written, decode_name, encode_name};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
-use crate::record::Record;
-
-/// Largest record we read; anything bigger is not ours.
-pub const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 const DIR_LOCK: &str = ".pipeline-lock.dirlock";
 pub(crate) const SUFFIX: &str = ".lock";
 
 /// Locks in one local directory.
+pub type FileStore = Whole<FileDir>;
+
+/// The file store's object primitives: the lock files of one directory.
 #[derive(Debug)]
-pub struct FileStore {
+pub struct FileDir {
     dir: PathBuf,
     clock: StoreClock,
     requests: std::sync::atomic::AtomicU64,
 }
 
-impl FileStore {
+/// The file store's version of a record is its bytes: a write compares the bytes on disk,
+/// under the flock, with those its decision was made on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Bytes(Arc<[u8]>);
+
+impl Whole<FileDir> {
     /// Opens (creating if needed) the directory and proves that exclusive create and `flock`
     /// work there; a filesystem without them cannot hold a lock, so we refuse to start.
     pub fn open(dir: &Path) -> Result<FileStore> {
-        let store = FileStore {
+        FileDir::open(dir).map(Whole::new)
+    }
+}
+
+impl FileDir {
+    fn open(dir: &Path) -> Result<FileDir> {
+        let store = FileDir {
             dir: dir.to_path_buf(),
             clock: StoreClock::kernel(),
             requests: Default::default(),
@@ -86,84 +99,46 @@ impl FileStore {
         Ok(file)
     }
 
-    fn load(&self, lock: &str, path: &Path) -> Result<Observed> {
+    fn load(&self, lock: &str, path: &Path) -> Result<Option<Object<Bytes>>> {
         self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let file = match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Ok(Observed {
-                    state: State::Absent,
-                    version: Version::default(),
-                });
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io_error("read", lock, e)),
         };
         let mut bytes = Vec::new();
         file.take(MAX_RECORD_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| self.io_error("read", lock, e))?;
-        Ok(parse_bytes(lock, bytes))
+        let tag = Some(Bytes(bytes.as_slice().into()));
+        Ok(Some(Object { bytes, tag }))
     }
 
-    /// Writes `record` in place of the lock's file; returns the bytes written (its new version).
-    fn replace(&self, lock: &str, path: &Path, record: &Record) -> Result<Vec<u8>> {
+    /// Writes `body` in place of the lock's file; returns its new version.
+    fn replace(&self, lock: &str, body: Vec<u8>) -> Result<Bytes> {
         let tmp = self.dir.join(format!(".{}.{:016x}.tmp", encode_name(lock), rand::random::<u64>()));
-        let body = serde_json::to_vec_pretty(record).map_err(|e| Error::other("cannot encode the lock record", e))?;
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(&body)?;
             f.sync_all()?;
-            fs::rename(&tmp, path)?;
+            fs::rename(&tmp, self.path(lock))?;
             File::open(&self.dir)?.sync_all()
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
             self.io_error("write", lock, e)
         })?;
-        Ok(body)
-    }
-}
-
-/// Parses a stored JSON record. Shared with the S3 store, which stores the same bytes.
-pub(crate) fn parse_bytes(lock: &str, bytes: Vec<u8>) -> Observed {
-    let state = if bytes.len() as u64 > MAX_RECORD_BYTES {
-        State::Corrupt(format!("the record is larger than {MAX_RECORD_BYTES} bytes"))
-    } else {
-        match serde_path_to_error::deserialize::<_, Record>(&mut serde_json::Deserializer::from_slice(&bytes)) {
-            Ok(mut r) => match r.validate(lock) {
-                Ok(()) => {
-                    r.fill_history_fences();
-                    State::Valid(r)
-                }
-                Err(why) => State::Corrupt(why),
-            },
-            Err(e) => State::Corrupt(format!("not a lock record: {}", super::at_path(&e))),
-        }
-    };
-    Observed {
-        state,
-        version: Version(VersionKind::Bytes(Arc::new(bytes))),
-    }
-}
-
-/// The fence of a record we cannot parse, when its JSON still carries one.
-pub(crate) fn salvage_fence(version: &Version) -> Option<u64> {
-    match &version.0 {
-        VersionKind::Bytes(b) => serde_json::from_slice::<serde_json::Value>(b).ok()?.get("Fence")?.as_u64(),
-        _ => None,
-    }
-}
-
-fn same_version(a: &Version, b: &Version) -> bool {
-    match (&a.0, &b.0) {
-        (VersionKind::Bytes(x), VersionKind::Bytes(y)) => x == y,
-        (VersionKind::None, VersionKind::None) => true,
-        _ => false,
+        Ok(Bytes(body.into()))
     }
 }
 
 #[async_trait]
-impl Store for FileStore {
+impl Objects for FileDir {
+    type Tag = Bytes;
+
+    // Under the directory lock nobody comes between a read and a write (see `edit`).
+    const ONE_STEP: bool = true;
+
     fn url(&self) -> String {
         format!("file://{}", self.dir.display())
     }
@@ -177,50 +152,47 @@ impl Store for FileStore {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn read(&self, lock: &str, _consistent: bool) -> Result<Observed> {
+    async fn get(&self, lock: &str) -> Result<Option<Object<Bytes>>> {
         // rename() is atomic, so a read needs no directory lock.
         self.load(lock, &self.path(lock))
     }
 
-    async fn write(&self, w: Write<'_>) -> Result<Written> {
-        let path = self.path(w.lock);
+    async fn put(&self, lock: &str, body: Vec<u8>, mode: PutMode<'_, Bytes>) -> Result<PutOutcome<Bytes>> {
         let _guard = self.lock_dir()?;
-        let current = self.load(w.lock, &path)?;
-        let unchanged = w.base.is_none_or(|b| same_version(&b.version, &current.version));
-        if !unchanged || !w.admits(&current.state) {
-            return Ok(Written::Conflict(current));
-        }
-        let next = match (&w.expect, &current.state) {
-            (Expect::Exact, State::Valid(r)) => r.apply(w.change),
-            (Expect::Exact, _) => super::salvage(w.lock, salvage_fence(&current.version), w.change),
-            (_, State::Valid(r)) => r.apply(w.change),
-            _ => Record::created(w.lock, w.change),
+        let current = self.load(lock, &self.path(lock))?;
+        let holds = match (mode, &current) {
+            (PutMode::Create, None) => true,
+            (PutMode::Update(tag), Some(o)) => o.tag.as_ref() == Some(tag),
+            _ => false,
         };
-        self.replace(w.lock, &path, &next)?;
-        Ok(Written::Done(next))
+        if !holds {
+            // What we read under the flock is what is there: no second look needed.
+            return Ok(PutOutcome::Refused(Some(current)));
+        }
+        Ok(PutOutcome::Done(Some(self.replace(lock, body)?)))
     }
 
-    async fn update_waiters(&self, u: WaiterUpdate<'_>) -> Result<Option<Observed>> {
-        // Under the directory lock the read and the write cannot be interleaved with anyone
-        // else's, so the base is not needed: the update applies to what is there now.
-        let path = self.path(u.lock);
+    async fn edit<F, R, K>(&self, lock: &str, decide: F) -> Result<std::result::Result<(PutOutcome<Bytes>, R), K>>
+    where
+        F: FnOnce(Option<&Object<Bytes>>) -> Result<std::result::Result<(Vec<u8>, R), K>> + Send,
+        R: Send,
+        K: Send,
+    {
+        // The read, the decision and the write under one flock, so the write is never refused.
         let _guard = self.lock_dir()?;
-        let current = self.load(u.lock, &path)?;
-        let State::Valid(record) = &current.state else {
-            return Ok(Some(current));
-        };
-        let next = record.with_waiters(u.set, u.remove, u.prune);
-        if next.waiters == record.waiters {
-            return Ok(Some(current));
-        }
-        let bytes = self.replace(u.lock, &path, &next)?;
-        Ok(Some(Observed {
-            state: State::Valid(next),
-            version: Version(VersionKind::Bytes(Arc::new(bytes))),
-        }))
+        let current = self.load(lock, &self.path(lock))?;
+        Ok(match decide(current.as_ref())? {
+            Ok((body, value)) => Ok((PutOutcome::Done(Some(self.replace(lock, body)?)), value)),
+            Err(kept) => Err(kept),
+        })
     }
 
-    async fn list(&self) -> Result<Vec<(String, Observed)>> {
+    fn unversioned(&self, lock: &str) -> Error {
+        // `load` always keeps the bytes, so this is never met.
+        Error::Config(format!("{}: lock {lock:?} was read without its bytes", self.url()))
+    }
+
+    async fn list(&self) -> Result<Vec<(String, Option<Object<Bytes>>)>> {
         let entries = fs::read_dir(&self.dir).map_err(|e| self.io_error("list", "*", e))?;
         let mut out = Vec::new();
         for entry in entries.flatten() {
@@ -233,14 +205,13 @@ impl Store for FileStore {
             else {
                 continue;
             };
-            let observed = self.load(&name, &entry.path())?;
-            out.push((name, observed));
+            let object = self.load(&name, &entry.path())?;
+            out.push((name, object));
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
-    async fn doctor(&self) -> Vec<Check> {
+    async fn doctor(&self, store: &dyn Store) -> Vec<Check> {
         // `open` already refused a directory without exclusive create or flock.
         let mut checks = vec![Check::new(
             "directory",
@@ -257,7 +228,7 @@ impl Store for FileStore {
             fence_floor: self.clock.now_ms().max(0) as u64,
             event: None,
         };
-        let first = self
+        let first = store
             .write(Write {
                 lock: &lock,
                 expect: Expect::Vacant,
@@ -269,7 +240,7 @@ impl Store for FileStore {
             state: State::Absent,
             version: Version::default(),
         };
-        let second = self
+        let second = store
             .write(Write {
                 lock: &lock,
                 expect: Expect::Vacant,

@@ -2,6 +2,7 @@
 //! takeover decisions live above, in [`crate::locker`]; a store only reads, writes
 //! conditionally and normalises its vendor's answers.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ mod dynamo_queue;
 pub mod file;
 pub mod s3;
 pub(crate) mod url;
+pub mod whole;
 
 pub use url::{StoreUrl, decode_name, encode_name};
 
@@ -55,17 +57,33 @@ impl Observed {
     }
 }
 
-/// A store's version of a record, for `Expect::Exact` and whole-record writes.
-#[derive(Debug, Clone, Default)]
-pub struct Version(pub(crate) VersionKind);
+/// A store's version of a record, for `Expect::Exact` and whole-record writes. Opaque here:
+/// each store puts in its own type (an ETag, the file's bytes, the raw DynamoDB item) and only
+/// it looks inside.
+#[derive(Clone, Default)]
+pub struct Version(Option<Arc<dyn Opaque>>);
 
-#[derive(Debug, Clone, Default)]
-pub(crate) enum VersionKind {
-    #[default]
-    None,
-    Etag(String),
-    Item(Arc<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>),
-    Bytes(Arc<Vec<u8>>),
+/// What a store may keep as a version.
+pub(crate) trait Opaque: Any + Send + Sync + std::fmt::Debug {}
+
+impl<T: Any + Send + Sync + std::fmt::Debug> Opaque for T {}
+
+impl Version {
+    pub(crate) fn of<T: Opaque>(version: T) -> Version {
+        Version(Some(Arc::new(version)))
+    }
+
+    /// The store's own version, if this is one of its type.
+    pub(crate) fn get<T: Any>(&self) -> Option<&T> {
+        let any: &dyn Any = self.0.as_deref()?;
+        any.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Version").field(&self.0).finish()
+    }
 }
 
 /// The condition a write is made under (docs/design.md, rules 2 to 5).

@@ -1,11 +1,9 @@
 //! The S3 store: one JSON object per lock, `PREFIX/NAME.lock`, the same bytes the file store
-//! writes. S3 rewrites whole objects, so the record logic is the file store's; the
+//! writes. S3 rewrites whole objects, so the record logic is the whole-record engine's
+//! ([`super::whole`]); this file holds its object primitives and S3's answers. The
 //! compare-and-set is a conditional PutObject: `If-None-Match: *` to create, `If-Match: ETAG`
 //! (the ETag the decision was based on) for every later change. Every record carries a fresh
 //! random `Rvn`, so two different writes never share a body, and so never an ETag.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -15,32 +13,33 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::aws::{self, AwsOptions, Failure, Meter};
-use super::file::{MAX_RECORD_BYTES, parse_bytes, salvage_fence};
-use super::{Check, Expect, Observed, State, Store, Version, VersionKind, WaiterUpdate, Write, Written, decode_name, encode_name};
+use super::whole::{MAX_RECORD_BYTES, Object, Objects, PutMode, PutOutcome, Whole};
+use super::{Check, Store, decode_name, encode_name};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
-use crate::record::{Change, Record};
 
 const SUFFIX: &str = ".lock";
-
-/// Rewrites a waiter update tries before leaving it to the next poll.
-const WAITER_ROUNDS: u32 = 3;
 
 /// How `doctor`'s scratch object names start; `list` skips them (their random tail keeps them
 /// clear of real locks).
 pub(crate) const DOCTOR_SCRATCH: &str = ".pipeline-lock-doctor-";
 
 /// Locks under one prefix of one S3 bucket.
+pub type S3Store = Whole<S3Bucket>;
+
+/// The S3 store's object primitives: the lock objects under one prefix of one bucket.
 #[derive(Debug, Clone)]
-pub struct S3Store {
+pub struct S3Bucket {
     client: Client,
     bucket: String,
     prefix: String,
     region: String,
     meter: Meter,
-    /// Did the last waiter update meet a concurrent write? See `update_waiters`.
-    waiter_contention: Arc<AtomicBool>,
 }
+
+/// S3's version of a record: the object's ETag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Etag(String);
 
 /// What an S3 error answer means for us, decided once from its HTTP status and error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +102,7 @@ pub(crate) fn lock_name(prefix: &str, key: &str) -> Option<String> {
     decode_name(encoded)
 }
 
-impl S3Store {
+impl Whole<S3Bucket> {
     /// Connects with the standard AWS chain plus `opts`. Fails fast (exit 78) when there is no
     /// region or no credentials; does not touch the bucket (`doctor` does).
     pub async fn connect(bucket: &str, prefix: &str, opts: &AwsOptions) -> Result<S3Store> {
@@ -115,18 +114,6 @@ impl S3Store {
         Ok(Self::from_config(&bucket, &prefix, &config, opts.force_path_style))
     }
 
-    /// An unconditioned PutObject of `record` at `key`; callers add If-Match / If-None-Match.
-    fn put_request(&self, key: &str, record: &Record) -> Result<aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder> {
-        let body = serde_json::to_vec_pretty(record).map_err(|e| Error::other("cannot encode the lock record", e))?;
-        Ok(self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/json")
-            .body(ByteStream::from(body)))
-    }
-
     /// A store on an AWS configuration the caller built. `bucket` and `prefix` must already
     /// be valid (see [`super::StoreUrl::s3`]).
     pub fn from_config(bucket: &str, prefix: &str, config: &aws_config::SdkConfig, force_path_style: bool) -> S3Store {
@@ -136,16 +123,17 @@ impl S3Store {
             .force_path_style(force_path_style)
             .build();
         let region = config.region().map(|r| r.to_string()).unwrap_or_default();
-        S3Store {
+        Whole::new(S3Bucket {
             client: Client::from_conf(conf),
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
             region,
             meter,
-            waiter_contention: Arc::default(),
-        }
+        })
     }
+}
 
+impl S3Bucket {
     pub(super) fn key(&self, lock: &str) -> String {
         object_key(&self.prefix, lock)
     }
@@ -193,7 +181,7 @@ impl S3Store {
     }
 
     /// The object's ETag and body (at most `MAX_RECORD_BYTES + 1` bytes), `None` when absent.
-    async fn fetch(&self, lock: &str) -> Result<Option<(Option<String>, Vec<u8>)>> {
+    async fn fetch(&self, lock: &str) -> Result<Option<Object<Etag>>> {
         let key = self.key(lock);
         let out = match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
             Ok(out) => out,
@@ -206,10 +194,10 @@ impl S3Store {
                 return Err(self.error(&e, "s3:GetObject", &key));
             }
         };
-        let etag = out.e_tag().map(str::to_string);
+        let tag = out.e_tag().map(|e| Etag(e.to_string()));
         let mut body = out.body;
         let mut bytes = Vec::new();
-        // A huge object is not ours: stop reading one byte past the cap (parse_bytes calls it corrupt).
+        // A huge object is not ours: stop reading one byte past the cap (the engine calls it corrupt).
         while (bytes.len() as u64) <= MAX_RECORD_BYTES {
             match body.next().await {
                 Some(Ok(chunk)) => bytes.extend_from_slice(&chunk),
@@ -220,57 +208,30 @@ impl S3Store {
             }
         }
         bytes.truncate(MAX_RECORD_BYTES as usize + 1);
-        Ok(Some((etag, bytes)))
+        Ok(Some(Object { bytes, tag }))
     }
 
-    fn observed(lock: &str, fetched: Option<(Option<String>, Vec<u8>)>) -> Observed {
-        match fetched {
-            None => Observed {
-                state: State::Absent,
-                version: Version::default(),
-            },
-            Some((etag, bytes)) => {
-                let state = parse_bytes(lock, bytes).state;
-                let version = etag.map(|e| Version(VersionKind::Etag(e))).unwrap_or_default();
-                Observed { state, version }
-            }
-        }
+    pub(super) fn client(&self) -> &Client {
+        &self.client
     }
 
-    /// After a refused write: what is there now. Our own record there means the write landed
-    /// after all (S3 may answer 412 to the SDK's retry of a write whose first reply was lost).
-    async fn after_refusal(&self, lock: &str, change: &Change) -> Result<Written> {
-        let now = self.read(lock, true).await?;
-        Ok(match &now.state {
-            State::Valid(r) if r.rvn == change.rvn => Written::Done(r.clone()),
-            _ => Written::Conflict(now),
-        })
+    pub(super) fn bucket(&self) -> &str {
+        &self.bucket
     }
 
-    /// The record to write over `base` (the file store's logic); `Err(Conflict)` when a
-    /// break-glass base changed before we could read its fence.
-    async fn next_record(&self, w: &Write<'_>, base: &Observed) -> Result<Result<Record, Written>> {
-        Ok(Ok(match (&w.expect, &base.state) {
-            (_, State::Valid(r)) => r.apply(w.change),
-            (Expect::Exact, State::Corrupt(_)) => {
-                // Only the raw bytes hold the old fence; fetch them, and only if they are still
-                // the bytes the break-glass decision was made on.
-                let fetched = self.fetch(w.lock).await?;
-                let same = matches!((&fetched, &base.version.0), (Some((Some(e), _)), VersionKind::Etag(b)) if e == b);
-                if !same {
-                    return Ok(Err(Written::Conflict(Self::observed(w.lock, fetched))));
-                }
-                let bytes = fetched.map(|f| f.1).unwrap_or_default();
-                super::salvage(w.lock, salvage_fence(&Version(VersionKind::Bytes(Arc::new(bytes)))), w.change)
-            }
-            (Expect::Exact, _) => super::salvage(w.lock, None, w.change),
-            _ => Record::created(w.lock, w.change),
-        }))
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(super) fn region(&self) -> &str {
+        &self.region
     }
 }
 
 #[async_trait]
-impl Store for S3Store {
+impl Objects for S3Bucket {
+    type Tag = Etag;
+
     fn url(&self) -> String {
         super::StoreUrl::S3 {
             bucket: self.bucket.clone(),
@@ -287,115 +248,54 @@ impl Store for S3Store {
         self.meter.requests()
     }
 
-    async fn read(&self, lock: &str, _consistent: bool) -> Result<Observed> {
+    async fn get(&self, lock: &str) -> Result<Option<Object<Etag>>> {
         // S3 reads are strongly consistent (read-after-write) since December 2020.
-        Ok(Self::observed(lock, self.fetch(lock).await?))
+        self.fetch(lock).await
     }
 
-    async fn write(&self, w: Write<'_>) -> Result<Written> {
-        let fresh;
-        let base = match w.base {
-            Some(b) => b,
-            None => {
-                fresh = self.read(w.lock, true).await?;
-                &fresh
-            }
+    async fn put(&self, lock: &str, body: Vec<u8>, mode: PutMode<'_, Etag>) -> Result<PutOutcome<Etag>> {
+        let key = self.key(lock);
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        let req = match mode {
+            PutMode::Create => req.if_none_match("*"),
+            PutMode::Update(Etag(etag)) => req.if_match(etag),
         };
-        if !w.admits(&base.state) {
-            return Ok(Written::Conflict(base.clone()));
-        }
-        let next = match self.next_record(&w, base).await? {
-            Ok(r) => r,
-            Err(conflict) => return Ok(conflict),
+        let e = match req.send().await {
+            Ok(out) => return Ok(PutOutcome::Done(out.e_tag().map(|e| Etag(e.to_string())))),
+            Err(e) => e,
         };
-        let key = self.key(w.lock);
-        let req = self.put_request(&key, &next)?;
-        let req = match (&base.state, &base.version.0) {
-            (State::Absent, _) => req.if_none_match("*"),
-            (_, VersionKind::Etag(etag)) => req.if_match(etag),
-            _ => {
-                return Err(Error::Config(format!(
-                    "{}: {key} was read without an ETag, so it cannot be changed conditionally; this S3-compatible store cannot hold a lock",
-                    self.url()
-                )));
-            }
+        let answer = match &e {
+            SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()),
+            _ => Answer::Other,
         };
-        match req.send().await {
-            Ok(_) => Ok(Written::Done(next)),
-            Err(e) => {
-                let answer = match &e {
-                    SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()),
-                    _ => Answer::Other,
-                };
-                match answer {
-                    // 412: someone else created or changed it since our read (or our own lost
-                    // write landed first): look at what is there now.
-                    Answer::Changed => self.after_refusal(w.lock, w.change).await,
-                    // 409: a concurrent conditional write; re-read so the caller re-decides on
-                    // the winner's record. Never taken to mean "held".
-                    Answer::Concurrent => self.after_refusal(w.lock, w.change).await,
-                    // 404 to If-Match: the object was deleted meanwhile; the read shows it absent.
-                    Answer::Gone => self.after_refusal(w.lock, w.change).await,
-                    _ => Err(self.error(&e, "s3:PutObject", &key)),
-                }
-            }
+        match answer {
+            // 412: someone else created or changed it since our read (or our own lost write
+            // landed first): the engine looks at what is there now.
+            Answer::Changed => Ok(PutOutcome::Refused(None)),
+            // 409: a concurrent conditional write; re-read so the caller re-decides on the
+            // winner's record. Never taken to mean "held".
+            Answer::Concurrent => Ok(PutOutcome::Refused(None)),
+            // 404 to If-Match: the object was deleted meanwhile; the read shows it absent.
+            Answer::Gone => Ok(PutOutcome::Refused(None)),
+            _ => Err(self.error(&e, "s3:PutObject", &key)),
         }
     }
 
-    async fn update_waiters(&self, u: WaiterUpdate<'_>) -> Result<Option<Observed>> {
-        let key = self.key(u.lock);
-        // The base is the waiter's last poll, up to a retry interval old. Writing over it
-        // replaces this round's poll when nobody else wrote since; in a busy queue (our last
-        // update met a concurrent write) it is likely stale, and a fresh read first costs one
-        // request where a refused write costs two.
-        let busy = self.waiter_contention.load(Ordering::Relaxed);
-        let mut fresh = match u.base.filter(|_| !busy) {
-            Some(b) => b.clone(),
-            None => self.read(u.lock, true).await?,
-        };
-        self.waiter_contention.store(false, Ordering::Relaxed);
-        // Waiters race each other (and the holder) for the one object: each refusal means the
-        // record changed, so rewrite over what is there now. A few rounds, then let the next
-        // poll try again; bookkeeping is never worth an error.
-        for _ in 0..WAITER_ROUNDS {
-            let (State::Valid(record), VersionKind::Etag(etag)) = (&fresh.state, &fresh.version.0) else {
-                return Ok(Some(fresh));
-            };
-            let next = record.with_waiters(u.set, u.remove, u.prune);
-            if next.waiters == record.waiters {
-                return Ok(Some(fresh));
-            }
-            let req = self.put_request(&key, &next)?;
-            match req.if_match(etag).send().await {
-                Ok(out) => {
-                    // Without the new ETag the record cannot be a base for the next write: read.
-                    let Some(etag) = out.e_tag() else {
-                        return Ok(None);
-                    };
-                    return Ok(Some(Observed {
-                        state: State::Valid(next),
-                        version: Version(VersionKind::Etag(etag.to_string())),
-                    }));
-                }
-                Err(e) => {
-                    let answer = match &e {
-                        SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()),
-                        _ => Answer::Other,
-                    };
-                    match answer {
-                        Answer::Changed | Answer::Concurrent | Answer::Gone => {
-                            self.waiter_contention.store(true, Ordering::Relaxed);
-                            fresh = self.read(u.lock, true).await?
-                        }
-                        _ => return Err(self.error(&e, "s3:PutObject", &key)),
-                    }
-                }
-            }
-        }
-        Ok(Some(fresh))
+    fn unversioned(&self, lock: &str) -> Error {
+        Error::Config(format!(
+            "{}: {} was read without an ETag, so it cannot be changed conditionally; this S3-compatible store cannot hold a lock",
+            self.url(),
+            self.key(lock)
+        ))
     }
 
-    async fn list(&self) -> Result<Vec<(String, Observed)>> {
+    async fn list(&self) -> Result<Vec<(String, Option<Object<Etag>>)>> {
         let prefix = list_prefix(&self.prefix);
         let mut names = Vec::new();
         let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&prefix).into_paginator().send();
@@ -405,36 +305,16 @@ impl Store for S3Store {
         }
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            let observed = self.read(&name, false).await?;
             // Deleted between the listing and the read: not a lock any more.
-            if !matches!(observed.state, State::Absent) {
-                out.push((name, observed));
+            if let Some(object) = self.fetch(&name).await? {
+                out.push((name, Some(object)));
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
-    async fn doctor(&self) -> Vec<Check> {
+    async fn doctor(&self, _store: &dyn Store) -> Vec<Check> {
         super::doctor_s3::run(self).await
-    }
-}
-
-impl S3Store {
-    pub(super) fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub(super) fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
-    pub(super) fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    pub(super) fn region(&self) -> &str {
-        &self.region
     }
 }
 
