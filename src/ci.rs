@@ -184,21 +184,25 @@ pub(crate) fn test_env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String
     move |k| map.get(k).cloned()
 }
 
+/// A GitLab job's environment (pipeline 1234, job 99 of group/app), for unit tests.
+#[cfg(test)]
+pub(crate) const GITLAB_TEST_ENV: &[(&str, &str)] = &[
+    ("GITLAB_CI", "true"),
+    ("CI_SERVER_HOST", "gitlab.example.com"),
+    ("CI_PROJECT_PATH", "group/app"),
+    ("CI_PIPELINE_ID", "1234"),
+    ("CI_PIPELINE_IID", "56"),
+    ("CI_PIPELINE_URL", "https://gitlab.example.com/group/app/-/pipelines/1234"),
+    ("CI_JOB_ID", "99"),
+    ("CI_JOB_NAME", "deploy"),
+];
+
 #[cfg(test)]
 mod tests {
     use super::test_env as env;
     use super::*;
 
-    const GITLAB: &[(&str, &str)] = &[
-        ("GITLAB_CI", "true"),
-        ("CI_SERVER_HOST", "gitlab.example.com"),
-        ("CI_PROJECT_PATH", "group/app"),
-        ("CI_PIPELINE_ID", "1234"),
-        ("CI_PIPELINE_IID", "56"),
-        ("CI_PIPELINE_URL", "https://gitlab.example.com/group/app/-/pipelines/1234"),
-        ("CI_JOB_ID", "99"),
-        ("CI_JOB_NAME", "deploy"),
-    ];
+    const GITLAB: &[(&str, &str)] = GITLAB_TEST_ENV;
 
     #[test]
     fn gitlab_pipeline_and_job_scope() {

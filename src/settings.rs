@@ -282,15 +282,7 @@ fn with_progress(mut opts: AcquireOptions, verbose: u8) -> AcquireOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ci::test_env;
-
-    const GITLAB: &[(&str, &str)] = &[
-        ("GITLAB_CI", "true"),
-        ("CI_SERVER_HOST", "gitlab.example.com"),
-        ("CI_PROJECT_PATH", "group/app"),
-        ("CI_PIPELINE_ID", "1234"),
-        ("CI_JOB_ID", "99"),
-    ];
+    use crate::ci::{GITLAB_TEST_ENV as GITLAB, test_env};
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_sourced(args).unwrap()
