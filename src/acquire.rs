@@ -100,8 +100,8 @@ fn signalled(cancel: &Option<tokio::sync::watch::Receiver<Option<i32>>>) -> Opti
 const LEAVE_BOUND: Duration = Duration::from_secs(3);
 
 impl Locker {
-    /// Takes the lock for `who`, waiting as `opts` says: one round after another (see
-    /// [`Waiting::round`]), each deciding by [`crate::policy::plan`] on the record as last read.
+    /// Takes the lock for `who`, waiting as `opts` says: round after round, each deciding by
+    /// [`crate::policy::plan`] on the record as last read.
     pub async fn acquire(&self, lock: &str, who: &Identity, opts: &AcquireOptions) -> Result<Grant> {
         let mut waiting = Waiting::new(self, lock, who, opts);
         loop {

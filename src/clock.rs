@@ -15,6 +15,8 @@ pub struct StoreClock {
     base: Instant,
     /// Read the kernel's clock directly (the file store: the host is the store).
     kernel: bool,
+    /// Move with tokio's clock from this instant, at this store time (the in-memory store).
+    tokio: Option<(tokio::time::Instant, i64)>,
     /// Bounds on (store unix ms) - (ms since `base`).
     bounds: Mutex<Option<(i64, i64)>>,
 }
@@ -31,7 +33,18 @@ impl StoreClock {
         StoreClock {
             base: Instant::now(),
             kernel: false,
+            tokio: None,
             bounds: Mutex::new(None),
+        }
+    }
+
+    /// A clock that starts at this machine's wall time and moves with tokio's clock, so that
+    /// under a paused clock (`#[tokio::test(start_paused = true)]`) store time moves exactly
+    /// as far as the test advances it: the in-memory store's.
+    pub fn tokio() -> Self {
+        StoreClock {
+            tokio: Some((tokio::time::Instant::now(), local_wall_ms())),
+            ..Self::new()
         }
     }
 
@@ -69,12 +82,15 @@ impl StoreClock {
 
     /// Has any store response been seen?
     pub fn is_synced(&self) -> bool {
-        self.kernel || self.bounds.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.kernel || self.tokio.is_some() || self.bounds.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// Current store time in unix milliseconds: the middle of the known bounds, or the local
     /// wall clock before the first response.
     pub fn now_ms(&self) -> i64 {
+        if let Some((at, wall)) = self.tokio {
+            return wall + at.elapsed().as_millis() as i64;
+        }
         match *self.bounds.lock().unwrap_or_else(|e| e.into_inner()) {
             Some((lo, hi)) => (lo + hi) / 2 + self.mono_ms(Instant::now()),
             None if self.kernel => kernel_wall_ms(),
@@ -162,6 +178,16 @@ mod tests {
     #[test]
     fn kernel_clock_agrees_with_an_unfaked_wall_clock() {
         assert!((StoreClock::kernel().now_ms() - local_wall_ms()).abs() < 1_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tokio_clock_moves_with_paused_time_only() {
+        let c = StoreClock::tokio();
+        assert!(c.is_synced());
+        let t0 = c.now_ms();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(c.now_ms() - t0, 3_600_000);
+        assert_eq!(c.uncertainty(), Duration::ZERO);
     }
 
     #[test]
