@@ -7,7 +7,11 @@
 //! minutes off (or runs at the wrong rate) still agrees with the store.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+// Tokio's monotonic clock (the system's, unless a test pauses it), so that lease ends and
+// waits move in a paused test's virtual time like everything else.
+use tokio::time::Instant;
 
 /// Store-clock estimate shared by every request of one store client.
 #[derive(Debug)]
@@ -15,8 +19,6 @@ pub struct StoreClock {
     base: Instant,
     /// Read the kernel's clock directly (the file store: the host is the store).
     kernel: bool,
-    /// Move with tokio's clock from this instant, at this store time (the in-memory store).
-    tokio: Option<(tokio::time::Instant, i64)>,
     /// Bounds on (store unix ms) - (ms since `base`).
     bounds: Mutex<Option<(i64, i64)>>,
 }
@@ -33,19 +35,18 @@ impl StoreClock {
         StoreClock {
             base: Instant::now(),
             kernel: false,
-            tokio: None,
             bounds: Mutex::new(None),
         }
     }
 
-    /// A clock that starts at this machine's wall time and moves with tokio's clock, so that
-    /// under a paused clock (`#[tokio::test(start_paused = true)]`) store time moves exactly
-    /// as far as the test advances it: the in-memory store's.
-    pub fn tokio() -> Self {
-        StoreClock {
-            tokio: Some((tokio::time::Instant::now(), local_wall_ms())),
-            ..Self::new()
-        }
+    /// A clock that knows the store's time exactly: `now_ms` now, moving on with the
+    /// monotonic clock (the in-memory store's: under a paused clock, store time moves exactly
+    /// as far as the test advances it).
+    pub fn starting_at(now_ms: i64) -> Self {
+        let clock = Self::new();
+        let now = Instant::now();
+        clock.observe(now, now, now_ms, Duration::ZERO);
+        clock
     }
 
     /// The clock of a store on this host: the kernel's real-time clock, read with a raw
@@ -82,15 +83,12 @@ impl StoreClock {
 
     /// Has any store response been seen?
     pub fn is_synced(&self) -> bool {
-        self.kernel || self.tokio.is_some() || self.bounds.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.kernel || self.bounds.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// Current store time in unix milliseconds: the middle of the known bounds, or the local
     /// wall clock before the first response.
     pub fn now_ms(&self) -> i64 {
-        if let Some((at, wall)) = self.tokio {
-            return wall + at.elapsed().as_millis() as i64;
-        }
         match *self.bounds.lock().unwrap_or_else(|e| e.into_inner()) {
             Some((lo, hi)) => (lo + hi) / 2 + self.mono_ms(Instant::now()),
             None if self.kernel => kernel_wall_ms(),
@@ -181,8 +179,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_tokio_clock_moves_with_paused_time_only() {
-        let c = StoreClock::tokio();
+    async fn a_clock_moves_with_paused_time_only() {
+        let c = StoreClock::starting_at(1_000_000);
         assert!(c.is_synced());
         let t0 = c.now_ms();
         tokio::time::sleep(Duration::from_secs(3600)).await;

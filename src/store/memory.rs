@@ -2,7 +2,7 @@
 //! coordinate the tasks of one process. The record logic is the whole-record engine's
 //! ([`super::whole`]), as for S3 and the file store; this file holds only its object
 //! primitives: a map from lock name to the record's bytes and a version number. Its clock
-//! follows tokio's ([`StoreClock::tokio`]), so under a paused clock leases end, queue entries
+//! follows tokio's ([`StoreClock::starting_at`]), so under a paused clock leases end, queue entries
 //! go stale and waits run out in virtual time, in milliseconds of real time.
 
 use std::collections::HashMap;
@@ -40,7 +40,7 @@ impl Whole<Memory> {
             id: STORES.fetch_add(1, Ordering::Relaxed),
             objects: Mutex::default(),
             versions: AtomicU64::new(1),
-            clock: StoreClock::tokio(),
+            clock: StoreClock::starting_at(crate::clock::local_wall_ms()),
             requests: AtomicU64::new(0),
         })
     }
