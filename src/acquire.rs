@@ -191,10 +191,10 @@ impl<'a> Waiting<'a> {
         let entry = (self.place.entry.clone()).unwrap_or_else(|| would_be(&self.who.owner, &self.holder, record.as_ref(), now, self.place.window));
         let head = record.as_ref().is_none_or(|r| self.ahead(r, &entry, now, window).is_empty());
 
-        let mut plan = self.plan(record.as_ref(), &entry, window);
+        let mut plan = self.plan(record.as_ref(), &entry, now, window);
         // The CI server's answer can only matter to a plan that is not an exit already.
         if !matches!(plan, Plan::Superseded(_)) && self.ask_ci(record.as_ref(), head).await {
-            plan = self.plan(record.as_ref(), &entry, window);
+            plan = self.plan(record.as_ref(), &entry, now, window);
         }
         match (plan, &record) {
             (Plan::Wait, _) => {}
@@ -266,7 +266,7 @@ impl<'a> Waiting<'a> {
     }
 
     /// This round's decision (pure, see [`crate::policy::plan`]).
-    fn plan(&self, record: Option<&Record>, entry: &Waiter, window: Duration) -> Plan {
+    fn plan(&self, record: Option<&Record>, entry: &Waiter, now: i64, window: Duration) -> Plan {
         // The CI server's verdict counts only for the Token it was asked about.
         let ended = match (&self.asked, record) {
             (
@@ -285,6 +285,7 @@ impl<'a> Waiting<'a> {
                 token: &self.place.token,
                 entry,
             },
+            now,
             queue: self.opts.queue,
             window,
             supersede: self.opts.supersede,

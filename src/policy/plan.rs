@@ -18,6 +18,9 @@ pub struct Asker<'a> {
     pub owner: &'a str,
     /// Our queue entry, registered or the one we would register now.
     pub me: Me<'a>,
+    /// Store ms the queue is judged at: the round's, as our entry was made (the takeover
+    /// rules go by the judge's own `now`, taken after any CI API call).
+    pub now: i64,
     /// `--queue`.
     pub queue: QueueMode,
     /// How long others' entries stay live: the prune window widened by our clock's uncertainty.
@@ -85,7 +88,7 @@ pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Pl
             dequeue: Vec::new(),
         };
     };
-    let (now, window) = (judge.now, asker.window);
+    let (now, window) = (asker.now, asker.window);
     if let Some(by) = Some(r)
         .filter(|_| asker.supersede)
         .and_then(|r| queue::superseded_by(r, asker.owner, asker.ordinal, now, window))
@@ -193,6 +196,7 @@ mod tests {
         let mut asker = Asker {
             owner: OWNER,
             me: Me { token: "me", entry },
+            now: judge.now,
             queue: QueueMode::Fifo,
             window: Duration::from_secs(30),
             supersede: false,
