@@ -7,7 +7,11 @@
 //! minutes off (or runs at the wrong rate) still agrees with the store.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+// Tokio's monotonic clock (the system's, unless a test pauses it), so that lease ends and
+// waits move in a paused test's virtual time like everything else.
+use tokio::time::Instant;
 
 /// Store-clock estimate shared by every request of one store client.
 #[derive(Debug)]
@@ -33,6 +37,16 @@ impl StoreClock {
             kernel: false,
             bounds: Mutex::new(None),
         }
+    }
+
+    /// A clock that knows the store's time exactly: `now_ms` now, moving on with the
+    /// monotonic clock (the in-memory store's: under a paused clock, store time moves exactly
+    /// as far as the test advances it).
+    pub fn starting_at(now_ms: i64) -> Self {
+        let clock = Self::new();
+        let now = Instant::now();
+        clock.observe(now, now, now_ms, Duration::ZERO);
+        clock
     }
 
     /// The clock of a store on this host: the kernel's real-time clock, read with a raw
@@ -162,6 +176,16 @@ mod tests {
     #[test]
     fn kernel_clock_agrees_with_an_unfaked_wall_clock() {
         assert!((StoreClock::kernel().now_ms() - local_wall_ms()).abs() < 1_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_moves_with_paused_time_only() {
+        let c = StoreClock::starting_at(1_000_000);
+        assert!(c.is_synced());
+        let t0 = c.now_ms();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(c.now_ms() - t0, 3_600_000);
+        assert_eq!(c.uncertainty(), Duration::ZERO);
     }
 
     #[test]

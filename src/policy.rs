@@ -1,9 +1,16 @@
-//! The takeover rules (docs/design.md, rule 4) as a pure function of what was read and what time it
-//! is, so they are tested without a store or a clock.
+//! The takeover rules (docs/design.md, rule 4) and each round's decision of the waiting loop
+//! ([`plan()`], in `policy/plan.rs`) as pure functions of what was read and what time it is, so they are tested
+//! without a store or a clock. Monotonic times are tokio's, so that the waiting loop can be
+//! tested under a paused clock.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::record::Record;
+
+mod plan;
+pub use plan::{Asker, Plan, held_via_run, plan};
 
 /// Why a live-looking lock may be taken.
 #[derive(Debug, Clone, PartialEq, Eq)]

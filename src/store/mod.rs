@@ -19,6 +19,7 @@ mod doctor_s3;
 pub mod dynamo;
 mod dynamo_queue;
 pub mod file;
+pub mod memory;
 pub mod s3;
 pub(crate) mod url;
 pub mod whole;

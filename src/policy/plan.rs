@@ -1,0 +1,359 @@
+//! Each round's decision of the waiting loop (docs/design.md, rule 4, and "The queue and
+//! early takeover"): a pure function of the record as last read, who asks, and the takeover
+//! rules' [`Judge`], so every branch is tested without a store or a clock.
+
+use std::time::Duration;
+
+use super::{Judge, Takeover};
+use crate::locker::{How, how_event};
+use crate::queue::{self, Me, QueueMode};
+use crate::record::{Event, EventKind, Record};
+use crate::store::Expect;
+
+/// Who asks, as the waiting loop knows it: the inputs of [`plan`] besides the record and the
+/// judge.
+#[derive(Debug, Clone)]
+pub struct Asker<'a> {
+    /// Our owner string.
+    pub owner: &'a str,
+    /// Our queue entry, registered or the one we would register now.
+    pub me: Me<'a>,
+    /// Store ms the queue is judged at: the round's, as our entry was made (the takeover
+    /// rules go by the judge's own `now`, taken after any CI API call).
+    pub now: i64,
+    /// `--queue`.
+    pub queue: QueueMode,
+    /// How long others' entries stay live: the prune window widened by our clock's uncertainty.
+    pub window: Duration,
+    /// `--supersede`.
+    pub supersede: bool,
+    /// Our pipeline number.
+    pub ordinal: Option<u64>,
+    /// May a grant of our owner be re-entered (see `AcquireOptions::reenter`)?
+    pub reenter: bool,
+    /// Owners that are this job's own pipeline (see `AcquireOptions::own_pipeline`).
+    pub own_pipeline: &'a [String],
+    /// Our grant writes that got no answer, by token and how they granted.
+    pub in_doubt: &'a [(String, How)],
+}
+
+/// One round's decision of the waiting loop, on the record as last read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Write a grant to a new token: from free, or a takeover.
+    Grant {
+        /// The write's condition.
+        expect: Expect,
+        /// How it grants.
+        how: How,
+        /// Its History event.
+        event: Option<Event>,
+        /// The queue entries it removes in the same write: ours, and the dead ones.
+        dequeue: Vec<String>,
+    },
+    /// Renew our owner's grant under its token: same fence, lease never shortened.
+    Reenter {
+        /// The grant's token.
+        token: String,
+    },
+    /// A grant write of ours whose answer was lost had landed after all: the grant is ours.
+    Adopt(How),
+    /// Held via `acquire` by this job's own pipeline: `run` would wait on itself (exit 73).
+    OwnPipeline,
+    /// A newer pipeline of this project waits for or holds the lock (`--supersede`, exit 74): by whom.
+    Superseded(String),
+    /// Nothing to write: wait and poll.
+    Wait,
+}
+
+/// Was this grant made by `run` (which the pipeline's later jobs never share)?
+pub fn held_via_run(r: &Record) -> bool {
+    r.holder.as_ref().and_then(|h| h.via.as_deref()) == Some("run")
+}
+
+/// What the waiting loop does with `record` (`None`: nothing read yet), in this order: a
+/// newer pipeline supersedes us; a free lock goes to the head of the queue; a grant write of
+/// ours that landed is ours; our own pipeline's `acquire` grant stops `run`; our owner's grant
+/// is re-entered; else a takeover the judge allows (the head's only, except `--force`, which
+/// ignores the queue), or wait. The queue only decides who may try: every grant is still one
+/// conditional write (docs/design.md, rule 4).
+pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Plan {
+    let acquired = || how_event(EventKind::Acquired, asker.owner, None);
+    let Some(r) = record else {
+        // One blind write, which the store refuses if anyone queues.
+        return Plan::Grant {
+            expect: Expect::Vacant,
+            how: How::Acquired,
+            event: acquired(),
+            dequeue: Vec::new(),
+        };
+    };
+    let (now, window) = (asker.now, asker.window);
+    if let Some(by) = Some(r)
+        .filter(|_| asker.supersede)
+        .and_then(|r| queue::superseded_by(r, asker.owner, asker.ordinal, now, window))
+    {
+        return Plan::Superseded(by);
+    }
+    let head = queue::ahead(r, &asker.me, asker.queue, now, window).is_empty();
+    let dequeue = || {
+        let mut d = queue::stale(r, asker.me.token, now, window);
+        if r.waiters.contains_key(asker.me.token) {
+            d.push(asker.me.token.to_string());
+        }
+        d
+    };
+    if r.is_free() {
+        if !head {
+            return Plan::Wait;
+        }
+        return Plan::Grant {
+            expect: Expect::Vacant,
+            how: How::Acquired,
+            event: acquired(),
+            dequeue: dequeue(),
+        };
+    }
+    if let Some((_, how)) = asker.in_doubt.iter().find(|(t, _)| r.token.as_ref() == Some(t)) {
+        return Plan::Adopt(how.clone());
+    }
+    if r.owner.as_deref().is_some_and(|o| asker.own_pipeline.iter().any(|p| p == o)) && !held_via_run(r) {
+        return Plan::OwnPipeline;
+    }
+    if asker.reenter && r.owner.as_deref() == Some(asker.owner) {
+        return Plan::Reenter {
+            token: r.token.clone().unwrap_or_default(),
+        };
+    }
+    let Some(t) = judge.takeover(r).filter(|t| head || matches!(t, Takeover::Forced(_))) else {
+        return Plan::Wait;
+    };
+    let kind = if matches!(t, Takeover::Forced(_)) {
+        EventKind::Forced
+    } else {
+        EventKind::TakenOver
+    };
+    Plan::Grant {
+        expect: Expect::TokenRvn {
+            token: r.token.clone().unwrap_or_default(),
+            rvn: r.rvn.clone(),
+        },
+        how: How::TookOver {
+            from: r.owner.clone().unwrap_or_default(),
+            why: t.why(),
+        },
+        event: how_event(kind, asker.owner, Some(t.why())).map(|e| Event { from: r.owner.clone(), ..e }),
+        dequeue: dequeue(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Holder, Waiter};
+    use tokio::time::Instant;
+
+    const OWNER: &str = "gitlab:h/p/pipelines/9";
+
+    fn waiter(owner: &str, enqueued_at: i64) -> Waiter {
+        Waiter {
+            owner: owner.into(),
+            enqueued_at,
+            seen_at: 50_000,
+            ordinal: None,
+            url: None,
+            window: None,
+        }
+    }
+
+    fn held_by(owner: &str, lease_end: Option<i64>) -> Record {
+        let mut r = Record::vacant("l");
+        r.owner = Some(owner.into());
+        r.token = Some("t".into());
+        r.rvn = "v1".into();
+        r.fence = 3;
+        r.acquired_at = Some(0);
+        r.renewed_at = Some(0);
+        r.lease_expires_at = lease_end;
+        r
+    }
+
+    fn judge(now: i64) -> Judge<'static> {
+        Judge {
+            now,
+            margin: Duration::from_secs(2),
+            force_after: None,
+            force: None,
+            watch: None,
+            mono_now: Instant::now(),
+            pipeline_ended: None,
+        }
+    }
+
+    /// Plans for OWNER with queue token "me", entry enqueued at `enqueued_at`.
+    fn plan_at<'x>(record: Option<&Record>, judge: &Judge<'_>, enqueued_at: i64, tune: impl FnOnce(&mut Asker<'x>)) -> Plan {
+        let entry: &'x Waiter = Box::leak(Box::new(waiter(OWNER, enqueued_at)));
+        let mut asker = Asker {
+            owner: OWNER,
+            me: Me { token: "me", entry },
+            now: judge.now,
+            queue: QueueMode::Fifo,
+            window: Duration::from_secs(30),
+            supersede: false,
+            ordinal: None,
+            reenter: true,
+            own_pipeline: &[],
+            in_doubt: &[],
+        };
+        tune(&mut asker);
+        plan(record, &asker, judge)
+    }
+
+    fn is_grant(p: &Plan, want: Expect) -> bool {
+        matches!(p, Plan::Grant { expect, .. } if *expect == want)
+    }
+
+    #[test]
+    fn nothing_read_yet_is_one_blind_grant() {
+        let p = plan_at(None, &judge(60_000), 60_000, |_| {});
+        assert!(is_grant(&p, Expect::Vacant), "{p:?}");
+        assert!(matches!(p, Plan::Grant { how: How::Acquired, ref dequeue, .. } if dequeue.is_empty()));
+    }
+
+    #[test]
+    fn a_free_lock_goes_to_the_head_of_the_fifo_only() {
+        let mut free = Record::vacant("l");
+        free.waiters.insert("early".into(), waiter("gitlab:h/p/pipelines/1", 10_000));
+        // Someone queued before us: wait.
+        assert_eq!(plan_at(Some(&free), &judge(60_000), 20_000, |_| {}), Plan::Wait);
+        // We are the head (registered): grant, dequeuing ourselves and the dead entries.
+        free.waiters.insert("me".into(), waiter(OWNER, 5_000));
+        free.waiters.insert(
+            "dead".into(),
+            Waiter {
+                seen_at: 1_000,
+                ..waiter("gitlab:h/p/pipelines/2", 1)
+            },
+        );
+        let p = plan_at(Some(&free), &judge(60_000), 5_000, |_| {});
+        let Plan::Grant { expect, dequeue, .. } = p else { panic!("{p:?}") };
+        assert_eq!(expect, Expect::Vacant);
+        assert!(
+            dequeue.contains(&"me".to_string()) && dequeue.contains(&"dead".to_string()),
+            "{dequeue:?}"
+        );
+        // With --queue none nobody is ahead.
+        free.waiters.remove("me");
+        let p = plan_at(Some(&free), &judge(60_000), 20_000, |a| a.queue = QueueMode::None);
+        assert!(is_grant(&p, Expect::Vacant), "{p:?}");
+    }
+
+    #[test]
+    fn our_owner_re_enters_unless_we_are_run() {
+        let r = held_by(OWNER, Some(i64::MAX / 2));
+        assert_eq!(plan_at(Some(&r), &judge(0), 0, |_| {}), Plan::Reenter { token: "t".into() });
+        // `run` never re-enters: a live grant of our owner is waited for.
+        assert_eq!(plan_at(Some(&r), &judge(0), 0, |a| a.reenter = false), Plan::Wait);
+    }
+
+    #[test]
+    fn our_own_pipeline_stops_run_at_once_unless_run_holds_it() {
+        let pipeline: &'static [String] = Box::leak(Box::new(["gitlab:h/p/pipelines/9".to_string()]));
+        let mut r = held_by("gitlab:h/p/pipelines/9", Some(i64::MAX / 2));
+        let as_run = |a: &mut Asker<'_>, pipeline: &'static [String]| {
+            a.owner = "gitlab:h/p/pipelines/9/jobs/4";
+            a.reenter = false;
+            a.own_pipeline = pipeline;
+        };
+        assert_eq!(plan_at(Some(&r), &judge(0), 0, |a| as_run(a, pipeline)), Plan::OwnPipeline);
+        // Another job's `run` of the same pipeline holds it: wait for it.
+        r.holder = Some(Holder {
+            via: Some("run".into()),
+            ..Holder::default()
+        });
+        assert_eq!(plan_at(Some(&r), &judge(0), 0, |a| as_run(a, pipeline)), Plan::Wait);
+    }
+
+    #[test]
+    fn a_grant_write_that_landed_unanswered_is_adopted() {
+        let r = held_by(OWNER, Some(i64::MAX / 2));
+        let in_doubt = [("t".to_string(), How::Acquired)];
+        // Even where re-entry is refused: the grant is this process's own.
+        let p = plan_at(Some(&r), &judge(0), 0, |a| {
+            a.reenter = false;
+            a.in_doubt = &in_doubt;
+        });
+        assert_eq!(p, Plan::Adopt(How::Acquired));
+        let other = [("other-token".to_string(), How::Acquired)];
+        assert_eq!(
+            plan_at(Some(&r), &judge(0), 0, |a| {
+                a.reenter = false;
+                a.in_doubt = &other;
+            }),
+            Plan::Wait
+        );
+    }
+
+    #[test]
+    fn a_takeover_is_the_heads_after_the_lease_end_plus_margin() {
+        let mut r = held_by("gitlab:h/p/pipelines/1", Some(60_000));
+        assert_eq!(plan_at(Some(&r), &judge(62_000), 0, |_| {}), Plan::Wait);
+        let p = plan_at(Some(&r), &judge(62_001), 0, |_| {});
+        let Plan::Grant { expect, how, event, .. } = p else { panic!("{p:?}") };
+        assert_eq!(
+            expect,
+            Expect::TokenRvn {
+                token: "t".into(),
+                rvn: "v1".into()
+            }
+        );
+        assert!(matches!(how, How::TookOver { ref from, .. } if from == "gitlab:h/p/pipelines/1"));
+        let event = event.unwrap();
+        assert_eq!(
+            (event.event, event.from.as_deref()),
+            (EventKind::TakenOver, Some("gitlab:h/p/pipelines/1"))
+        );
+        // Not the head: someone queued before us takes it.
+        r.waiters.insert("early".into(), waiter("gitlab:h/p/pipelines/2", 1));
+        assert_eq!(plan_at(Some(&r), &judge(62_001), 10, |_| {}), Plan::Wait);
+        // An ended pipeline (per the CI API) is taken before its lease ends.
+        let mut j = judge(0);
+        j.pipeline_ended = Some("failed");
+        r.waiters.clear();
+        assert!(matches!(plan_at(Some(&r), &j, 0, |_| {}), Plan::Grant { .. }));
+    }
+
+    #[test]
+    fn force_ignores_the_queue() {
+        let mut r = held_by("gitlab:h/p/pipelines/1", Some(i64::MAX / 2));
+        r.waiters.insert("early".into(), waiter("gitlab:h/p/pipelines/2", 1));
+        let mut j = judge(0);
+        j.force = Some("incident 7");
+        let p = plan_at(Some(&r), &j, 10, |_| {});
+        let Plan::Grant { how, event, .. } = p else { panic!("{p:?}") };
+        assert!(matches!(how, How::TookOver { ref why, .. } if why.contains("incident 7")));
+        assert_eq!(event.unwrap().event, EventKind::Forced);
+    }
+
+    #[test]
+    fn a_newer_pipeline_supersedes_before_anything_else() {
+        let mut r = held_by(OWNER, Some(i64::MAX / 2));
+        r.waiters.insert(
+            "newer".into(),
+            Waiter {
+                ordinal: Some(12),
+                ..waiter("gitlab:h/p/pipelines/12", 1)
+            },
+        );
+        let p = plan_at(Some(&r), &judge(50_000), 0, |a| {
+            a.supersede = true;
+            a.ordinal = Some(9);
+        });
+        assert!(matches!(p, Plan::Superseded(ref by) if by.contains("gitlab:h/p/pipelines/12")), "{p:?}");
+        // Without --supersede: our owner re-enters.
+        assert_eq!(
+            plan_at(Some(&r), &judge(50_000), 0, |a| a.ordinal = Some(9)),
+            Plan::Reenter { token: "t".into() }
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! The waiting loop, takeover timing, the queue's pruning and the heartbeat under tokio's
+//! paused clock, on the in-memory store (the real whole-record engine): minutes of lock time
+//! in milliseconds of real time. Store trouble is injected by a wrapper (`Flaky`); the store
+//! behaviour itself is never mocked. The real-process tests prove the same on real stores.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pipeline_lock::ci::{CiSystem, Identity};
+use pipeline_lock::clock::StoreClock;
+use pipeline_lock::locker::How;
+use pipeline_lock::record::{Holder, Record};
+use pipeline_lock::store::memory::MemoryStore;
+use pipeline_lock::store::{Check, Observed, Store, WaiterUpdate, Write, Written};
+use pipeline_lock::{AcquireOptions, Error, Holding, LeaseState, Locker, ReleaseOptions, Wait};
+use tokio::time::Instant;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+fn who(owner: &str) -> Identity {
+    Identity {
+        owner: owner.into(),
+        holder: Holder::default(),
+        system: CiSystem::Local,
+        project: None,
+        server_host: None,
+    }
+}
+
+/// A 60 s lease, 1 s polls, a 2 s clock margin.
+fn opts() -> AcquireOptions {
+    AcquireOptions {
+        ttl: Some(secs(60)),
+        retry_interval: secs(1),
+        clock_margin: secs(2),
+        ..AcquireOptions::default()
+    }
+}
+
+/// A store whose every request fails while `failing` is set: unreachable, as a partition
+/// looks to the waiting loop and the heartbeat.
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<dyn Store>,
+    failing: AtomicBool,
+}
+
+impl Flaky {
+    fn over(inner: Arc<dyn Store>) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner,
+            failing: AtomicBool::new(false),
+        })
+    }
+
+    fn fail(&self, on: bool) {
+        self.failing.store(on, Ordering::Relaxed);
+    }
+
+    fn check(&self) -> pipeline_lock::Result<()> {
+        match self.failing.load(Ordering::Relaxed) {
+            true => Err(Error::Unavailable {
+                message: "injected: the store is unreachable".into(),
+                source: None,
+            }),
+            false => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Flaky {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    fn clock(&self) -> &StoreClock {
+        self.inner.clock()
+    }
+
+    fn requests(&self) -> u64 {
+        self.inner.requests()
+    }
+
+    async fn read(&self, lock: &str, consistent: bool) -> pipeline_lock::Result<Observed> {
+        self.check()?;
+        self.inner.read(lock, consistent).await
+    }
+
+    async fn write(&self, write: Write<'_>) -> pipeline_lock::Result<Written> {
+        self.check()?;
+        self.inner.write(write).await
+    }
+
+    async fn update_waiters(&self, update: WaiterUpdate<'_>) -> pipeline_lock::Result<Option<Observed>> {
+        self.check()?;
+        self.inner.update_waiters(update).await
+    }
+
+    async fn list(&self) -> pipeline_lock::Result<Vec<(String, Observed)>> {
+        self.check()?;
+        self.inner.list().await
+    }
+
+    async fn doctor(&self) -> Vec<Check> {
+        self.inner.doctor().await
+    }
+}
+
+fn memory() -> Arc<dyn Store> {
+    Arc::new(MemoryStore::in_memory())
+}
+
+async fn record(store: &dyn Store, lock: &str) -> Record {
+    store.read(lock, true).await.unwrap().record().cloned().expect("a valid record")
+}
+
+/// Sleeps until store time `at` (unix ms).
+async fn until_store_ms(store: &dyn Store, at: i64) {
+    let now = store.clock().now_ms();
+    tokio::time::sleep(ms((at - now).max(0) as u64)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_gives_up_at_its_wait_with_exit_75() {
+    let locker = Locker::new(memory());
+    locker.acquire("l", &who("a"), &opts()).await.unwrap();
+    let t0 = Instant::now();
+    let wait = AcquireOptions {
+        wait: Wait::For(secs(10)),
+        ..opts()
+    };
+    let err = locker.acquire("l", &who("b"), &wait).await.unwrap_err();
+    let waited = t0.elapsed();
+    assert!(matches!(err, Error::TimedOut(_)), "{err}");
+    assert_eq!(err.exit_code(), 75);
+    assert!(waited >= secs(10) && waited < secs(10) + ms(100), "gave up after {waited:?}");
+    // It left the queue on the way out.
+    assert!(record(locker.store().as_ref(), "l").await.waiters.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_gives_up_after_max_retries_polls() {
+    let locker = Locker::new(memory());
+    locker.acquire("l", &who("a"), &opts()).await.unwrap();
+    let t0 = Instant::now();
+    let tries = AcquireOptions {
+        max_retries: Some(3),
+        ..opts()
+    };
+    let err = locker.acquire("l", &who("b"), &tries).await.unwrap_err();
+    assert_eq!(err.exit_code(), 75, "{err}");
+    assert!(err.to_string().contains("and 3 polls"), "{err}");
+    // Three pauses of 0.6 to 1.1 retry intervals.
+    let waited = t0.elapsed();
+    assert!(waited >= ms(1800) && waited <= ms(3300), "gave up after {waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_takeover_comes_right_after_the_lease_end_plus_the_margin_and_not_before() {
+    let locker = Locker::new(memory());
+    let short = AcquireOptions {
+        ttl: Some(secs(10)),
+        ..opts()
+    };
+    let t0 = Instant::now();
+    locker.acquire("l", &who("a"), &short).await.unwrap();
+    // Lease end 10 s + margin 2 s: a waiter that gives up just before gets nothing.
+    let almost = AcquireOptions {
+        wait: Wait::For(ms(11_900)),
+        ..opts()
+    };
+    let err = locker.acquire("l", &who("c"), &almost).await.unwrap_err();
+    assert_eq!(err.exit_code(), 75, "{err}");
+    let grant = locker.acquire("l", &who("b"), &opts()).await.unwrap();
+    let at = t0.elapsed();
+    assert!(matches!(&grant.how, How::TookOver { from, .. } if from == "a"), "{:?}", grant.how);
+    // The head wakes up right when the takeover becomes possible (plus 50 ms).
+    assert!(at > secs(12) && at < ms(12_200), "taken over at {at:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_rides_out_store_failures_until_its_wait() {
+    let memory = memory();
+    let flaky = Flaky::over(memory.clone());
+    let holder = Locker::new(memory.clone());
+    let first = holder.acquire("l", &who("a"), &opts()).await.unwrap();
+    let waiter = Locker::new(flaky.clone());
+
+    // A blip of 20 s inside a 60 s wait: ridden out, and the lock is ours once released.
+    let t0 = Instant::now();
+    let wait = AcquireOptions {
+        wait: Wait::For(secs(60)),
+        ..opts()
+    };
+    let task = tokio::spawn({
+        let (waiter, wait) = (waiter.clone(), wait.clone());
+        async move { waiter.acquire("l", &who("b"), &wait).await }
+    });
+    tokio::time::sleep(secs(2)).await;
+    flaky.fail(true);
+    tokio::time::sleep(secs(20)).await;
+    flaky.fail(false);
+    tokio::time::sleep(secs(5)).await;
+    holder.release("l", &Holding::grant(&first), &ReleaseOptions::default()).await.unwrap();
+    let grant = task.await.unwrap().unwrap();
+    assert_eq!(grant.how, How::Acquired);
+    // Failed tries back off 2, 4, 8, 16 s (each +-25%) from the first failure (by 3.1 s):
+    // the first read after the blip comes by 41 s, and the lock is free by then.
+    let at = t0.elapsed();
+    assert!(at >= secs(27) && at <= ms(41_000), "granted after {at:?}");
+
+    // Failing for good: given up at the wait, as unreachable (69), not a moment before.
+    let t1 = Instant::now();
+    let task = tokio::spawn({
+        let wait = AcquireOptions {
+            wait: Wait::For(secs(30)),
+            ..opts()
+        };
+        async move { waiter.acquire("l", &who("c"), &wait).await }
+    });
+    tokio::time::sleep(secs(1)).await;
+    flaky.fail(true);
+    let err = task.await.unwrap().unwrap_err();
+    let waited = t1.elapsed();
+    assert_eq!(err.exit_code(), 69, "{err}");
+    assert!(err.to_string().contains("kept failing"), "{err}");
+    assert!(waited >= secs(30) && waited < secs(30) + ms(100), "gave up after {waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_unseen_for_its_window_is_pruned_by_the_next_waiter() {
+    let store = memory();
+    let locker = Locker::new(store.clone());
+    locker.acquire("l", &who("a"), &opts()).await.unwrap();
+    // 1 s polls and a 3 s floor: entries live 3 s unseen.
+    let queued = AcquireOptions {
+        ttl: Some(secs(3600)),
+        prune_floor: secs(3),
+        ..opts()
+    };
+    let spawn = |owner: &'static str| {
+        let (locker, queued) = (locker.clone(), queued.clone());
+        tokio::spawn(async move { locker.acquire("l", &who(owner), &queued).await })
+    };
+    let gone = spawn("gone");
+    let entry = loop {
+        tokio::time::sleep(ms(10)).await;
+        if let Some(w) = record(store.as_ref(), "l").await.waiters.values().find(|w| w.owner == "gone") {
+            break w.clone();
+        }
+    };
+    // It dies without leaving the queue (a cancelled job), right after its entry was written.
+    gone.abort();
+    let stays = spawn("stays");
+    until_store_ms(store.as_ref(), entry.seen_at + 2_900).await;
+    let owners = |r: &Record| r.waiters.values().map(|w| w.owner.clone()).collect::<Vec<_>>();
+    let r = record(store.as_ref(), "l").await;
+    assert!(owners(&r).contains(&"gone".to_string()), "live for its window: {:?}", owners(&r));
+    // Pruned by the first refresh after the window: at most half a window plus a poll later.
+    until_store_ms(store.as_ref(), entry.seen_at + 3_000 + 1_500 + 1_100 + 10).await;
+    let r = record(store.as_ref(), "l").await;
+    assert_eq!(owners(&r), vec!["stays".to_string()]);
+    stays.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_keeps_the_lease_and_calls_it_lost_at_term_time_when_renewals_fail() {
+    let flaky = Flaky::over(memory());
+    let locker = Locker::new(flaky.clone());
+    // 30 s lease, 2 s margin, 10 s grace: TERM 18 s after the last renewal, heartbeats of 9 s.
+    let leased = AcquireOptions {
+        ttl: Some(secs(30)),
+        ..opts()
+    };
+    let grace = secs(10);
+    let lease = locker.lease("l", &who("a"), &leased, None, grace).await.unwrap();
+    tokio::time::sleep(secs(300)).await;
+    assert!(lease.is_held(), "{:?}", lease.state());
+    let r = record(flaky.as_ref(), "l").await;
+    let left = r.lease_expires_at.unwrap() - flaky.clock().now_ms();
+    assert!(left > 20_000, "renewed: {left} ms left");
+
+    flaky.fail(true);
+    let failed = Instant::now();
+    let lost = lease.lost().await;
+    let at = Instant::now();
+    assert!(matches!(lease.state(), LeaseState::Unknown(_)), "{:?}", lease.state());
+    assert_eq!(lost.exit_code(), 76, "{lost}");
+    let kill = lease.kill_by().unwrap();
+    let term = kill - grace;
+    // Retries stop at TERM time; the last one, sent then, gets the heartbeat's LATE_ANSWER
+    // (1 s) to say whether the lock is still ours. So the loss is called at TERM time plus
+    // at most that, well before the command must be dead (the lease end minus the margin).
+    assert!(at >= term && at <= term + secs(1), "lost {:?} after TERM time", at - term);
+    assert!(at < kill, "lost {:?} before the kill deadline", kill - at);
+    assert!(at - failed <= secs(18) + secs(1), "lost {:?} after the failures began", at - failed);
+}
