@@ -183,11 +183,12 @@ impl Heartbeat {
             let sent = Instant::now();
             // The command must be dead by the lease end minus the margin, so it is told to stop
             // `grace` earlier; a renewal that has not answered by then is no use, whatever it
-            // says later. A renewal sent already late (this process was paused) gets a moment
-            // to say whether the lock is still ours.
+            // says later. Only a renewal sent after that time (this process was paused) gets a
+            // moment to say whether the lock is still ours (lost, not unknown); the last retry,
+            // due at TERM time, gets none, so the lease is called lost at TERM time, not later.
             let kill_at = valid_until.checked_sub(self.margin).unwrap_or(valid_until);
             let term_at = kill_at.checked_sub(self.grace).unwrap_or(kill_at);
-            let cutoff = term_at.max(sent + self.every.min(LATE_ANSWER));
+            let cutoff = if sent <= term_at { term_at } else { sent + self.every.min(LATE_ANSWER) };
             let renewal = tokio::select! {
                 biased;
                 r = self.locker.renew(&self.lock, &self.who, Ttl::For(self.ttl), self.retention, false) => r,
