@@ -77,7 +77,7 @@ fn marker(e: &Env, name: &str) -> std::path::PathBuf {
 /// Item 1: the dotenv of an earlier `acquire` must not make two parallel job-scoped `run`s
 /// of one pipeline the same owner.
 fn an_inherited_owner_does_not_turn_off_job_scope(b: Backend) {
-    let e = Env::new(b, "inherit");
+    let Some(e) = Env::try_new(b, "inherit") else { return };
     let first = gitlab(&e, "41", "1").args(["acquire", "--output", "env"]).output().unwrap();
     assert_code(&first, 0);
     let exported = dotenv(&first);
@@ -99,7 +99,7 @@ fn an_inherited_owner_does_not_turn_off_job_scope(b: Backend) {
 /// Item 2: `run` in a later job of the pipeline that holds the lock says so at once and
 /// leaves the pipeline's grant alone.
 fn run_stops_at_once_on_its_own_pipelines_grant(b: Backend) {
-    let e = Env::new(b, "own-pipeline");
+    let Some(e) = Env::try_new(b, "own-pipeline") else { return };
     let first = gitlab(&e, "42", "1").args(["acquire", "--output", "env"]).output().unwrap();
     assert_code(&first, 0);
     let exported = dotenv(&first);
@@ -127,7 +127,7 @@ fn run_stops_at_once_on_its_own_pipelines_grant(b: Backend) {
 
 /// Item 3: two legs of one matrix job (same GITHUB_JOB, no index passed) never share a grant.
 fn github_matrix_legs_exclude_each_other(b: Backend) {
-    let e = Env::new(b, "matrix");
+    let Some(e) = Env::try_new(b, "matrix") else { return };
     let lock = e.lock("l");
     let inside = marker(&e, "leg0");
     let mut leg0 = github(&e, "77", "test");
@@ -176,7 +176,7 @@ fn delete_record(e: &Env, lock: &str) {
 
 /// Item 5: a record deleted under the lock (TTL, an operator) does not send fences back.
 fn fences_never_go_back_after_the_record_is_deleted(b: Backend) {
-    let e = Env::new(b, "fence-gone");
+    let Some(e) = Env::try_new(b, "fence-gone") else { return };
     let lock = e.lock("l");
     let mut highest = 0;
     for owner in ["a", "b", "c"] {
@@ -193,7 +193,7 @@ fn fences_never_go_back_after_the_record_is_deleted(b: Backend) {
 
 /// Item 5: ExpiresAt comes from the store clock, never from the releasing runner's own.
 fn a_tombstone_outlives_a_runner_whose_clock_is_a_month_behind(b: Backend) {
-    let e = Env::new(b, "tombstone-clock");
+    let Some(e) = Env::try_new(b, "tombstone-clock") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("a", &lock, &["acquire", "--no-wait"]), 0);
     let out = e
@@ -213,7 +213,7 @@ fn a_tombstone_outlives_a_runner_whose_clock_is_a_month_behind(b: Backend) {
 
 /// Item 6: `renew` without `--ttl` keeps the grant's lease; it never adds an end.
 fn renew_keeps_the_grants_own_lease(b: Backend) {
-    let e = Env::new(b, "renew-keep");
+    let Some(e) = Env::try_new(b, "renew-keep") else { return };
     let lock = e.lock("l");
     let (code, g) = e.json("a", &lock, &["acquire", "--ttl", "4h"]);
     assert_eq!(code, 0, "{g}");
@@ -233,7 +233,7 @@ fn renew_keeps_the_grants_own_lease(b: Backend) {
 
 /// Item 7: a stale exported token falls back to the owner, as release does.
 fn renew_with_a_stale_token_finds_the_grant_by_owner(b: Backend) {
-    let e = Env::new(b, "renew-stale");
+    let Some(e) = Env::try_new(b, "renew-stale") else { return };
     let (code, g1) = {
         let out = github(&e, "888", "deploy").args(["acquire", "--output", "json"]).output().unwrap();
         (
@@ -255,7 +255,7 @@ fn renew_with_a_stale_token_finds_the_grant_by_owner(b: Backend) {
 
 /// Item 8: a pipeline whose lease ran out and was taken over must go red on release.
 fn release_of_a_grant_taken_over_exits_76(b: Backend) {
-    let e = Env::new(b, "taken-release");
+    let Some(e) = Env::try_new(b, "taken-release") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("first", &lock, &["acquire", "--ttl", "1s", "--clock-margin", "0s"]), 0);
     let (code, g) = e.json(
@@ -278,7 +278,7 @@ fn release_of_a_grant_taken_over_exits_76(b: Backend) {
 
 /// Item 9: `--force-after` counts from the last renewal: a renewing holder stays.
 fn force_after_never_evicts_a_renewing_holder(b: Backend) {
-    let e = Env::new(b, "force-after-live");
+    let Some(e) = Env::try_new(b, "force-after-live") else { return };
     let lock = e.lock("l");
     let holder = e
         .cmd()
@@ -299,7 +299,7 @@ fn force_after_never_evicts_a_renewing_holder(b: Backend) {
 
 /// Item 11: SIGTERM to a waiting acquire takes its entry out of the queue before it exits.
 fn a_signalled_waiter_leaves_the_queue(b: Backend) {
-    let e = Env::new(b, "sig-waiter");
+    let Some(e) = Env::try_new(b, "sig-waiter") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     let waiter = e
@@ -322,7 +322,7 @@ fn a_signalled_waiter_leaves_the_queue(b: Backend) {
 
 /// Item 12: a waiter polling once a minute, queued first, is not pruned by a fast one.
 fn a_slow_poller_keeps_its_place(b: Backend) {
-    let e = Env::new(b, "slow-poller");
+    let Some(e) = Env::try_new(b, "slow-poller") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     let mut slow = e
@@ -358,7 +358,7 @@ fn a_slow_poller_keeps_its_place(b: Backend) {
 
 /// Item 13: the flag on the command line beats the opposite option's environment variable.
 fn an_explicit_flag_beats_the_environment(b: Backend) {
-    let e = Env::new(b, "flag-env");
+    let Some(e) = Env::try_new(b, "flag-env") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     let start = Instant::now();
@@ -393,7 +393,7 @@ fn an_explicit_flag_beats_the_environment(b: Backend) {
 
 /// Item 14: `run`'s default lease is minutes, so a killed `run` does not block its re-run for an hour.
 fn runs_default_lease_is_short(b: Backend) {
-    let e = Env::new(b, "run-lease");
+    let Some(e) = Env::try_new(b, "run-lease") else { return };
     let lock = e.lock("l");
     let script = "echo $PIPELINE_LOCK_FENCE";
     let holder = e
@@ -410,7 +410,7 @@ fn runs_default_lease_is_short(b: Backend) {
 
 /// Item 15: a name the store cannot hold is refused before any request, naming the limit.
 fn names_a_store_cannot_hold_are_refused_up_front(b: Backend) {
-    let e = Env::new(b, "long-name");
+    let Some(e) = Env::try_new(b, "long-name") else { return };
     let name = format!("{}/{}", e.test, "x/".repeat(340));
     let out = e.run("o", &name, &["acquire", "--no-wait"]);
     let expect = match b {
@@ -460,7 +460,9 @@ fn a_tombstone_outlives_a_runner_whose_clock_is_a_month_behind_moto_s3() {
 /// what the lock had before it was deleted.
 #[test]
 fn a_recreated_record_fences_above_the_old_one_even_from_a_clock_a_month_behind() {
-    let e = Env::new(Backend::DynamoLocal, "fence-clock");
+    let Some(e) = Env::try_new(Backend::DynamoLocal, "fence-clock") else {
+        return;
+    };
     let lock = e.lock("l");
     let (code, g) = e.json("a", &lock, &["acquire", "--no-wait"]);
     assert_eq!(code, 0, "{g}");
@@ -480,7 +482,9 @@ fn a_recreated_record_fences_above_the_old_one_even_from_a_clock_a_month_behind(
 /// minus the margin, even when it traps TERM, so its last write comes before a taker's first.
 #[test]
 fn a_child_that_traps_term_is_dead_before_a_taker_enters() {
-    let e = Env::new(Backend::DynamoLocal, "trap-term");
+    let Some(e) = Env::try_new(Backend::DynamoLocal, "trap-term") else {
+        return;
+    };
     let lock = e.lock("l");
     let log = marker(&e, "writes");
     let upstream = e.endpoint.clone().expect("DynamoDB Local endpoint");
@@ -542,7 +546,7 @@ fn a_child_that_traps_term_is_dead_before_a_taker_enters() {
 /// Item 10: a waiter rides out a store that fails for a while, until its own --wait.
 #[test]
 fn a_waiter_rides_out_a_store_outage() {
-    let e = Env::new(Backend::DynamoLocal, "outage");
+    let Some(e) = Env::try_new(Backend::DynamoLocal, "outage") else { return };
     let lock = e.lock("l");
     let upstream = e.endpoint.clone().expect("DynamoDB Local endpoint");
     let proxy = helpers::Proxy::start(upstream.trim_start_matches("http://"));

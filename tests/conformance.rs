@@ -13,7 +13,7 @@ fn fence(v: &serde_json::Value) -> u64 {
 }
 
 fn grant(b: Backend) {
-    let e = Env::new(b, "grant");
+    let Some(e) = Env::try_new(b, "grant") else { return };
     let lock = e.lock("l");
     let (code, g) = e.json("alice", &lock, &["acquire", "--reason", "deploy 42"]);
     assert_eq!(code, 0, "{g}");
@@ -32,7 +32,7 @@ fn grant(b: Backend) {
 }
 
 fn reentrance_keeps_the_fence(b: Backend) {
-    let e = Env::new(b, "reenter");
+    let Some(e) = Env::try_new(b, "reenter") else { return };
     let lock = e.lock("l");
     let (_, first) = e.json("alice", &lock, &["acquire"]);
     let (code, again) = e.json("alice", &lock, &["acquire", "--no-wait"]);
@@ -43,7 +43,7 @@ fn reentrance_keeps_the_fence(b: Backend) {
 }
 
 fn release_by_another_owner_changes_nothing(b: Backend) {
-    let e = Env::new(b, "other-release");
+    let Some(e) = Env::try_new(b, "other-release") else { return };
     let lock = e.lock("l");
     let (_, g) = e.json("alice", &lock, &["acquire"]);
     let before = e.record(&lock);
@@ -56,7 +56,7 @@ fn release_by_another_owner_changes_nothing(b: Backend) {
 }
 
 fn release_is_idempotent(b: Backend) {
-    let e = Env::new(b, "idempotent");
+    let Some(e) = Env::try_new(b, "idempotent") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("alice", &lock, &["release"]), 0); // never acquired
     e.json("alice", &lock, &["acquire"]);
@@ -70,7 +70,7 @@ fn release_is_idempotent(b: Backend) {
 }
 
 fn force_after_takeover_raises_the_fence(b: Backend) {
-    let e = Env::new(b, "force-after");
+    let Some(e) = Env::try_new(b, "force-after") else { return };
     let lock = e.lock("l");
     let (_, a) = e.json("alice", &lock, &["acquire", "--ttl", "1h"]);
     thread::sleep(Duration::from_millis(1500));
@@ -97,7 +97,7 @@ fn force_after_takeover_raises_the_fence(b: Backend) {
 }
 
 fn ended_lease_is_taken_over(b: Backend) {
-    let e = Env::new(b, "lease-ended");
+    let Some(e) = Env::try_new(b, "lease-ended") else { return };
     let lock = e.lock("l");
     let (_, a) = e.json("alice", &lock, &["acquire", "--ttl", "1s"]);
     let start = Instant::now();
@@ -111,7 +111,7 @@ fn ended_lease_is_taken_over(b: Backend) {
 }
 
 fn disable_ttl_writes_no_lease_end(b: Backend) {
-    let e = Env::new(b, "no-ttl");
+    let Some(e) = Env::try_new(b, "no-ttl") else { return };
     let lock = e.lock("l");
     let (code, g) = e.json("alice", &lock, &["acquire", "--disable-ttl"]);
     assert_eq!(code, 0);
@@ -127,7 +127,7 @@ fn disable_ttl_writes_no_lease_end(b: Backend) {
 }
 
 fn no_wait_exits_73(b: Backend) {
-    let e = Env::new(b, "no-wait");
+    let Some(e) = Env::try_new(b, "no-wait") else { return };
     let lock = e.lock("l");
     e.json("alice", &lock, &["acquire"]);
     let out = e.run("bob", &lock, &["acquire", "--no-wait"]);
@@ -137,7 +137,7 @@ fn no_wait_exits_73(b: Backend) {
 }
 
 fn max_retries_exits_75_with_progress(b: Backend) {
-    let e = Env::new(b, "max-retries");
+    let Some(e) = Env::try_new(b, "max-retries") else { return };
     let lock = e.lock("l");
     e.json("alice", &lock, &["acquire"]);
     let start = Instant::now();
@@ -155,7 +155,7 @@ fn max_retries_exits_75_with_progress(b: Backend) {
 }
 
 fn fence_survives_release_and_reacquire(b: Backend) {
-    let e = Env::new(b, "fence");
+    let Some(e) = Env::try_new(b, "fence") else { return };
     let lock = e.lock("l");
     let mut last: Option<u64> = None;
     for owner in ["a", "b", "a", "c"] {
@@ -174,7 +174,7 @@ fn fence_survives_release_and_reacquire(b: Backend) {
 
 /// 20 processes at once: exactly one winner; again after a release.
 fn twenty_contenders_one_winner(b: Backend) {
-    let e = Env::new(b, "race");
+    let Some(e) = Env::try_new(b, "race") else { return };
     let lock = e.lock("l");
     let mut last: Option<u64> = None;
     for round in 0..2 {
@@ -221,7 +221,7 @@ fn twenty_contenders_one_winner(b: Backend) {
 }
 
 fn corrupt_record_is_never_free(b: Backend) {
-    let e = Env::new(b, "corrupt");
+    let Some(e) = Env::try_new(b, "corrupt") else { return };
     let lock = e.lock("l");
     plant_corrupt(&e, &lock);
     for args in [&["acquire", "--no-wait"][..], &["release"], &["status"]] {
@@ -283,7 +283,7 @@ fn plant_corrupt(e: &Env, lock: &str) {
 /// A runner whose clock is 10 minutes fast must not take a live lock; one 10 minutes slow
 /// must take a lock whose lease ended. Times come from the store's clock, not the runner's.
 fn skewed_clocks(b: Backend) {
-    let e = Env::new(b, "skew");
+    let Some(e) = Env::try_new(b, "skew") else { return };
     let lock = e.lock("l");
     let (_, a) = e.json("alice", &lock, &["acquire", "--ttl", "2s"]);
     let fast = e

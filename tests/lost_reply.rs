@@ -131,7 +131,7 @@ async fn lost_renew_reply_is_not_a_lost_lease(e: Env) {
 
 /// Sets the store up outside the async runtime (support blocks on its own), then runs.
 fn run<F: std::future::Future<Output = ()>>(b: Backend, name: &str, test: impl FnOnce(Env) -> F) {
-    let e = Env::new(b, name);
+    let Some(e) = Env::try_new(b, name) else { return };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

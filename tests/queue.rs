@@ -53,8 +53,8 @@ fn finish(c: Child) -> std::process::Output {
 
 /// Starts waiters one after the other, each once the previous one is in the queue, releases
 /// the holder, and returns the order in which they got the lock.
-fn handoff_order(b: Backend, name: &str, extra: &[&str], ordinals: &[u64]) -> Vec<String> {
-    let e = Env::new(b, name);
+fn handoff_order(b: Backend, name: &str, extra: &[&str], ordinals: &[u64]) -> Option<Vec<String>> {
+    let Some(e) = Env::try_new(b, name) else { return None };
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     let mut children = Vec::new();
@@ -73,23 +73,27 @@ fn handoff_order(b: Backend, name: &str, extra: &[&str], ordinals: &[u64]) -> Ve
         assert_code(&finish(c), 0);
     }
     assert!(queued(&e, &lock).is_empty(), "every waiter left the queue: {}", e.record(&lock));
-    granted(&e, &lock).into_iter().filter(|o| o != "holder").collect()
+    Some(granted(&e, &lock).into_iter().filter(|o| o != "holder").collect())
 }
 
 fn fifo_grants_in_arrival_order(b: Backend) {
-    let order = handoff_order(b, "fifo", &[], &[3, 1, 5, 2, 4]);
+    let Some(order) = handoff_order(b, "fifo", &[], &[3, 1, 5, 2, 4]) else {
+        return;
+    };
     assert_eq!(order, ["w3", "w1", "w5", "w2", "w4"]);
 }
 
 fn newest_grants_in_ordinal_order(b: Backend) {
-    let order = handoff_order(b, "newest", &["--queue", "newest"], &[3, 1, 5, 2, 4]);
+    let Some(order) = handoff_order(b, "newest", &["--queue", "newest"], &[3, 1, 5, 2, 4]) else {
+        return;
+    };
     assert_eq!(order, ["w5", "w4", "w3", "w2", "w1"]);
 }
 
 /// A free lock goes to the head even when a later waiter sees it free first: the later one
 /// is refused by the decision, not by luck.
 fn a_free_lock_waits_for_the_head(b: Backend) {
-    let e = Env::new(b, "head");
+    let Some(e) = Env::try_new(b, "head") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     // The head polls slowly; the newcomer would win any race to a free record.
@@ -108,7 +112,7 @@ fn a_free_lock_waits_for_the_head(b: Backend) {
 }
 
 fn a_killed_waiter_stops_blocking_after_the_prune_window(b: Backend) {
-    let e = Env::new(b, "killed");
+    let Some(e) = Env::try_new(b, "killed") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     let fast = ["acquire", "--retry-interval", "200ms", "--prune-floor", "2s", "--output", "json"];
@@ -144,7 +148,7 @@ fn a_killed_waiter_stops_blocking_after_the_prune_window(b: Backend) {
 }
 
 fn supersede_skips_the_older_pipeline(b: Backend) {
-    let e = Env::new(b, "supersede");
+    let Some(e) = Env::try_new(b, "supersede") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire", "--ordinal", "1"]), 0);
     let args = |n: &'static str| ["acquire", "--supersede", "--ordinal", n, "--retry-interval", "200ms", "--output", "json"];
@@ -234,7 +238,7 @@ fn gitlab_waiter(e: &Env, ci: &FakeCi, lock: &str, args: &[&str]) -> Command {
 }
 
 fn ended_pipeline_is_taken_over_at_once(b: Backend) {
-    let e = Env::new(b, "ci-ended");
+    let Some(e) = Env::try_new(b, "ci-ended") else { return };
     let lock = e.lock("l");
     let ci = FakeCi::start(vec![(PIPELINE_PATH.into(), 200, r#"{"id":100,"iid":10,"status":"canceled"}"#.into())]);
     assert_code(&e.run(HOLDER, &lock, &["acquire", "--ttl", "1h"]), 0);
@@ -257,7 +261,7 @@ fn ended_pipeline_is_taken_over_at_once(b: Backend) {
 }
 
 fn running_pipeline_is_not_taken(b: Backend) {
-    let e = Env::new(b, "ci-running");
+    let Some(e) = Env::try_new(b, "ci-running") else { return };
     let lock = e.lock("l");
     let ci = FakeCi::start(vec![(PIPELINE_PATH.into(), 200, r#"{"id":100,"status":"running"}"#.into())]);
     assert_code(&e.run(HOLDER, &lock, &["acquire", "--ttl", "1h"]), 0);
@@ -270,7 +274,7 @@ fn running_pipeline_is_not_taken(b: Backend) {
 }
 
 fn api_errors_take_nothing(b: Backend) {
-    let e = Env::new(b, "ci-error");
+    let Some(e) = Env::try_new(b, "ci-error") else { return };
     let lock = e.lock("l");
     assert_code(&e.run(HOLDER, &lock, &["acquire", "--ttl", "1h"]), 0);
     for (status, body) in [
@@ -290,7 +294,7 @@ fn api_errors_take_nothing(b: Backend) {
 }
 
 fn holder_on_another_host_is_never_asked_about(b: Backend) {
-    let e = Env::new(b, "ci-host");
+    let Some(e) = Env::try_new(b, "ci-host") else { return };
     let lock = e.lock("l");
     let ci = FakeCi::start(vec![(
         "/api/v4/projects/group%2Fapp/pipelines/100".into(),
@@ -306,7 +310,7 @@ fn holder_on_another_host_is_never_asked_about(b: Backend) {
     assert_eq!(e.record(&lock)["Owner"], foreign);
     assert!(ci.requests().is_empty(), "the token went out: {:?}", ci.requests());
     // --no-ci-api: not even our own host's holders are asked about.
-    let e2 = Env::new(b, "ci-off");
+    let Some(e2) = Env::try_new(b, "ci-off") else { return };
     let lock2 = e2.lock("l");
     assert_code(&e2.run(HOLDER, &lock2, &["acquire", "--ttl", "1h"]), 0);
     let out = gitlab_waiter(&e2, &ci, &lock2, &["acquire", "--no-ci-api", "--wait", "1s"])
@@ -319,7 +323,7 @@ fn holder_on_another_host_is_never_asked_about(b: Backend) {
 /// Waiters refresh SeenAt and prune each other as fast as they can while the holder renews
 /// every 200 ms on a 1 s lease: no renewal may fail, nobody may take the lock.
 fn waiter_traffic_never_fails_a_renewal(b: Backend) {
-    let e = Env::new(b, "traffic");
+    let Some(e) = Env::try_new(b, "traffic") else { return };
     let lock = e.lock("l");
     let holder = spawn(
         &e,
@@ -362,7 +366,7 @@ fn waiter_traffic_never_fails_a_renewal(b: Backend) {
 
 /// `status` lists the queue in order, with each waiter's URL and wait, in text and JSON.
 fn status_shows_the_queue(b: Backend) {
-    let e = Env::new(b, "status");
+    let Some(e) = Env::try_new(b, "status") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     let a = spawn(&e, "first", &lock, &["acquire", "--ordinal", "1", "--wait", "20s"]);
@@ -409,7 +413,7 @@ on_every_store!(
 /// our own API host only.
 #[test]
 fn github_completed_run_is_taken_over() {
-    let e = Env::new(Backend::File, "ci-github");
+    let Some(e) = Env::try_new(Backend::File, "ci-github") else { return };
     let lock = e.lock("l");
     let ci = FakeCi::start(vec![(
         "/repos/org/app/actions/runs/555".into(),

@@ -23,7 +23,7 @@ fn run_args<'a>(extra: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn passes_exit_codes(b: Backend) {
-    let e = Env::new(b, "run-codes");
+    let Some(e) = Env::try_new(b, "run-codes") else { return };
     let lock = e.lock("l");
     for (script, code) in [
         ("exit 0", 0),
@@ -40,7 +40,7 @@ fn passes_exit_codes(b: Backend) {
 }
 
 fn gives_the_child_its_lock(b: Backend) {
-    let e = Env::new(b, "run-env");
+    let Some(e) = Env::try_new(b, "run-env") else { return };
     let lock = e.lock("l");
     let out = e.run(
         "job",
@@ -60,7 +60,7 @@ fn gives_the_child_its_lock(b: Backend) {
 }
 
 fn heartbeats_keep_a_short_lease_alive(b: Backend) {
-    let e = Env::new(b, "run-heartbeat");
+    let Some(e) = Env::try_new(b, "run-heartbeat") else { return };
     let lock = e.lock("l");
     let mut holder = e
         .cmd()
@@ -85,7 +85,7 @@ fn heartbeats_keep_a_short_lease_alive(b: Backend) {
 }
 
 fn sigterm_reaches_the_child_and_frees_the_lock(b: Backend) {
-    let e = Env::new(b, "run-sigterm");
+    let Some(e) = Env::try_new(b, "run-sigterm") else { return };
     let lock = e.lock("l");
     let marker = std::env::temp_dir().join(format!("{}-term", e.lock("m").replace('/', "_")));
     let script = format!("trap 'echo got-term > {}; exit 7' TERM; while true; do sleep 0.1; done", marker.display());
@@ -106,7 +106,7 @@ fn sigterm_reaches_the_child_and_frees_the_lock(b: Backend) {
 /// A holder frozen past its lease loses the lock to a waiter; when it wakes it must stop
 /// its command and exit 76 without touching the new holder's record.
 fn a_paused_holder_loses_its_lease(b: Backend) {
-    let e = Env::new(b, "run-sigstop");
+    let Some(e) = Env::try_new(b, "run-sigstop") else { return };
     let lock = e.lock("l");
     let holder = e
         .cmd()
@@ -136,7 +136,7 @@ fn a_paused_holder_loses_its_lease(b: Backend) {
 }
 
 fn a_killed_holder_is_taken_over_after_its_lease(b: Backend) {
-    let e = Env::new(b, "run-sigkill");
+    let Some(e) = Env::try_new(b, "run-sigkill") else { return };
     let lock = e.lock("l");
     let mut holder = e
         .cmd()
@@ -158,7 +158,7 @@ fn a_killed_holder_is_taken_over_after_its_lease(b: Backend) {
 }
 
 fn bad_commands(b: Backend) {
-    let e = Env::new(b, "run-bad");
+    let Some(e) = Env::try_new(b, "run-bad") else { return };
     let lock = e.lock("l");
     let out = e.run("job", &lock, &["run"]);
     assert_code(&out, 2);

