@@ -54,7 +54,7 @@ fn finish(c: Child) -> std::process::Output {
 /// Starts waiters one after the other, each once the previous one is in the queue, releases
 /// the holder, and returns the order in which they got the lock.
 fn handoff_order(b: Backend, name: &str, extra: &[&str], ordinals: &[u64]) -> Option<Vec<String>> {
-    let Some(e) = Env::try_new(b, name) else { return None };
+    let e = Env::try_new(b, name)?;
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     let mut children = Vec::new();
