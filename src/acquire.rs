@@ -5,6 +5,7 @@
 //! Token and Rvn (or on a free record), so a wrong view of the queue can cost fairness but
 //! never safety. See docs/design.md, "The queue and early takeover".
 
+use crate::clock::ms;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,10 +42,6 @@ struct Asked {
     token: String,
     at: Instant,
     verdict: Verdict,
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 /// The entry we would register now: after everyone already queued, so that arrival order

@@ -118,43 +118,57 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Store URL: dynamodb://TABLE, s3://BUCKET/PREFIX or file:///DIR [default: dynamodb://pipeline-locks]
-    #[arg(long, global = true, env = "PIPELINE_LOCK_STORE")]
+    #[arg(long, global = true, help_heading = "Store options", env = "PIPELINE_LOCK_STORE")]
     pub store: Option<String>,
     /// DynamoDB table (shorthand for --store dynamodb://TABLE).
-    #[arg(long, global = true, env = "PIPELINE_LOCK_TABLE")]
+    #[arg(long, global = true, help_heading = "Store options", env = "PIPELINE_LOCK_TABLE")]
     pub table: Option<String>,
     /// S3 bucket (shorthand for --store s3://BUCKET/PREFIX).
-    #[arg(long, global = true, env = "PIPELINE_LOCK_BUCKET")]
+    #[arg(long, global = true, help_heading = "Store options", env = "PIPELINE_LOCK_BUCKET")]
     pub bucket: Option<String>,
     /// Key prefix within --bucket.
-    #[arg(long, global = true, env = "PIPELINE_LOCK_PREFIX", requires = "bucket")]
+    #[arg(long, global = true, help_heading = "Store options", env = "PIPELINE_LOCK_PREFIX", requires = "bucket")]
     pub prefix: Option<String>,
     /// AWS endpoint (a local server, a VPC endpoint).
-    #[arg(long, global = true, env = "PIPELINE_LOCK_ENDPOINT_URL")]
+    #[arg(long, global = true, help_heading = "Store options", env = "PIPELINE_LOCK_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
     /// AWS region.
-    #[arg(long, global = true, env = "PIPELINE_LOCK_REGION")]
+    #[arg(long, global = true, help_heading = "Store options", env = "PIPELINE_LOCK_REGION")]
     pub region: Option<String>,
     /// Path-style S3 addressing (MinIO-like stores, emulators).
-    #[arg(long, global = true, env = "PIPELINE_LOCK_S3_FORCE_PATH_STYLE", value_parser = FalseyValueParser::new(), default_value_t = false)]
+    #[arg(long, global = true, help_heading = "Store options", env = "PIPELINE_LOCK_S3_FORCE_PATH_STYLE", value_parser = FalseyValueParser::new(), default_value_t = false)]
     pub s3_force_path_style: bool,
     /// Lock name [default: the CI project path]
-    #[arg(long, global = true, env = "PIPELINE_LOCK_NAME")]
+    #[arg(long, global = true, help_heading = "Lock options", env = "PIPELINE_LOCK_NAME")]
     pub lock: Option<String>,
     /// Owner outside CI (in CI it comes from the pipeline).
-    #[arg(long, global = true, env = "PIPELINE_LOCK_OWNER")]
+    #[arg(long, global = true, help_heading = "Lock options", env = "PIPELINE_LOCK_OWNER")]
     pub owner: Option<String>,
     /// Whose lock: the pipeline (acquire/renew/release) or the job (run).
-    #[arg(long, global = true, env = "PIPELINE_LOCK_SCOPE", value_enum)]
+    #[arg(long, global = true, help_heading = "Lock options", env = "PIPELINE_LOCK_SCOPE", value_enum)]
     pub scope: Option<Scope>,
     /// Output format.
-    #[arg(long, global = true, env = "PIPELINE_LOCK_OUTPUT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Lock options",
+        env = "PIPELINE_LOCK_OUTPUT",
+        value_enum,
+        default_value_t
+    )]
     pub output: Output,
     /// Skew margin for comparisons on the store clock.
-    #[arg(long, global = true, env = "PIPELINE_LOCK_CLOCK_MARGIN", default_value = "2s", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Lock options",
+        env = "PIPELINE_LOCK_CLOCK_MARGIN",
+        default_value = "2s",
+        allow_hyphen_values = true
+    )]
     pub clock_margin: String,
     /// More detail: progress on every poll (-v), debug logs (-vv).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = "Lock options", action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 

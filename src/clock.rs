@@ -106,6 +106,13 @@ impl StoreClock {
 }
 
 /// The local wall clock in unix milliseconds.
+/// A duration in ms for store-time arithmetic, saturating at a quarter of `i64::MAX` so that
+/// a few of them added to a store time cannot overflow (durations are capped at a century
+/// anyway, see `cli::parse_duration`).
+pub fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
 /// Store ms as an RFC 3339 time to the second, for messages.
 pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ciapi::CiApi;
-use crate::clock::{local_wall_ms, rfc3339};
+use crate::clock::{local_wall_ms, ms, rfc3339};
 use crate::error::{Error, Result};
 use crate::queue::QueueMode;
 use crate::record::{Action, Change, Event, EventKind, Record};
@@ -305,10 +305,6 @@ pub struct Locker {
 pub(crate) fn random_hex<const BYTES: usize>() -> String {
     let bytes: [u8; BYTES] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 /// How far this machine's clock may be off the store's before a write made on it (the

@@ -3,6 +3,7 @@
 //! without a store or a clock. Monotonic times are tokio's, so that the waiting loop can be
 //! tested under a paused clock.
 
+use crate::clock::ms;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -79,10 +80,6 @@ pub struct Judge<'a> {
     /// The status our CI server gave for the holder's pipeline, when it said it has ended.
     /// Only ever set for the Token it was asked about.
     pub pipeline_ended: Option<&'a str>,
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The record's lease length: LeaseExpiresAt - RenewedAt.

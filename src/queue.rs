@@ -3,6 +3,7 @@
 //! of whom, which entries are stale, and whether a newer pipeline supersedes us. The waiting
 //! loop in [`crate::locker`] decides with these; the stores only write the entries.
 
+use crate::clock::ms;
 use std::cmp::Reverse;
 use std::time::Duration;
 
@@ -46,10 +47,6 @@ pub fn prune_window(retry_interval: Duration, floor: Duration) -> Duration {
 /// after, so several polls fit before anyone may prune the entry.
 pub fn refresh_every(window: Duration) -> Duration {
     window / 2
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 /// How long `w` may go unseen: its own window (from its own retry interval) or the
