@@ -142,13 +142,18 @@ impl Judge<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::Record;
 
     fn held(acquired: i64, renewed: i64, lease_end: Option<i64>) -> Record {
+        held_as("other", acquired, renewed, lease_end)
+    }
+
+    /// A record held by `owner` (token "t", Rvn "v1", fence 3), for the policy and plan tests.
+    pub(crate) fn held_as(owner: &str, acquired: i64, renewed: i64, lease_end: Option<i64>) -> Record {
         let mut r = Record::vacant("l");
-        r.owner = Some("other".into());
+        r.owner = Some(owner.into());
         r.token = Some("t".into());
         r.rvn = "v1".into();
         r.fence = 3;
@@ -158,7 +163,8 @@ mod tests {
         r
     }
 
-    fn judge(now: i64) -> Judge<'static> {
+    /// The judge at store time `now`: 2 s margin, nothing else.
+    pub(crate) fn judge(now: i64) -> Judge<'static> {
         Judge {
             now,
             margin: Duration::from_secs(2),

@@ -150,8 +150,8 @@ pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Pl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::tests::{held_as, judge};
     use crate::record::{Holder, Waiter};
-    use tokio::time::Instant;
 
     const OWNER: &str = "gitlab:h/p/pipelines/9";
 
@@ -167,27 +167,7 @@ mod tests {
     }
 
     fn held_by(owner: &str, lease_end: Option<i64>) -> Record {
-        let mut r = Record::vacant("l");
-        r.owner = Some(owner.into());
-        r.token = Some("t".into());
-        r.rvn = "v1".into();
-        r.fence = 3;
-        r.acquired_at = Some(0);
-        r.renewed_at = Some(0);
-        r.lease_expires_at = lease_end;
-        r
-    }
-
-    fn judge(now: i64) -> Judge<'static> {
-        Judge {
-            now,
-            margin: Duration::from_secs(2),
-            force_after: None,
-            force: None,
-            watch: None,
-            mono_now: Instant::now(),
-            pipeline_ended: None,
-        }
+        held_as(owner, 0, 0, lease_end)
     }
 
     /// Plans for OWNER with queue token "me", entry enqueued at `enqueued_at`.
