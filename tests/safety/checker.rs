@@ -340,10 +340,11 @@ pub fn check(input: &Input) -> Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ev(seq: u64, kind: &str, owner: &str, fence: u64, value: u64, ok: bool) -> Event {
+    /// One witness event at t = 10 ms per seq, epoch 0 (also for the CI checker's tests).
+    pub(crate) fn ev(seq: u64, kind: &str, owner: &str, fence: u64, value: u64, ok: bool) -> Event {
         Event {
             seq,
             t: seq * 10,

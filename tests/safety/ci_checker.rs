@@ -177,20 +177,7 @@ pub fn check(s: &Scenario) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ev(seq: u64, kind: &str, owner: &str, fence: u64, value: u64, ok: bool) -> Event {
-        Event {
-            seq,
-            t: seq * 10,
-            kind: kind.into(),
-            owner: owner.into(),
-            fence,
-            epoch: 0,
-            value,
-            ok,
-            text: String::new(),
-        }
-    }
+    use crate::checker::tests::ev;
 
     fn step(what: &str, code: i32, allowed: &[i32]) -> Step {
         Step {
