@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::ci::Identity;
 use crate::ciapi::Verdict;
 use crate::error::{Error, Result};
-use crate::locker::{AcquireOptions, EAGER_ROUNDS, Grant, How, Locker, Wait, jitter, random_hex};
+use crate::locker::{AcquireOptions, EAGER_ROUNDS, Grant, How, Locker, Wait, Wrote, jitter, random_hex};
 use crate::policy::{self, Asker, Judge, Plan, Watch};
 use crate::queue::{self, Me};
 use crate::record::{Action, Grantee, Holder, Record, Waiter};
@@ -365,7 +365,11 @@ impl<'a> Waiting<'a> {
             Written::Done(r) => {
                 let r = match synced {
                     true => Some(r),
-                    false => ride(self.locker.retime(lock, r, lease, opts.retention, !reentered).await)?,
+                    false => ride(
+                        self.locker
+                            .retime(lock, r, lease, opts.retention, if reentered { Wrote::Renewal } else { Wrote::Grant })
+                            .await,
+                    )?,
                 };
                 if let Some(r) = r {
                     if r.waiters.contains_key(&self.place.token) {

@@ -3,9 +3,9 @@
 //! function per command; what they print is in [`crate::output`].
 
 use crate::cli::Cli;
-use crate::error::{Error, Result};
+use crate::error::{Error, Occupant, Result};
 use crate::exit;
-use crate::locker::{Holding, Locker, RETENTION, ReleaseOptions, Released};
+use crate::locker::{Holding, Locker, RETENTION, ReleaseOptions, Released, RenewOptions};
 use crate::output::{emit, export_github, print_grant, queue_json, status_json, status_text, summary};
 use crate::settings::{Acquire, Release, Renew, Run, Settings, Status, Task};
 use crate::signals::Signals;
@@ -77,7 +77,14 @@ async fn cmd_release(s: &Settings, r: &Release) -> Result<u8> {
                 r.who.owner
             );
             if r.strict {
-                return Err(Error::HeldByOther(format!("{msg} (--strict)")));
+                return Err(Error::HeldByOther {
+                    message: format!("{msg} (--strict)"),
+                    occupant: Occupant {
+                        lock: lock.to_string(),
+                        owner: Some(owner.clone()),
+                        fence: Some(*fence),
+                    },
+                });
             }
             eprintln!("pipeline-lock: warning: {msg}");
             msg
@@ -91,7 +98,17 @@ async fn cmd_release(s: &Settings, r: &Release) -> Result<u8> {
 async fn cmd_renew(s: &Settings, r: &Renew) -> Result<u8> {
     let (lock, url) = (&r.lock, &s.store);
     let locker = connect(s).await?;
-    let grant = locker.renew(lock, &r.who, r.ttl, RETENTION, true).await?;
+    let grant = locker
+        .renew(
+            lock,
+            &r.who,
+            RenewOptions {
+                ttl: r.ttl,
+                retention: RETENTION,
+                in_history: true,
+            },
+        )
+        .await?;
     let lease = grant
         .lease_expires_at
         .map(|t| format!("lease until {}", crate::clock::rfc3339(t)))

@@ -19,6 +19,9 @@ pub enum Error {
     AccessDenied {
         /// Human text naming the action and resource.
         message: String,
+        /// The store's answer, when it came from one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The store did not answer (or throttled us) after our retries.
     #[error("{message}")]
@@ -29,18 +32,33 @@ pub enum Error {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
-    /// `--no-wait`: someone else holds the lock.
-    #[error("{0}")]
-    Held(String),
+    /// `--no-wait` (or `run` inside its own pipeline's lock): someone else holds the lock.
+    #[error("{message}")]
+    Held {
+        /// Human text naming the lock, the store, the holder and the fix.
+        message: String,
+        /// Who is in the lock (no owner when it is free but others are queued ahead).
+        occupant: Occupant,
+    },
     /// Waited as long as allowed.
     #[error("{0}")]
     TimedOut(String),
     /// `release --strict`: someone else holds the lock.
-    #[error("{0}")]
-    HeldByOther(String),
+    #[error("{message}")]
+    HeldByOther {
+        /// Human text.
+        message: String,
+        /// Who holds it.
+        occupant: Occupant,
+    },
     /// The lease we held is gone (taken over, or could not be renewed in time).
-    #[error("{0}")]
-    LeaseLost(String),
+    #[error("{message}")]
+    LeaseLost {
+        /// Human text: how it was lost and what to do.
+        message: String,
+        /// Who holds it now, as far as known (no owner: free, absent, or the store was unreachable).
+        occupant: Occupant,
+    },
     /// A newer pipeline waits for or holds the lock.
     #[error("{0}")]
     Superseded(String),
@@ -71,10 +89,10 @@ impl Error {
             Error::Config(_) => exit::CONFIG,
             Error::AccessDenied { .. } => exit::ACCESS_DENIED,
             Error::Unavailable { .. } => exit::UNAVAILABLE,
-            Error::Held(_) => exit::HELD,
+            Error::Held { .. } => exit::HELD,
             Error::TimedOut(_) => exit::TIMED_OUT,
-            Error::HeldByOther(_) => exit::HELD_BY_OTHER,
-            Error::LeaseLost(_) => exit::LEASE_LOST,
+            Error::HeldByOther { .. } => exit::HELD_BY_OTHER,
+            Error::LeaseLost { .. } => exit::LEASE_LOST,
             Error::Superseded(_) => exit::SUPERSEDED,
             Error::Interrupted { signal, .. } => exit::after_signal(*signal),
             Error::Other { .. } => exit::UNEXPECTED,
@@ -92,6 +110,29 @@ impl Error {
         Error::Unavailable {
             message: message.into(),
             source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// Who is in a lock, as an error reports it, for library callers to match on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Occupant {
+    /// The lock name.
+    pub lock: String,
+    /// The holder's owner, when someone holds it.
+    pub owner: Option<String>,
+    /// The holder's fence, when someone holds it.
+    pub fence: Option<u64>,
+}
+
+impl Occupant {
+    /// The holder of `record` (nobody when it is free).
+    pub fn of(lock: &str, record: Option<&crate::record::Record>) -> Occupant {
+        let held = record.filter(|r| !r.is_free());
+        Occupant {
+            lock: lock.to_string(),
+            owner: held.and_then(|r| r.owner.clone()),
+            fence: held.map(|r| r.fence),
         }
     }
 }

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::ci::Identity;
-use crate::error::{Error, Result};
-use crate::locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released, Ttl};
+use crate::error::{Error, Occupant, Result};
+use crate::locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released, RenewOptions, Ttl};
 
 /// Where a lease stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +21,12 @@ pub enum LeaseState {
     /// Ours, renewed in time.
     Held,
     /// Someone else holds it now (or it was released): the store said so.
-    Lost(String),
+    Lost {
+        /// How it was lost.
+        message: String,
+        /// Who holds it now.
+        occupant: Occupant,
+    },
     /// The store could not be reached until the lease ended: it may be someone else's.
     Unknown(String),
 }
@@ -191,7 +196,7 @@ impl Heartbeat {
             let cutoff = if sent <= term_at { term_at } else { sent + self.every.min(LATE_ANSWER) };
             let renewal = tokio::select! {
                 biased;
-                r = self.locker.renew(&self.lock, &self.who, Ttl::For(self.ttl), self.retention, false) => r,
+                r = self.locker.renew(&self.lock, &self.who, RenewOptions { ttl: Ttl::For(self.ttl), retention: self.retention, in_history: false }) => r,
                 _ = tokio::time::sleep_until(cutoff) => Err(Error::Unavailable {
                     message: "no answer to the renewal".into(),
                     source: None,
@@ -206,8 +211,8 @@ impl Heartbeat {
                     let _ = kill_by.send(Some(valid_until.checked_sub(self.margin).unwrap_or(valid_until)));
                     next = sent + self.every;
                 }
-                Err(Error::LeaseLost(msg)) => {
-                    let _ = state.send(LeaseState::Lost(msg));
+                Err(Error::LeaseLost { message, occupant }) => {
+                    let _ = state.send(LeaseState::Lost { message, occupant });
                     return;
                 }
                 Err(e) => {
@@ -257,11 +262,20 @@ impl Lease {
     /// so it can be polled beside other uses of the lease.
     pub fn lost(&self) -> impl Future<Output = Error> + Send + 'static {
         let mut rx = self.state.clone();
+        let lock = self.grant.lock.clone();
         async move {
             loop {
                 match rx.borrow_and_update().clone() {
-                    LeaseState::Lost(m) => return Error::LeaseLost(m),
-                    LeaseState::Unknown(m) => return Error::LeaseLost(format!("{m} (the lock may be someone else's now)")),
+                    LeaseState::Lost { message, occupant } => return Error::LeaseLost { message, occupant },
+                    LeaseState::Unknown(m) => {
+                        return Error::LeaseLost {
+                            message: format!("{m} (the lock may be someone else's now)"),
+                            occupant: Occupant {
+                                lock: lock.clone(),
+                                ..Occupant::default()
+                            },
+                        };
+                    }
                     LeaseState::Held => {}
                 }
                 if rx.changed().await.is_err() {

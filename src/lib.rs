@@ -33,6 +33,6 @@ pub mod settings;
 pub mod signals;
 pub mod store;
 
-pub use error::{Error, Result};
+pub use error::{Error, Occupant, Result};
 pub use lease::{Lease, LeaseState};
-pub use locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released, Ttl, Wait};
+pub use locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released, RenewOptions, Ttl, Wait};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::ciapi::CiApi;
 use crate::clock::{local_wall_ms, ms, rfc3339};
-use crate::error::{Error, Result};
+use crate::error::{Error, Occupant, Result};
 use crate::queue::QueueMode;
 use crate::record::{Action, Change, Event, EventKind, Record};
 use crate::store::{Expect, Observed, State, Store, Write, Written};
@@ -233,6 +233,27 @@ impl Holding {
     }
 }
 
+/// What a renewal sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewOptions {
+    /// The lease length.
+    pub ttl: Ttl,
+    /// How long the record outlives its lease (the `ExpiresAt` tombstone time).
+    pub retention: Duration,
+    /// Write a `renewed` History event: yes for the `renew` command, no for `run`'s
+    /// heartbeat, whose renewals every few seconds would push everything else out.
+    pub in_history: bool,
+}
+
+/// What the write that [`Locker::retime`] corrects was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wrote {
+    /// A grant: AcquiredAt is re-stamped too, and a fence that started from absent is raised.
+    Grant,
+    /// A renewal.
+    Renewal,
+}
+
 /// The lease length a renewal sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ttl {
@@ -423,8 +444,9 @@ impl Locker {
         record: Record,
         lease: Option<Duration>,
         retention: Duration,
-        restamp: bool,
+        after: Wrote,
     ) -> Result<Option<Record>> {
+        let restamp = after == Wrote::Grant;
         let now = self.store.clock().now_ms();
         let skew = (now - local_wall_ms()).abs();
         if skew <= ms(CLOCK_SLACK) {
@@ -480,9 +502,10 @@ impl Locker {
     /// A renewal that knows its lease and its token (`run`'s heartbeat) is one write. One that
     /// keeps the grant's own lease length, or may have to find the grant by owner (a later
     /// job whose exported token is stale), reads the record first.
-    pub async fn renew(&self, lock: &str, who: &Holding, ttl: Ttl, retention: Duration, event: bool) -> Result<Grant> {
+    pub async fn renew(&self, lock: &str, who: &Holding, opts: RenewOptions) -> Result<Grant> {
+        let RenewOptions { ttl, retention, in_history } = opts;
         let synced = self.store.clock().is_synced();
-        let event = event.then(|| how_event(EventKind::Renewed, &who.owner, None)).flatten();
+        let event = in_history.then(|| how_event(EventKind::Renewed, &who.owner, None)).flatten();
         let mut seen = match (ttl, who.by_owner) {
             (Ttl::For(_) | Ttl::NoEnd, false) => None,
             _ => Some(self.store.read(lock, true).await?),
@@ -513,7 +536,7 @@ impl Locker {
                     let r = if synced {
                         Some(r)
                     } else {
-                        self.retime(lock, r, lease, retention, false).await?
+                        self.retime(lock, r, lease, retention, Wrote::Renewal).await?
                     };
                     return match r {
                         Some(r) => Ok(self.grant(lock, &r, How::Reentered, 0)),
@@ -547,12 +570,15 @@ impl Locker {
             Some(e) => format!("{} at {}", taken_text(e), rfc3339(e.at)),
             None => "it was taken over (lease ended or --force-after) or released".to_string(),
         };
-        Error::LeaseLost(format!(
-            "lock {lock:?} in {} is not held by {} any more: {how}; it is {now} now. Work done since then ran \
-             without the lock; acquire it again, and renew more often than the lease (--ttl)",
-            self.store.url(),
-            who.owner
-        ))
+        Error::LeaseLost {
+            message: format!(
+                "lock {lock:?} in {} is not held by {} any more: {how}; it is {now} now. Work done since then ran \
+                 without the lock; acquire it again, and renew more often than the lease (--ttl)",
+                self.store.url(),
+                who.owner
+            ),
+            occupant: Occupant::of(lock, record),
+        }
     }
 
     /// Gives back the lock `who` holds. Someone else's lock is left alone; a grant that was

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use pipeline_lock::store::{self, Hooked, Store, StoreUrl, Write, WriteHook, Written};
-use pipeline_lock::{AcquireOptions, Error, Holding, Locker, ReleaseOptions, Released, Result, Ttl, ci};
+use pipeline_lock::{AcquireOptions, Error, Holding, Locker, ReleaseOptions, Released, RenewOptions, Result, Ttl, ci};
 use support::{Backend, Env};
 
 /// Forwards everything; the first `drop` writes are carried out but their replies "lost".
@@ -120,9 +120,11 @@ async fn lost_renew_reply_is_not_a_lost_lease(e: Env) {
         .renew(
             &lock,
             &who,
-            Ttl::For(std::time::Duration::from_secs(60)),
-            std::time::Duration::from_secs(60),
-            false,
+            RenewOptions {
+                ttl: Ttl::For(std::time::Duration::from_secs(60)),
+                retention: std::time::Duration::from_secs(60),
+                in_history: false,
+            },
         )
         .await
         .unwrap();

@@ -14,7 +14,7 @@ use pipeline_lock::locker::How;
 use pipeline_lock::record::{Holder, Record};
 use pipeline_lock::store::memory::MemoryStore;
 use pipeline_lock::store::{Check, Observed, Store, WaiterUpdate, Write, Written};
-use pipeline_lock::{AcquireOptions, Error, Holding, LeaseState, Locker, ReleaseOptions, Wait};
+use pipeline_lock::{AcquireOptions, Error, Holding, LeaseState, Locker, Occupant, ReleaseOptions, RenewOptions, Ttl, Wait};
 use tokio::time::Instant;
 
 fn secs(s: u64) -> Duration {
@@ -307,4 +307,42 @@ async fn the_heartbeat_keeps_the_lease_and_calls_it_lost_at_term_time_when_renew
     );
     assert!(at < kill, "lost {:?} before the kill deadline", kill - at);
     assert!(at - failed <= secs(18) + secs(1), "lost {:?} after the failures began", at - failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_name_the_holder_in_fields_a_caller_can_match() {
+    let locker = Locker::new(memory());
+    let a = locker.acquire("l", &who("a"), &opts()).await.unwrap();
+    let no_wait = AcquireOptions { wait: Wait::No, ..opts() };
+    match locker.acquire("l", &who("b"), &no_wait).await.unwrap_err() {
+        Error::Held { occupant, .. } => {
+            assert_eq!(
+                occupant,
+                Occupant {
+                    lock: "l".into(),
+                    owner: Some("a".into()),
+                    fence: Some(a.fence)
+                }
+            )
+        }
+        other => panic!("expected Held, got {other:?}"),
+    }
+    let force = AcquireOptions {
+        force: Some("stuck".into()),
+        ..opts()
+    };
+    let b = locker.acquire("l", &who("b"), &force).await.unwrap();
+    assert!(b.fence > a.fence);
+    let renew = RenewOptions {
+        ttl: Ttl::For(secs(60)),
+        retention: secs(60),
+        in_history: false,
+    };
+    match locker.renew("l", &Holding::grant(&a), renew).await.unwrap_err() {
+        Error::LeaseLost { occupant, message } => {
+            assert_eq!(occupant.owner.as_deref(), Some("b"), "{message}");
+            assert_eq!(occupant.fence, Some(b.fence), "{message}");
+        }
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
 }

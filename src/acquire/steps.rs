@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Stop, Waiting, ride};
+use crate::error::Occupant;
 use crate::error::{Error, Result};
 use crate::locker::{Wait, WaitReport, jitter};
 use crate::policy::Watch;
@@ -20,10 +21,10 @@ impl Waiting<'_> {
         let (lock, opts) = (self.lock, self.opts);
         if opts.wait == Wait::No {
             let blocker = blocker(r, &self.ahead(r, entry, now, window), opts.queue);
-            return Err(Stop::Exit(Error::Held(format!(
-                "lock {lock:?} in {} {blocker}; --no-wait given",
-                self.store().url(),
-            ))));
+            return Err(Stop::Exit(Error::Held {
+                message: format!("lock {lock:?} in {} {blocker}; --no-wait given", self.store().url()),
+                occupant: Occupant::of(lock, Some(r)),
+            }));
         }
         let give_up = opts.max_retries.is_some_and(|m| self.polls >= m) || self.deadline.is_some_and(|d| Instant::now() >= d);
         if !give_up {
@@ -192,15 +193,18 @@ impl Waiting<'_> {
 
     pub(super) async fn own_pipeline(&self, r: &Record) -> Stop {
         self.leave(true).await;
-        Stop::Exit(Error::Held(format!(
-            "lock {:?} in {} is held by this job's own pipeline ({}, fence {}, taken with `pipeline-lock acquire`, \
-             --scope pipeline); a job-scoped `run` would wait on itself. This job already runs under that lock: \
-             run the command directly, or give `run` a lock of its own (--lock NAME)",
-            self.lock,
-            self.store().url(),
-            r.owner.as_deref().unwrap_or("?"),
-            r.fence
-        )))
+        Stop::Exit(Error::Held {
+            message: format!(
+                "lock {:?} in {} is held by this job's own pipeline ({}, fence {}, taken with `pipeline-lock acquire`, \
+                 --scope pipeline); a job-scoped `run` would wait on itself. This job already runs under that lock: \
+                 run the command directly, or give `run` a lock of its own (--lock NAME)",
+                self.lock,
+                self.store().url(),
+                r.owner.as_deref().unwrap_or("?"),
+                r.fence
+            ),
+            occupant: Occupant::of(self.lock, Some(r)),
+        })
     }
 
     /// A store failure while waiting (docs/design.md, "Leases in practice (v2)"): unreachable,

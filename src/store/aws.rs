@@ -151,9 +151,18 @@ impl Intercept for Meter {
     }
 }
 
-/// How an SDK failure reads, once normalised.
+/// How an SDK failure reads, once normalised, with the SDK's error kept as the source.
 #[derive(Debug)]
-pub enum Failure {
+pub struct Failure {
+    /// What it was.
+    pub kind: Kind,
+    /// The SDK error itself, for the error chain (`Error::source`).
+    pub source: Option<BoxError>,
+}
+
+/// The kinds of [`Failure`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
     /// The service answered with this error code (and HTTP status).
     Service {
         /// e.g. `ResourceNotFoundException`, `PreconditionFailed`.
@@ -169,30 +178,35 @@ pub enum Failure {
     NotSent(String),
 }
 
-/// Normalises an SDK error into a [`Failure`].
-pub fn failure<E>(err: &SdkError<E, HttpResponse>) -> Failure
+/// Normalises an SDK error into a [`Failure`], keeping it as the source.
+pub fn failure<E>(err: SdkError<E, HttpResponse>) -> Failure
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match err {
+    let kind = match &err {
         SdkError::ServiceError(se) => {
             let e = se.err();
-            Failure::Service {
+            Kind::Service {
                 code: e.code().unwrap_or("Unknown").to_string(),
                 status: se.raw().status().as_u16(),
                 message: e.message().unwrap_or_default().to_string(),
             }
         }
-        SdkError::ConstructionFailure(_) => Failure::NotSent(crate::report::chain(err)),
-        _ => Failure::Transient(crate::report::chain(err)),
+        SdkError::ConstructionFailure(_) => Kind::NotSent(crate::report::chain(&err)),
+        _ => Kind::Transient(crate::report::chain(&err)),
+    };
+    Failure {
+        kind,
+        source: Some(Box::new(err)),
     }
 }
 
 impl Failure {
     /// Maps what is not specific to one call: access, throttling, outages.
     pub fn into_error(self, action: &str, resource: &str, store: &str) -> Error {
-        match self {
-            Failure::Service { code, status, message } => {
+        let source = self.source;
+        match self.kind {
+            Kind::Service { code, status, message } => {
                 let denied = matches!(
                     code.as_str(),
                     "AccessDeniedException"
@@ -211,6 +225,7 @@ impl Failure {
                             "access denied by {store}: {action} on {resource} ({code}: {message}); grant the \
                              credentials {action} (the Terraform module's policy output has exactly the actions needed)"
                         ),
+                        source,
                     }
                 } else if status >= 500
                     || code.contains("Throttl")
@@ -220,22 +235,22 @@ impl Failure {
                 {
                     Error::Unavailable {
                         message: format!("{store} is unavailable or throttling: {action} on {resource} answered {code} ({status}): {message}"),
-                        source: None,
+                        source,
                     }
                 } else {
                     Error::Other {
                         message: format!("{store}: {action} on {resource} failed: {code} ({status}): {message}"),
-                        source: None,
+                        source,
                     }
                 }
             }
-            Failure::Transient(why) => Error::Unavailable {
+            Kind::Transient(why) => Error::Unavailable {
                 message: format!(
                     "{store} did not answer {action} on {resource} after retries: {why}; check --endpoint-url, the network and the AWS region"
                 ),
-                source: None,
+                source,
             },
-            Failure::NotSent(why) => Error::Config(format!("{store}: {action} could not be sent: {why}")),
+            Kind::NotSent(why) => Error::Config(format!("{store}: {action} could not be sent: {why}")),
         }
     }
 }

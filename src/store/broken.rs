@@ -105,29 +105,8 @@ impl Broken {
                 f.sync_all().map_err(io)?;
                 std::fs::rename(&tmp, &path).map_err(io)?;
             }
-            Raw::Dynamo(s) => {
-                let item = serde_dynamo::to_item(record).map_err(|e| Error::other("negative control: cannot encode the record", e))?;
-                s.client()
-                    .put_item()
-                    .table_name(s.table())
-                    .set_item(Some(item))
-                    .send()
-                    .await
-                    .map_err(|e| Error::unavailable("negative control: PutItem failed", e))?;
-            }
-            Raw::S3(s) => {
-                let body = serde_json::to_vec_pretty(record).map_err(|e| Error::other("negative control: cannot encode the record", e))?;
-                let s = s.objects();
-                s.client()
-                    .put_object()
-                    .bucket(s.bucket())
-                    .key(s.key(lock))
-                    .content_type("application/json")
-                    .body(body.into())
-                    .send()
-                    .await
-                    .map_err(|e| Error::unavailable("negative control: PutObject failed", e))?;
-            }
+            Raw::Dynamo(s) => s.overwrite(record).await?,
+            Raw::S3(s) => s.objects().overwrite(lock, record).await?,
         }
         Ok(())
     }

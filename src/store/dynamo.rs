@@ -8,30 +8,52 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
-use super::aws::{self, AwsOptions, Failure, Meter};
-use super::{Check, Expect, Observed, State, Store, Version, WaiterUpdate, Write, Written};
+use super::aws::{self, AwsOptions, Failure, Kind, Meter};
+use super::{Check, Observed, State, Store, Version, WaiterUpdate, Write, Written};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::{Action, HISTORY_LEN, Record};
 
-pub(super) type Item = HashMap<String, AttributeValue>;
+mod doctor;
+mod expr;
+mod queue;
 
-/// Attribute-name placeholders: `Owner` is a reserved word, so every name goes through one.
-const NAMES: &[(&str, &str)] = &[
-    ("#k", "LockID"),
-    ("#o", "Owner"),
-    ("#t", "Token"),
-    ("#f", "Fence"),
-    ("#r", "Rvn"),
-    ("#a", "AcquiredAt"),
-    ("#rn", "RenewedAt"),
-    ("#l", "LeaseExpiresAt"),
-    ("#e", "ExpiresAt"),
-    ("#h", "Holder"),
-    ("#hi", "History"),
-    ("#ws", "Waiters"),
-    ("#sa", "SeenAt"),
-];
+use expr::{condition_for, names, update_for, used_names};
+
+/// A DynamoDB item: attribute name to value.
+type Item = HashMap<String, AttributeValue>;
+
+/// What a DynamoDB error answer means for us, decided once from its code and message (the
+/// service says some of these only in the message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// The table does not exist.
+    NoTable,
+    /// An update names a key inside a map that is gone: the `Waiters` map a grant dequeues
+    /// from was dropped by a break-glass rewrite.
+    MissingPath,
+    /// The key does not match the table's key schema.
+    WrongKey,
+    /// Any other request the service refuses as invalid.
+    Invalid,
+    /// Anything else: access, throttling, outages; mapped by [`Failure::into_error`].
+    Other,
+}
+
+impl Answer {
+    fn of(failure: &Failure) -> Answer {
+        let Kind::Service { code, message, .. } = &failure.kind else {
+            return Answer::Other;
+        };
+        match code.as_str() {
+            "ResourceNotFoundException" => Answer::NoTable,
+            "ValidationException" if message.contains("document path") => Answer::MissingPath,
+            "ValidationException" if message.contains("key") => Answer::WrongKey,
+            "ValidationException" => Answer::Invalid,
+            _ => Answer::Other,
+        }
+    }
+}
 
 /// Locks in one DynamoDB table.
 #[derive(Debug, Clone)]
@@ -60,36 +82,35 @@ impl DynamoStore {
         }
     }
 
-    pub(super) fn key(lock: &str) -> Item {
+    fn key(lock: &str) -> Item {
         HashMap::from([("LockID".to_string(), AttributeValue::S(lock.to_string()))])
     }
 
     /// Maps an SDK failure of `action`, with the table-specific cases first.
     fn error(&self, failure: Failure, action: &str, lock: &str) -> Error {
         let store = self.url();
-        if let Failure::Service { code, message, .. } = &failure {
-            if code == "ResourceNotFoundException" {
-                return Error::Config(format!(
-                    "{store}: table {t:?} does not exist in this account and region (lock {lock:?}). Create it with the \
-                     Terraform module in terraform/, or: aws dynamodb create-table --table-name {t} \
-                     --attribute-definitions AttributeName=LockID,AttributeType=S --key-schema \
-                     AttributeName=LockID,KeyType=HASH --billing-mode PAY_PER_REQUEST",
-                    t = self.table
-                ));
-            }
-            if code == "ValidationException" {
-                let hint = if message.contains("key") {
-                    "; the table's key schema must be LockID (String) alone as partition key"
-                } else {
-                    ""
-                };
-                return Error::Config(format!("{store}: {action} of lock {lock:?} was refused: {message}{hint}"));
-            }
+        let refused = |hint: &str| {
+            let message = match &failure.kind {
+                Kind::Service { message, .. } => message.as_str(),
+                _ => "",
+            };
+            Error::Config(format!("{store}: {action} of lock {lock:?} was refused: {message}{hint}"))
+        };
+        match Answer::of(&failure) {
+            Answer::NoTable => Error::Config(format!(
+                "{store}: table {t:?} does not exist in this account and region (lock {lock:?}). Create it with the \
+                 Terraform module in terraform/, or: aws dynamodb create-table --table-name {t} \
+                 --attribute-definitions AttributeName=LockID,AttributeType=S --key-schema \
+                 AttributeName=LockID,KeyType=HASH --billing-mode PAY_PER_REQUEST",
+                t = self.table
+            )),
+            Answer::WrongKey => refused("; the table's key schema must be LockID (String) alone as partition key"),
+            Answer::MissingPath | Answer::Invalid => refused(""),
+            Answer::Other => failure.into_error(&format!("dynamodb:{action}"), &format!("table {} (lock {lock:?})", self.table), &store),
         }
-        failure.into_error(&format!("dynamodb:{action}"), &format!("table {} (lock {lock:?})", self.table), &store)
     }
 
-    pub(super) fn parse(&self, lock: &str, item: Option<&Item>) -> Observed {
+    fn parse(&self, lock: &str, item: Option<&Item>) -> Observed {
         let Some(item) = item.filter(|i| !i.is_empty()) else {
             return Observed {
                 state: State::Absent,
@@ -173,143 +194,10 @@ impl DynamoStore {
                 if let Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) = e.as_service_error() {
                     return Ok(Written::Conflict(self.parse(w.lock, c.item())));
                 }
-                Err(self.error(aws::failure(&e), "PutItem", w.lock))
+                Err(self.error(aws::failure(e), "PutItem", w.lock))
             }
         }
     }
-}
-
-/// The `ExpressionAttributeNames` for the placeholders used (DynamoDB refuses unused ones).
-fn names(used: &[&str]) -> Item2 {
-    NAMES
-        .iter()
-        .filter(|(p, _)| used.contains(p))
-        .map(|(p, n)| (p.to_string(), n.to_string()))
-        .collect()
-}
-
-pub(super) type Item2 = HashMap<String, String>;
-
-/// Placeholders that occur in `expr` as whole tokens (`#h` is not `#hi`).
-fn used_names(expr: &str) -> Vec<&'static str> {
-    let tokens: Vec<&str> = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).collect();
-    NAMES.iter().map(|(p, _)| *p).filter(|p| tokens.contains(p)).collect()
-}
-
-pub(super) fn av<T: serde::Serialize>(value: &T) -> Result<AttributeValue> {
-    serde_dynamo::to_attribute_value(value).map_err(|e| Error::other("cannot encode a lock attribute", e))
-}
-
-/// The update expression, values and the placeholders of queue keys for a change. With
-/// `dequeue`, a grant also removes the queue entries it names (they were in the map it read).
-fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Item2)> {
-    let c = w.change;
-    let mut set = vec!["#r = :r".to_string()];
-    let mut remove = Vec::new();
-    let mut values: Item = HashMap::from([(":r".to_string(), AttributeValue::S(c.rvn.clone()))]);
-    let mut opt = |name: &str, value: Option<i64>, set: &mut Vec<String>, values: &mut Item| match value {
-        Some(v) => {
-            set.push(format!("{name} = :{}", &name[1..]));
-            values.insert(format!(":{}", &name[1..]), AttributeValue::N(v.to_string()));
-        }
-        None => remove.push(name.to_string()),
-    };
-    opt("#l", c.lease_expires_at, &mut set, &mut values);
-    opt("#e", c.expires_at, &mut set, &mut values);
-    let now = AttributeValue::N(c.now.to_string());
-    let mut keys = Item2::new();
-    match &c.action {
-        Action::Grant(g) => {
-            set.extend(["#o = :o", "#t = :t", "#a = :now", "#rn = :now", "#h = :h"].map(String::from));
-            values.insert(":o".into(), AttributeValue::S(g.owner.clone()));
-            values.insert(":t".into(), AttributeValue::S(g.token.clone()));
-            values.insert(":h".into(), av(&g.holder)?);
-            values.insert(":now".into(), now);
-            // An item created here starts its fence at the store ms of the write (see
-            // `Record::created`); one that exists counts on from its own.
-            set.push("#f = if_not_exists(#f, :base) + :one".into());
-            values.insert(":base".into(), AttributeValue::N(c.fence_floor.to_string()));
-            values.insert(":one".into(), AttributeValue::N("1".into()));
-            for (i, token) in g.dequeue.iter().enumerate().filter(|_| dequeue) {
-                // Removing map keys leaves Rvn and the holder fields alone; no path overlaps them.
-                remove.push(format!("#ws.#q{i}"));
-                keys.insert(format!("#q{i}"), token.clone());
-                keys.insert("#ws".into(), "Waiters".into());
-            }
-        }
-        Action::Renew { restamp, raise_fence } => {
-            set.push("#rn = :now".into());
-            if *restamp {
-                set.push("#a = :now".into());
-            }
-            // Only ever asked for above the fence the caller read at this Rvn (the condition).
-            if let Some(f) = raise_fence {
-                set.push("#f = :nf".into());
-                values.insert(":nf".into(), AttributeValue::N(f.to_string()));
-            }
-            values.insert(":now".into(), now);
-        }
-        Action::Release => remove.extend(["#o", "#t", "#a", "#rn", "#h"].map(String::from)),
-    }
-    if let Some(event) = &c.event {
-        set.push("#hi = list_append(if_not_exists(#hi, :empty), :ev)".into());
-        values.insert(":empty".into(), AttributeValue::L(vec![]));
-        values.insert(":ev".into(), AttributeValue::L(vec![av(event)?]));
-    }
-    let mut expr = format!("SET {}", set.join(", "));
-    if !remove.is_empty() {
-        expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
-    }
-    Ok((expr, values, keys))
-}
-
-/// The condition for an expectation (docs/design.md, rules 2, 4, 5); `None` for `Expect::Exact`,
-/// which is written whole with PutItem (see `put_exact`).
-fn condition_for(expect: &Expect, blind: bool, values: &mut Item) -> Option<String> {
-    let mut s = |k: &str, v: &str| {
-        values.insert(k.to_string(), AttributeValue::S(v.to_string()));
-    };
-    let condition = match expect {
-        // A free tombstone must still be a well-formed one: a grant over an item whose Fence
-        // is missing or mistyped would restart the fence.
-        Expect::Vacant if blind => {
-            s(":tn", "N");
-            s(":ts", "S");
-            s(":tl", "L");
-            values.insert(":zero".into(), AttributeValue::N("0".into()));
-            // Nothing was read, so the condition also checks what a read would have: a Fence
-            // that is not negative and a History that is a list. A blind grant must not jump a
-            // queue it never saw either (see `Write::admits`).
-            "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND #f >= :zero \
-             AND attribute_type(#r, :ts) AND (attribute_not_exists(#hi) OR attribute_type(#hi, :tl)) \
-             AND (attribute_not_exists(#ws) OR size(#ws) = :zero))"
-                .into()
-        }
-        Expect::Vacant => {
-            s(":tn", "N");
-            s(":ts", "S");
-            "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND attribute_type(#r, :ts))".into()
-        }
-        Expect::Owner(o) => {
-            s(":eo", o);
-            "#o = :eo".into()
-        }
-        Expect::Token(t) => {
-            s(":et", t);
-            "#t = :et".into()
-        }
-        Expect::TokenRvn { token, rvn } => {
-            s(":et", token);
-            s(":er", rvn);
-            "#t = :et AND #r = :er".into()
-        }
-        Expect::Rvn(rvn) => {
-            s(":er", rvn);
-            "#r = :er".into()
-        }
-        Expect::Exact => return None,
-    };
-    Some(condition)
 }
 
 #[async_trait]
@@ -335,30 +223,33 @@ impl Store for DynamoStore {
             .consistent_read(consistent)
             .send()
             .await
-            .map_err(|e| self.error(aws::failure(&e), "GetItem", lock))?;
+            .map_err(|e| self.error(aws::failure(e), "GetItem", lock))?;
         Ok(self.parse(lock, out.item()))
     }
 
     async fn write(&self, w: Write<'_>) -> Result<Written> {
-        match self.update(&w, true).await {
+        let dequeue = matches!(&w.change.action, Action::Grant(g) if !g.dequeue.is_empty());
+        let failure = match self.update(&w, dequeue).await? {
+            Ok(written) => return Ok(written),
+            Err(failure) => failure,
+        };
+        if dequeue && Answer::of(&failure) == Answer::MissingPath {
             // The queue map we saw is gone (only a break-glass rewrite drops it): grant anyway.
-            Err(Error::Config(m)) if m.contains("document path") && matches!(&w.change.action, Action::Grant(g) if !g.dequeue.is_empty()) => {
-                tracing::debug!("{}: the queue entries to remove are gone ({m}); granting without", self.url());
-                self.update(&w, false).await
-            }
-            other => other,
+            tracing::debug!("{}: the queue entries to remove from {:?} are gone; granting without", self.url(), w.lock);
+            return self.update(&w, false).await?.map_err(|f| self.error(f, "UpdateItem", w.lock));
         }
+        Err(self.error(failure, "UpdateItem", w.lock))
     }
 
     async fn update_waiters(&self, u: WaiterUpdate<'_>) -> Result<Option<Observed>> {
-        super::dynamo_queue::update_waiters(self, u).await
+        queue::update_waiters(self, u).await
     }
 
     async fn list(&self) -> Result<Vec<(String, Observed)>> {
         let mut out = Vec::new();
         let mut pages = self.client.scan().table_name(&self.table).into_paginator().items().send();
         while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| self.error(aws::failure(&e), "Scan", "*"))?;
+            let item = item.map_err(|e| self.error(aws::failure(e), "Scan", "*"))?;
             let name = item.get("LockID").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
             let observed = self.parse(&name, Some(&item));
             out.push((name, observed));
@@ -368,16 +259,17 @@ impl Store for DynamoStore {
     }
 
     async fn doctor(&self) -> Vec<Check> {
-        super::doctor_dynamo::run(self).await
+        doctor::run(self).await
     }
 }
 
 impl DynamoStore {
-    /// One conditional UpdateItem for a holder-side write (see `write`).
-    async fn update(&self, w: &Write<'_>, dequeue: bool) -> Result<Written> {
+    /// One conditional UpdateItem for a holder-side write (see `write`); the service's refusal
+    /// (other than the condition's) comes back unmapped, for `write` to judge.
+    async fn update(&self, w: &Write<'_>, dequeue: bool) -> Result<Result<Written, Failure>> {
         let (update, mut values, keys) = update_for(w, dequeue)?;
         let Some(condition) = condition_for(&w.expect, w.is_blind_grant(), &mut values) else {
-            return self.put_exact(w).await;
+            return self.put_exact(w).await.map(Ok);
         };
         let mut names = names(&used_names(&format!("{update} {condition}")));
         names.extend(keys);
@@ -398,7 +290,7 @@ impl DynamoStore {
             Ok(out) => match self.parse(w.lock, out.attributes()).state {
                 State::Valid(record) => {
                     self.trim_history(w.lock, &record).await;
-                    Ok(Written::Done(record))
+                    Ok(Ok(Written::Done(record)))
                 }
                 other => Err(Error::Config(format!(
                     "{}: lock {:?} reads back unparseable after our write ({other:?}); another tool may be writing to this table",
@@ -410,106 +302,70 @@ impl DynamoStore {
                 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
                 if let Some(UpdateItemError::ConditionalCheckFailedException(c)) = e.as_service_error() {
                     // Emulators that ignore ALL_OLD send no item: read it instead.
-                    return Ok(Written::Conflict(match c.item() {
+                    return Ok(Ok(Written::Conflict(match c.item() {
                         Some(item) => self.parse(w.lock, Some(item)),
                         None => self.read(w.lock, true).await?,
-                    }));
+                    })));
                 }
-                Err(self.error(aws::failure(&e), "UpdateItem", w.lock))
+                Ok(Err(aws::failure(e)))
             }
         }
     }
+}
 
-    pub(super) fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub(super) fn table(&self) -> &str {
-        &self.table
-    }
-
-    pub(super) fn map_error(&self, failure: Failure, action: &str, lock: &str) -> Error {
-        self.error(failure, action, lock)
+#[cfg(feature = "negative-control")]
+impl DynamoStore {
+    /// The negative control's write around the compare-and-set (see `store::broken`).
+    pub(super) async fn overwrite(&self, record: &Record) -> Result<()> {
+        let item = serde_dynamo::to_item(record).map_err(|e| Error::other("negative control: cannot encode the record", e))?;
+        let put = self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await;
+        put.map_err(|e| Error::unavailable("negative control: PutItem failed", e))?;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Change, Event, EventKind, Grantee, Holder};
 
-    #[test]
-    fn placeholders_are_matched_as_whole_tokens() {
-        assert_eq!(used_names("SET #hi = list_append(#hi, :ev)"), vec!["#hi"]);
-        assert_eq!(used_names("SET #h = :h, #r = :r"), vec!["#r", "#h"]);
+    fn service(code: &str, message: &str) -> Failure {
+        Failure {
+            kind: Kind::Service {
+                code: code.into(),
+                status: 400,
+                message: message.into(),
+            },
+            source: Some("the SDK's error".into()),
+        }
     }
 
     #[test]
-    fn grant_sets_holder_fields_and_counts_the_fence_on_from_store_ms() {
-        let change = Change {
-            action: Action::Grant(Grantee {
-                owner: "o".into(),
-                token: "t".into(),
-                holder: Holder::default(),
-                dequeue: vec!["q".into()],
-            }),
-            rvn: "r".into(),
-            now: 5,
-            lease_expires_at: None,
-            expires_at: None,
-            fence_floor: 5,
-            event: Some(Event {
-                event: EventKind::Acquired,
-                owner: "o".into(),
-                fence: None,
-                at: 5,
-                by: None,
-                why: None,
-                from: None,
-            }),
+    fn answers_are_classified_once_by_code_then_message() {
+        let missing = "The document path provided in the update expression is invalid for update";
+        assert_eq!(Answer::of(&service("ValidationException", missing)), Answer::MissingPath);
+        let key = "The provided key element does not match the schema";
+        assert_eq!(Answer::of(&service("ValidationException", key)), Answer::WrongKey);
+        assert_eq!(
+            Answer::of(&service("ValidationException", "ExpressionAttributeValues must not be empty")),
+            Answer::Invalid
+        );
+        assert_eq!(
+            Answer::of(&service("ResourceNotFoundException", "Requested resource not found")),
+            Answer::NoTable
+        );
+        assert_eq!(Answer::of(&service("ThrottlingException", "slow down")), Answer::Other);
+        let transient = Failure {
+            kind: Kind::Transient("timed out".into()),
+            source: None,
         };
-        let w = Write {
-            lock: "l",
-            expect: Expect::Vacant,
-            base: None,
-            change: &change,
-        };
-        let (expr, values, keys) = update_for(&w, true).unwrap();
-        assert!(expr.contains("#f = if_not_exists(#f, :base) + :one"), "{expr}");
-        assert_eq!(values[":base"], AttributeValue::N("5".into()));
-        assert!(expr.contains("REMOVE #l, #e, #ws.#q0"), "{expr}");
-        assert_eq!(keys["#q0"], "q");
-        assert!(!update_for(&w, false).unwrap().0.contains("#ws"));
-        assert!(expr.contains("#o = :o") && expr.contains("list_append"), "{expr}");
-        assert_eq!(values[":one"], AttributeValue::N("1".into()));
+        assert_eq!(Answer::of(&transient), Answer::Other);
     }
 
     #[test]
-    fn a_blind_grant_needs_an_empty_queue() {
-        let mut values = Item::new();
-        assert!(condition_for(&Expect::Vacant, true, &mut values).unwrap().contains("size(#ws) = :zero"));
-        assert!(!condition_for(&Expect::Vacant, false, &mut Item::new()).unwrap().contains("#ws"));
-    }
-
-    #[test]
-    fn release_removes_holder_fields_and_keeps_the_fence() {
-        let change = Change {
-            action: Action::Release,
-            rvn: "r".into(),
-            now: 5,
-            lease_expires_at: None,
-            expires_at: Some(9),
-            fence_floor: 5,
-            event: None,
-        };
-        let w = Write {
-            lock: "l",
-            expect: Expect::Owner("o".into()),
-            base: None,
-            change: &change,
-        };
-        let (expr, _, _) = update_for(&w, true).unwrap();
-        assert!(expr.contains("REMOVE #l, #o, #t, #a, #rn, #h"), "{expr}");
-        assert!(!expr.contains("#f"), "{expr}");
+    fn the_sdk_error_stays_the_source() {
+        let err = service("ThrottlingException", "slow down").into_error("dynamodb:GetItem", "table t", "dynamodb://t");
+        assert_eq!(err.exit_code(), crate::exit::UNAVAILABLE, "{err}");
+        let source = std::error::Error::source(&err).expect("a source");
+        assert_eq!(source.to_string(), "the SDK's error");
     }
 }

@@ -76,6 +76,7 @@ impl FileDir {
         match e.kind() {
             ErrorKind::PermissionDenied => Error::AccessDenied {
                 message: format!("{message}; fix the directory's permissions"),
+                source: Some(Box::new(e)),
             },
             _ => Error::other(message, e),
         }

@@ -14,10 +14,7 @@ use crate::record::{Change, Record, Waiter};
 pub mod aws;
 #[cfg(feature = "negative-control")]
 mod broken;
-mod doctor_dynamo;
-mod doctor_s3;
 pub mod dynamo;
-mod dynamo_queue;
 pub mod file;
 pub mod memory;
 pub mod s3;

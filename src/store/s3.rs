@@ -12,9 +12,11 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::aws::{self, AwsOptions, Failure, Meter};
+use super::aws::{self, AwsOptions, Failure, Kind, Meter};
 use super::whole::{MAX_RECORD_BYTES, Object, Objects, PutMode, PutOutcome, Whole};
 use super::{Check, Store, decode_name, encode_name};
+
+mod doctor;
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 
@@ -134,25 +136,25 @@ impl Whole<S3Bucket> {
 }
 
 impl S3Bucket {
-    pub(super) fn key(&self, lock: &str) -> String {
+    fn key(&self, lock: &str) -> String {
         object_key(&self.prefix, lock)
     }
 
     /// Maps an SDK failure of the IAM action `action` (`s3:GetObject`), bucket cases first.
-    pub(super) fn error<E>(&self, err: &SdkError<E, HttpResponse>, action: &str, what: &str) -> Error
+    fn error<E>(&self, err: SdkError<E, HttpResponse>, action: &str, what: &str) -> Error
     where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let bucket_region = match err {
+        let bucket_region = match &err {
             SdkError::ServiceError(se) => se.raw().headers().get("x-amz-bucket-region").map(str::to_string),
             _ => None,
         };
         self.map_failure(aws::failure(err), bucket_region, action, what)
     }
 
-    pub(super) fn map_failure(&self, failure: Failure, bucket_region: Option<String>, action: &str, what: &str) -> Error {
+    fn map_failure(&self, failure: Failure, bucket_region: Option<String>, action: &str, what: &str) -> Error {
         let store = self.url();
-        if let Failure::Service { code, status, message } = &failure {
+        if let Kind::Service { code, status, message } = &failure.kind {
             match classify(*status, code) {
                 Answer::NoBucket => {
                     let at = if what.is_empty() { String::new() } else { format!(" (at {what})") };
@@ -191,7 +193,7 @@ impl S3Bucket {
                 {
                     return Ok(None);
                 }
-                return Err(self.error(&e, "s3:GetObject", &key));
+                return Err(self.error(e, "s3:GetObject", &key));
             }
         };
         let tag = out.e_tag().map(|e| Etag(e.to_string()));
@@ -209,22 +211,6 @@ impl S3Bucket {
         }
         bytes.truncate(MAX_RECORD_BYTES as usize + 1);
         Ok(Some(Object { bytes, tag }))
-    }
-
-    pub(super) fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub(super) fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
-    pub(super) fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    pub(super) fn region(&self) -> &str {
-        &self.region
     }
 }
 
@@ -283,7 +269,7 @@ impl Objects for S3Bucket {
             Answer::Concurrent => Ok(PutOutcome::Refused(None)),
             // 404 to If-Match: the object was deleted meanwhile; the read shows it absent.
             Answer::Gone => Ok(PutOutcome::Refused(None)),
-            _ => Err(self.error(&e, "s3:PutObject", &key)),
+            _ => Err(self.error(e, "s3:PutObject", &key)),
         }
     }
 
@@ -300,7 +286,7 @@ impl Objects for S3Bucket {
         let mut names = Vec::new();
         let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&prefix).into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error(&e, "s3:ListBucket", &prefix))?;
+            let page = page.map_err(|e| self.error(e, "s3:ListBucket", &prefix))?;
             names.extend(page.contents().iter().filter_map(|o| lock_name(&self.prefix, o.key()?)));
         }
         let mut out = Vec::with_capacity(names.len());
@@ -314,7 +300,26 @@ impl Objects for S3Bucket {
     }
 
     async fn doctor(&self, _store: &dyn Store) -> Vec<Check> {
-        super::doctor_s3::run(self).await
+        doctor::run(self).await
+    }
+}
+
+#[cfg(feature = "negative-control")]
+impl S3Bucket {
+    /// The negative control's write around the compare-and-set (see `store::broken`).
+    pub(super) async fn overwrite(&self, lock: &str, record: &crate::record::Record) -> Result<()> {
+        let body = serde_json::to_vec_pretty(record).map_err(|e| Error::other("negative control: cannot encode the record", e))?;
+        let put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(lock))
+            .content_type("application/json")
+            .body(body.into());
+        put.send()
+            .await
+            .map_err(|e| Error::unavailable("negative control: PutObject failed", e))?;
+        Ok(())
     }
 }
 

@@ -127,7 +127,8 @@ impl<P> Whole<P> {
         }
     }
 
-    /// The object primitives underneath.
+    /// The object primitives underneath (for the negative control's raw writes).
+    #[cfg(feature = "negative-control")]
     pub(crate) fn objects(&self) -> &P {
         &self.objects
     }

@@ -4,16 +4,16 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeyType, ScalarAttributeType, TimeToLiveStatus};
 
-use super::aws::failure;
-use super::dynamo::DynamoStore;
-use super::{Check, Outcome, Store};
+use super::DynamoStore;
+use crate::store::aws::failure;
+use crate::store::{Check, Outcome, Store};
 
 const SCRATCH_PREFIX: &str = "pipeline-lock-doctor/";
 
 pub(super) async fn run(store: &DynamoStore) -> Vec<Check> {
     let mut checks = Vec::new();
-    let table = store.table().to_string();
-    let client = store.client();
+    let table = store.table.clone();
+    let client = &store.client;
 
     match client.describe_table().table_name(&table).send().await {
         Ok(out) => {
@@ -48,7 +48,7 @@ pub(super) async fn run(store: &DynamoStore) -> Vec<Check> {
             });
         }
         Err(e) => {
-            let err = store.map_error(failure(&e), "DescribeTable", "-");
+            let err = store.error(failure(e), "DescribeTable", "-");
             checks.push(Check::new("table exists", Outcome::Fail, err.to_string()));
             return checks;
         }
@@ -75,7 +75,7 @@ pub(super) async fn run(store: &DynamoStore) -> Vec<Check> {
         Err(e) => Check::new(
             "TTL on ExpiresAt",
             Outcome::Warn,
-            store.map_error(failure(&e), "DescribeTimeToLive", "-").to_string(),
+            store.error(failure(e), "DescribeTimeToLive", "-").to_string(),
         ),
     });
 
@@ -85,8 +85,8 @@ pub(super) async fn run(store: &DynamoStore) -> Vec<Check> {
 
 /// Writes a scratch item, proves that conditions are enforced, and deletes it again.
 async fn conditional_writes(store: &DynamoStore) -> Vec<Check> {
-    let client = store.client();
-    let table = store.table();
+    let client = &store.client;
+    let table = &store.table;
     let key = format!("{SCRATCH_PREFIX}{:016x}", rand::random::<u64>());
     let item = |rvn: &str| {
         HashMap::from([
@@ -114,7 +114,7 @@ async fn conditional_writes(store: &DynamoStore) -> Vec<Check> {
         checks.push(Check::new(
             "permission PutItem",
             Outcome::Fail,
-            store.map_error(failure(&e), "PutItem", &key).to_string(),
+            store.error(failure(e), "PutItem", &key).to_string(),
         ));
         return checks;
     }
@@ -148,7 +148,7 @@ async fn conditional_writes(store: &DynamoStore) -> Vec<Check> {
         .return_values_on_condition_check_failure(aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld)
         .send()
         .await;
-    checks.push(match &update {
+    checks.push(match update {
         Err(e) => match e.as_service_error() {
             Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
                 let detail = if c.item().is_some() {
@@ -161,7 +161,7 @@ async fn conditional_writes(store: &DynamoStore) -> Vec<Check> {
             _ => Check::new(
                 "permission UpdateItem",
                 Outcome::Fail,
-                store.map_error(failure(e), "UpdateItem", &key).to_string(),
+                store.error(failure(e), "UpdateItem", &key).to_string(),
             ),
         },
         Ok(_) => Check::new(
@@ -182,11 +182,7 @@ async fn conditional_writes(store: &DynamoStore) -> Vec<Check> {
         {
             Ok(out) if out.item().is_some() => Check::new("permission GetItem", Outcome::Pass, "read the scratch item back"),
             Ok(_) => Check::new("permission GetItem", Outcome::Fail, "the scratch item just written reads as absent"),
-            Err(e) => Check::new(
-                "permission GetItem",
-                Outcome::Fail,
-                store.map_error(failure(&e), "GetItem", &key).to_string(),
-            ),
+            Err(e) => Check::new("permission GetItem", Outcome::Fail, store.error(failure(e), "GetItem", &key).to_string()),
         },
     );
 
@@ -207,7 +203,7 @@ async fn conditional_writes(store: &DynamoStore) -> Vec<Check> {
                 Outcome::Fail,
                 format!(
                     "{} (scratch item {key} left behind; TTL removes it within a day when TTL is on)",
-                    store.map_error(failure(&e), "DeleteItem", &key)
+                    store.error(failure(e), "DeleteItem", &key)
                 ),
             ),
         },

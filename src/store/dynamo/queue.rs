@@ -6,9 +6,10 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
-use super::dynamo::{DynamoStore, Item, Item2, av};
-use super::{Observed, State, Store, WaiterUpdate, aws};
+use super::expr::{Names, av};
+use super::{DynamoStore, Item};
 use crate::error::{Error, Result};
+use crate::store::{Observed, State, Store, WaiterUpdate, aws};
 
 /// Conditional rounds a waiter update tries before leaving it to the next poll.
 const WAITER_ROUNDS: u32 = 3;
@@ -17,7 +18,7 @@ const WAITER_ROUNDS: u32 = 3;
 struct WaiterPlan {
     update: String,
     condition: String,
-    names: Item2,
+    names: Names,
     values: Item,
 }
 
@@ -50,7 +51,7 @@ fn waiter_plan(u: &WaiterUpdate<'_>, base: &Observed) -> Result<Option<WaiterPla
     // eventually consistent read that does not show our entry yet).
     let remove = u.remove;
     // DynamoDB refuses placeholders an expression does not use: add each where it is used.
-    let mut names = Item2::from([("#ws".to_string(), "Waiters".to_string())]);
+    let mut names = Names::from([("#ws".to_string(), "Waiters".to_string())]);
     let mut values = Item::new();
     if !has_map {
         let Some((token, entry)) = u.set else {
@@ -113,9 +114,9 @@ pub(super) async fn update_waiters(store: &DynamoStore, u: WaiterUpdate<'_>) -> 
             return Ok(Some(base));
         };
         let result = store
-            .client()
+            .client
             .update_item()
-            .table_name(store.table())
+            .table_name(&store.table)
             .set_key(Some(DynamoStore::key(u.lock)))
             .update_expression(plan.update)
             .condition_expression(plan.condition)
@@ -140,7 +141,7 @@ pub(super) async fn update_waiters(store: &DynamoStore, u: WaiterUpdate<'_>) -> 
                         };
                     }
                     _ => {
-                        let err = store.map_error(aws::failure(&e), "UpdateItem", u.lock);
+                        let err = store.error(aws::failure(e), "UpdateItem", u.lock);
                         if matches!(err, Error::Config(_)) {
                             // Bookkeeping is never worth failing the wait over.
                             tracing::warn!("queue update of {:?} refused: {err}", u.lock);

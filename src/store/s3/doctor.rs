@@ -7,10 +7,10 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::aws::{Failure, failure};
-use super::s3::{Answer, DOCTOR_SCRATCH, S3Bucket, classify, list_prefix};
-use super::whole::Objects;
-use super::{Check, Outcome};
+use super::{Answer, DOCTOR_SCRATCH, S3Bucket, classify, list_prefix};
+use crate::store::aws::{Failure, Kind};
+use crate::store::whole::Objects;
+use crate::store::{Check, Outcome};
 
 /// An ETag no object has: S3 ETags are quoted MD5s (or MD5-N for multipart uploads).
 const WRONG_ETAG: &str = "\"00000000000000000000000000000000\"";
@@ -25,12 +25,12 @@ fn answer<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<An
 
 pub(super) async fn run(store: &S3Bucket) -> Vec<Check> {
     let mut checks = Vec::new();
-    let client = store.client();
-    let bucket = store.bucket();
+    let client = &store.client;
+    let bucket = &store.bucket;
 
     match client.head_bucket().bucket(bucket).send().await {
         Ok(out) => {
-            let region = out.bucket_region().unwrap_or(store.region());
+            let region = out.bucket_region().unwrap_or(&store.region);
             checks.push(Check::new(
                 "bucket exists",
                 Outcome::Pass,
@@ -38,9 +38,10 @@ pub(super) async fn run(store: &S3Bucket) -> Vec<Check> {
             ));
         }
         Err(e) => {
-            let err = match (failure(&e), &e) {
+            let err = match &e {
                 // HEAD answers have no body, so only the status tells what went wrong.
-                (Failure::Service { status, .. }, SdkError::ServiceError(se)) if se.err().code().is_none() => {
+                SdkError::ServiceError(se) if se.err().code().is_none() => {
+                    let status = se.raw().status().as_u16();
                     let code = match status {
                         404 => "NoSuchBucket",
                         403 => "AccessDenied",
@@ -50,24 +51,27 @@ pub(super) async fn run(store: &S3Bucket) -> Vec<Check> {
                     let bucket_region = se.raw().headers().get("x-amz-bucket-region").map(str::to_string);
                     let message = format!("HeadBucket answered {status} without a body");
                     store.map_failure(
-                        Failure::Service {
-                            code: code.into(),
-                            status,
-                            message,
+                        Failure {
+                            kind: Kind::Service {
+                                code: code.into(),
+                                status,
+                                message,
+                            },
+                            source: Some(Box::new(e)),
                         },
                         bucket_region,
                         "s3:ListBucket",
                         "",
                     )
                 }
-                _ => store.error(&e, "s3:ListBucket", ""),
+                _ => store.error(e, "s3:ListBucket", ""),
             };
             checks.push(Check::new("bucket exists", Outcome::Fail, err.to_string()));
             return checks;
         }
     }
 
-    let prefix = list_prefix(store.prefix());
+    let prefix = list_prefix(&store.prefix);
     checks.push(match client.list_objects_v2().bucket(bucket).prefix(&prefix).max_keys(1).send().await {
         Ok(_) => Check::new("permission ListBucket", Outcome::Pass, format!("listed {prefix:?}")),
         Err(e) => Check::new(
@@ -75,7 +79,7 @@ pub(super) async fn run(store: &S3Bucket) -> Vec<Check> {
             Outcome::Warn,
             format!(
                 "{}; only `list` needs it, acquire/release/renew do not",
-                store.error(&e, "s3:ListBucket", &prefix)
+                store.error(e, "s3:ListBucket", &prefix)
             ),
         ),
     });
@@ -86,10 +90,10 @@ pub(super) async fn run(store: &S3Bucket) -> Vec<Check> {
 
 /// Writes a scratch object, proves that conditional headers are enforced, and deletes it.
 async fn conditional_writes(store: &S3Bucket) -> Vec<Check> {
-    let client = store.client();
-    let bucket = store.bucket();
+    let client = &store.client;
+    let bucket = &store.bucket;
     // `list` skips these; the random part keeps it clear of any real lock.
-    let key = format!("{}{DOCTOR_SCRATCH}{:016x}.lock", list_prefix(store.prefix()), rand::random::<u64>());
+    let key = format!("{}{DOCTOR_SCRATCH}{:016x}.lock", list_prefix(&store.prefix), rand::random::<u64>());
     let body = |n: &str| ByteStream::from(format!("{{\"Doctor\":\"{n}\",\"At\":{}}}", store.clock().now_ms()).into_bytes());
     let mut checks = Vec::new();
 
@@ -110,7 +114,7 @@ async fn conditional_writes(store: &S3Bucket) -> Vec<Check> {
             checks.push(Check::new(
                 "permission PutObject",
                 Outcome::Fail,
-                store.error(&e, "s3:PutObject", &key).to_string(),
+                store.error(e, "s3:PutObject", &key).to_string(),
             ));
             return checks;
         }
@@ -125,9 +129,9 @@ async fn conditional_writes(store: &S3Bucket) -> Vec<Check> {
         .body(body("second"))
         .send()
         .await;
-    checks.push(match &second {
-        Err(e) if answer(e) == Some(Answer::Changed) => Check::new(name, Outcome::Pass, "412 PreconditionFailed"),
-        Err(e) if answer(e) == Some(Answer::Concurrent) => Check::new(name, Outcome::Pass, "409 ConditionalRequestConflict"),
+    checks.push(match second {
+        Err(e) if answer(&e) == Some(Answer::Changed) => Check::new(name, Outcome::Pass, "412 PreconditionFailed"),
+        Err(e) if answer(&e) == Some(Answer::Concurrent) => Check::new(name, Outcome::Pass, "409 ConditionalRequestConflict"),
         Err(e) => Check::new(
             name,
             Outcome::Fail,
@@ -156,8 +160,8 @@ async fn conditional_writes(store: &S3Bucket) -> Vec<Check> {
         .body(body("wrong-etag"))
         .send()
         .await;
-    checks.push(match &wrong {
-        Err(e) if answer(e) == Some(Answer::Changed) => Check::new(name, Outcome::Pass, "412 PreconditionFailed"),
+    checks.push(match wrong {
+        Err(e) if answer(&e) == Some(Answer::Changed) => Check::new(name, Outcome::Pass, "412 PreconditionFailed"),
         Err(e) => Check::new(
             name,
             Outcome::Fail,
@@ -194,7 +198,7 @@ async fn conditional_writes(store: &S3Bucket) -> Vec<Check> {
             checks.push(Check::new(
                 "permission GetObject",
                 Outcome::Fail,
-                store.error(&e, "s3:GetObject", &key).to_string(),
+                store.error(e, "s3:GetObject", &key).to_string(),
             ));
             first_etag
         }
@@ -213,7 +217,7 @@ async fn conditional_writes(store: &S3Bucket) -> Vec<Check> {
             Outcome::Fail,
             format!(
                 "{} (scratch object {key} left behind; delete it by hand)",
-                store.error(&e, "s3:DeleteObject", &key)
+                store.error(e, "s3:DeleteObject", &key)
             ),
         ),
     });

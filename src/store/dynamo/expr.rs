@@ -1,0 +1,243 @@
+//! The UpdateItem expressions of holder-side writes: what a change sets and removes, and the
+//! condition each `Expect` becomes (docs/design.md, rules 2 to 5).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::Item;
+use crate::error::{Error, Result};
+use crate::record::Action;
+use crate::store::{Expect, Write};
+
+/// Attribute-name placeholders: `Owner` is a reserved word, so every name goes through one.
+const NAMES: &[(&str, &str)] = &[
+    ("#k", "LockID"),
+    ("#o", "Owner"),
+    ("#t", "Token"),
+    ("#f", "Fence"),
+    ("#r", "Rvn"),
+    ("#a", "AcquiredAt"),
+    ("#rn", "RenewedAt"),
+    ("#l", "LeaseExpiresAt"),
+    ("#e", "ExpiresAt"),
+    ("#h", "Holder"),
+    ("#hi", "History"),
+    ("#ws", "Waiters"),
+    ("#sa", "SeenAt"),
+];
+
+/// The `ExpressionAttributeNames` for the placeholders used (DynamoDB refuses unused ones).
+pub(super) fn names(used: &[&str]) -> Names {
+    NAMES
+        .iter()
+        .filter(|(p, _)| used.contains(p))
+        .map(|(p, n)| (p.to_string(), n.to_string()))
+        .collect()
+}
+
+/// `ExpressionAttributeNames`: placeholder to attribute name.
+pub(super) type Names = HashMap<String, String>;
+
+/// Placeholders that occur in `expr` as whole tokens (`#h` is not `#hi`).
+pub(super) fn used_names(expr: &str) -> Vec<&'static str> {
+    let tokens: Vec<&str> = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).collect();
+    NAMES.iter().map(|(p, _)| *p).filter(|p| tokens.contains(p)).collect()
+}
+
+pub(super) fn av<T: serde::Serialize>(value: &T) -> Result<AttributeValue> {
+    serde_dynamo::to_attribute_value(value).map_err(|e| Error::other("cannot encode a lock attribute", e))
+}
+
+/// The update expression, values and the placeholders of queue keys for a change. With
+/// `dequeue`, a grant also removes the queue entries it names (they were in the map it read).
+pub(super) fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Names)> {
+    let c = w.change;
+    let mut set = vec!["#r = :r".to_string()];
+    let mut remove = Vec::new();
+    let mut values: Item = HashMap::from([(":r".to_string(), AttributeValue::S(c.rvn.clone()))]);
+    let mut opt = |name: &str, value: Option<i64>, set: &mut Vec<String>, values: &mut Item| match value {
+        Some(v) => {
+            set.push(format!("{name} = :{}", &name[1..]));
+            values.insert(format!(":{}", &name[1..]), AttributeValue::N(v.to_string()));
+        }
+        None => remove.push(name.to_string()),
+    };
+    opt("#l", c.lease_expires_at, &mut set, &mut values);
+    opt("#e", c.expires_at, &mut set, &mut values);
+    let now = AttributeValue::N(c.now.to_string());
+    let mut keys = Names::new();
+    match &c.action {
+        Action::Grant(g) => {
+            set.extend(["#o = :o", "#t = :t", "#a = :now", "#rn = :now", "#h = :h"].map(String::from));
+            values.insert(":o".into(), AttributeValue::S(g.owner.clone()));
+            values.insert(":t".into(), AttributeValue::S(g.token.clone()));
+            values.insert(":h".into(), av(&g.holder)?);
+            values.insert(":now".into(), now);
+            // An item created here starts its fence at the store ms of the write (see
+            // `Record::created`); one that exists counts on from its own.
+            set.push("#f = if_not_exists(#f, :base) + :one".into());
+            values.insert(":base".into(), AttributeValue::N(c.fence_floor.to_string()));
+            values.insert(":one".into(), AttributeValue::N("1".into()));
+            for (i, token) in g.dequeue.iter().enumerate().filter(|_| dequeue) {
+                // Removing map keys leaves Rvn and the holder fields alone; no path overlaps them.
+                remove.push(format!("#ws.#q{i}"));
+                keys.insert(format!("#q{i}"), token.clone());
+                keys.insert("#ws".into(), "Waiters".into());
+            }
+        }
+        Action::Renew { restamp, raise_fence } => {
+            set.push("#rn = :now".into());
+            if *restamp {
+                set.push("#a = :now".into());
+            }
+            // Only ever asked for above the fence the caller read at this Rvn (the condition).
+            if let Some(f) = raise_fence {
+                set.push("#f = :nf".into());
+                values.insert(":nf".into(), AttributeValue::N(f.to_string()));
+            }
+            values.insert(":now".into(), now);
+        }
+        Action::Release => remove.extend(["#o", "#t", "#a", "#rn", "#h"].map(String::from)),
+    }
+    if let Some(event) = &c.event {
+        set.push("#hi = list_append(if_not_exists(#hi, :empty), :ev)".into());
+        values.insert(":empty".into(), AttributeValue::L(vec![]));
+        values.insert(":ev".into(), AttributeValue::L(vec![av(event)?]));
+    }
+    let mut expr = format!("SET {}", set.join(", "));
+    if !remove.is_empty() {
+        expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
+    }
+    Ok((expr, values, keys))
+}
+
+/// The condition for an expectation (docs/design.md, rules 2, 4, 5); `None` for `Expect::Exact`,
+/// which is written whole with PutItem (see `put_exact`).
+pub(super) fn condition_for(expect: &Expect, blind: bool, values: &mut Item) -> Option<String> {
+    let mut s = |k: &str, v: &str| {
+        values.insert(k.to_string(), AttributeValue::S(v.to_string()));
+    };
+    let condition = match expect {
+        // A free tombstone must still be a well-formed one: a grant over an item whose Fence
+        // is missing or mistyped would restart the fence.
+        Expect::Vacant if blind => {
+            s(":tn", "N");
+            s(":ts", "S");
+            s(":tl", "L");
+            values.insert(":zero".into(), AttributeValue::N("0".into()));
+            // Nothing was read, so the condition also checks what a read would have: a Fence
+            // that is not negative and a History that is a list. A blind grant must not jump a
+            // queue it never saw either (see `Write::admits`).
+            "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND #f >= :zero \
+             AND attribute_type(#r, :ts) AND (attribute_not_exists(#hi) OR attribute_type(#hi, :tl)) \
+             AND (attribute_not_exists(#ws) OR size(#ws) = :zero))"
+                .into()
+        }
+        Expect::Vacant => {
+            s(":tn", "N");
+            s(":ts", "S");
+            "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND attribute_type(#r, :ts))".into()
+        }
+        Expect::Owner(o) => {
+            s(":eo", o);
+            "#o = :eo".into()
+        }
+        Expect::Token(t) => {
+            s(":et", t);
+            "#t = :et".into()
+        }
+        Expect::TokenRvn { token, rvn } => {
+            s(":et", token);
+            s(":er", rvn);
+            "#t = :et AND #r = :er".into()
+        }
+        Expect::Rvn(rvn) => {
+            s(":er", rvn);
+            "#r = :er".into()
+        }
+        Expect::Exact => return None,
+    };
+    Some(condition)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Change, Event, EventKind, Grantee, Holder};
+
+    #[test]
+    fn placeholders_are_matched_as_whole_tokens() {
+        assert_eq!(used_names("SET #hi = list_append(#hi, :ev)"), vec!["#hi"]);
+        assert_eq!(used_names("SET #h = :h, #r = :r"), vec!["#r", "#h"]);
+    }
+
+    #[test]
+    fn grant_sets_holder_fields_and_counts_the_fence_on_from_store_ms() {
+        let change = Change {
+            action: Action::Grant(Grantee {
+                owner: "o".into(),
+                token: "t".into(),
+                holder: Holder::default(),
+                dequeue: vec!["q".into()],
+            }),
+            rvn: "r".into(),
+            now: 5,
+            lease_expires_at: None,
+            expires_at: None,
+            fence_floor: 5,
+            event: Some(Event {
+                event: EventKind::Acquired,
+                owner: "o".into(),
+                fence: None,
+                at: 5,
+                by: None,
+                why: None,
+                from: None,
+            }),
+        };
+        let w = Write {
+            lock: "l",
+            expect: Expect::Vacant,
+            base: None,
+            change: &change,
+        };
+        let (expr, values, keys) = update_for(&w, true).unwrap();
+        assert!(expr.contains("#f = if_not_exists(#f, :base) + :one"), "{expr}");
+        assert_eq!(values[":base"], AttributeValue::N("5".into()));
+        assert!(expr.contains("REMOVE #l, #e, #ws.#q0"), "{expr}");
+        assert_eq!(keys["#q0"], "q");
+        assert!(!update_for(&w, false).unwrap().0.contains("#ws"));
+        assert!(expr.contains("#o = :o") && expr.contains("list_append"), "{expr}");
+        assert_eq!(values[":one"], AttributeValue::N("1".into()));
+    }
+
+    #[test]
+    fn a_blind_grant_needs_an_empty_queue() {
+        let mut values = Item::new();
+        assert!(condition_for(&Expect::Vacant, true, &mut values).unwrap().contains("size(#ws) = :zero"));
+        assert!(!condition_for(&Expect::Vacant, false, &mut Item::new()).unwrap().contains("#ws"));
+    }
+
+    #[test]
+    fn release_removes_holder_fields_and_keeps_the_fence() {
+        let change = Change {
+            action: Action::Release,
+            rvn: "r".into(),
+            now: 5,
+            lease_expires_at: None,
+            expires_at: Some(9),
+            fence_floor: 5,
+            event: None,
+        };
+        let w = Write {
+            lock: "l",
+            expect: Expect::Owner("o".into()),
+            base: None,
+            change: &change,
+        };
+        let (expr, _, _) = update_for(&w, true).unwrap();
+        assert!(expr.contains("REMOVE #l, #o, #t, #a, #rn, #h"), "{expr}");
+        assert!(!expr.contains("#f"), "{expr}");
+    }
+}
