@@ -258,18 +258,11 @@ fn github_run(owner: &str) -> Option<(&str, &str, &str)> {
     Some((host, repo_path, digits(id)?))
 }
 
-/// Percent-encodes everything but unreserved characters (a GitLab project path becomes one
-/// path segment: `group/app` -> `group%2Fapp`).
+/// Percent-encodes everything but RFC 3986's unreserved characters (a GitLab project path
+/// becomes one path segment: `group/app` -> `group%2Fapp`).
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 #[cfg(test)]

@@ -121,33 +121,16 @@ impl StoreUrl {
 /// Encodes a lock name for a file name or object key: keeps `[A-Za-z0-9._-]`, writes every
 /// other byte as `%XX`, so no name can contain a path separator or climb out of its directory.
 pub fn encode_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(name, NAME_SAFE).to_string()
 }
 
-/// Reverses [`encode_name`]; `None` for what it cannot have produced.
+/// What a name keeps as it is in a file or object name: letters, digits and `._-`.
+const NAME_SAFE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
+
+/// Reverses [`encode_name`]; `None` for what it cannot have produced (a foreign file or key).
 pub fn decode_name(encoded: &str) -> Option<String> {
-    let bytes = encoded.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    let name = percent_encoding::percent_decode_str(encoded).decode_utf8().ok()?;
+    (encode_name(&name) == encoded).then(|| name.into_owned())
 }
 
 #[cfg(test)]
@@ -213,5 +196,11 @@ mod tests {
             assert_eq!(decode_name(&e).as_deref(), Some(name));
         }
         assert_eq!(encode_name("prod-1.x_y"), "prod-1.x_y");
+        assert_eq!(encode_name("a/b c~"), "a%2Fb%20c%7E");
+        // Not what encode_name writes: foreign files and keys are not lock names.
+        assert_eq!(decode_name("a%2fb"), None);
+        assert_eq!(decode_name("a b"), None);
+        assert_eq!(decode_name("a%zz"), None);
+        assert_eq!(decode_name("%FF"), None);
     }
 }

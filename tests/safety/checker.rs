@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Deserialize;
 
-/// One witness log entry (see `examples/witness.rs`).
+/// One witness log entry (see `testkit/src/bin/witness.rs`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Event {
     pub seq: u64,

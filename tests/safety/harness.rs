@@ -12,7 +12,7 @@ use crate::checker::{self, Exit, Input, Report};
 use crate::helpers::{Proxy, Witness};
 use crate::nemesis::{Fault, Nemesis};
 use crate::servers::{Kind, Server};
-use crate::tools::{Rng, example, pinned_binary, signal};
+use crate::tools::{Rng, pinned_binary, signal, tool};
 use crate::workload::{Invocation, Workload, lock};
 
 /// The contenders' skew margin (`--clock-margin`): a stale lease keeps others out this much
@@ -129,7 +129,7 @@ pub fn run(cfg: &Config) -> Outcome {
         heartbeat_ms: cfg.heartbeat_ms,
         retry_ms: cfg.retry_ms,
         witness: witness.addr(),
-        witness_bin: example("witness").display().to_string(),
+        witness_bin: tool("witness").display().to_string(),
         bin: bin.display().to_string(),
         broken: cfg.broken.map(str::to_string),
         queue: queue.to_string(),

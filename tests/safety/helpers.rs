@@ -1,10 +1,10 @@
 //! Handles on the two helper processes: the witness and the fault proxy (see their sources
-//! in `examples/`). Both are never paused and never run under `faketime`.
+//! in `testkit/src/bin/`). Both are never paused and never run under `faketime`.
 
 use std::process::{Child, Command};
 
 use crate::checker::Event;
-use crate::tools::{ask, example, spawn_helper};
+use crate::tools::{ask, spawn_helper, tool};
 
 pub struct Witness {
     child: Child,
@@ -13,7 +13,7 @@ pub struct Witness {
 
 impl Witness {
     pub fn start(fenced: bool) -> Witness {
-        let mut cmd = Command::new(example("witness"));
+        let mut cmd = Command::new(tool("witness"));
         cmd.arg("serve");
         if !fenced {
             cmd.arg("--unfenced");
@@ -84,7 +84,7 @@ impl Proxy {
 
     /// A proxy on `port` (0: any), e.g. again on the port of one that was stopped.
     pub fn start_on(upstream: &str, port: u16) -> Proxy {
-        let (child, line) = spawn_helper(Command::new(example("faultproxy")).arg(upstream).arg(port.to_string()));
+        let (child, line) = spawn_helper(Command::new(tool("faultproxy")).arg(upstream).arg(port.to_string()));
         let mut ports = line.split_whitespace().map(|p| p.parse::<u16>().expect("proxy port"));
         Proxy {
             child,

@@ -20,7 +20,7 @@ use crate::ci_checker::{self, Actor, Scenario, Step};
 use crate::helpers::{Proxy, Witness};
 use crate::servers::{BUCKET, Kind, Server, TABLE};
 use crate::support;
-use crate::tools::{example, pinned_binary, signal};
+use crate::tools::{pinned_binary, signal, tool};
 
 /// `run`'s lease flags that keep the contract's promise (heartbeat <= (ttl - margin - grace)/2).
 /// The margin is a second: the AWS stores' clocks are read from `Date` headers, which count
@@ -65,7 +65,7 @@ impl Ctx {
         let server = Server::start(kind, &dir);
         Ctx {
             kind,
-            witness_bin: example("witness").display().to_string(),
+            witness_bin: tool("witness").display().to_string(),
             bin,
             server,
             prefix: format!("ci-{tag}"),

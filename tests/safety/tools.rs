@@ -8,21 +8,21 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The path of an example binary (`witness`, `faultproxy`), built on first use: `cargo test`
-/// builds examples, but a filtered run (`--test safety`) does not.
-pub fn example(name: &str) -> PathBuf {
+/// The path of a test tool of `testkit/` (`witness`, `faultproxy`), built on first use: they
+/// are a workspace member of their own, so a plain `cargo test` does not build them.
+pub fn tool(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "witness", "--example", "faultproxy", "--manifest-path"])
+            .args(["build", "--quiet", "--package", "pipeline-lock-testkit", "--bins", "--manifest-path"])
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
             .status()
             .expect("cannot run cargo to build the safety helpers");
-        assert!(status.success(), "building examples/witness.rs and examples/faultproxy.rs failed");
+        assert!(status.success(), "building testkit/ (the witness and the fault proxy) failed");
     });
-    // target/debug/deps/safety-HASH -> target/debug/examples/NAME
+    // target/debug/deps/safety-HASH -> target/debug/NAME
     let exe = std::env::current_exe().expect("current_exe");
-    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join(name);
+    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join(name);
     assert!(path.exists(), "{} is missing", path.display());
     path
 }

@@ -25,6 +25,7 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -77,14 +78,24 @@ fn lock(c: &Shared) -> std::sync::MutexGuard<'_, Ctl> {
     c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn main() {
-    let upstream = std::env::args().nth(1).expect("faultproxy HOST:PORT");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+fn main() -> anyhow::Result<()> {
+    let upstream = std::env::args().nth(1).context("usage: faultproxy HOST:PORT [PORT]")?;
+    let port: u16 = match std::env::args().nth(2) {
+        Some(p) => p.parse().with_context(|| format!("faultproxy: port {p:?} is not a number"))?,
+        None => 0,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("faultproxy: cannot start the runtime")?;
     rt.block_on(async move {
-        let port: u16 = std::env::args().nth(2).map(|p| p.parse().expect("faultproxy PORT")).unwrap_or(0);
-        let data = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
-        let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        println!("{} {}", data.local_addr().unwrap().port(), control.local_addr().unwrap().port());
+        let data = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("faultproxy: cannot bind 127.0.0.1:{port}"))?;
+        let control = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("faultproxy: cannot bind the control port")?;
+        println!("{} {}", data.local_addr()?.port(), control.local_addr()?.port());
         let _ = std::io::stdout().flush();
         let ctl: Shared = Arc::new(Mutex::new(Ctl {
             mode: Mode::Pass,
@@ -105,7 +116,8 @@ fn main() {
             let _ = s.set_nodelay(true);
             tokio::spawn(proxy_conn(s, ctl.clone(), changed.subscribe()));
         }
-    });
+        Ok(())
+    })
 }
 
 async fn control_conn(s: TcpStream, ctl: Shared, changed: Arc<watch::Sender<u64>>) {

@@ -36,17 +36,18 @@ use std::net::TcpStream;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-fn main() {
+fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve") => serve(!args.iter().any(|a| a == "--unfenced")),
-        Some("client") => std::process::exit(client(args.get(2).expect("witness client ADDR"), &ClientOptions::parse(&args[3..]))),
-        _ => {
-            eprintln!("usage: witness serve [--unfenced] | witness client ADDR");
-            std::process::exit(2);
+        Some("client") => {
+            let addr = args.get(2).context("usage: witness client ADDR [OPTIONS]")?;
+            std::process::exit(client(addr, &ClientOptions::parse(&args[3..])?))
         }
+        _ => anyhow::bail!("usage: witness serve [--unfenced] | witness client ADDR [OPTIONS]"),
     }
 }
 
@@ -187,12 +188,17 @@ impl State {
     }
 }
 
-fn serve(fenced: bool) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+fn serve(fenced: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("witness: cannot start the runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        println!("{}", listener.local_addr().expect("addr").port());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("witness: cannot bind a loopback port")?;
+        println!("{}", listener.local_addr()?.port());
         let _ = std::io::stdout().flush();
         let state = Rc::new(RefCell::new(State {
             start: Instant::now(),
@@ -219,7 +225,7 @@ fn serve(fenced: bool) {
                 }
             });
         }
-    });
+    })
 }
 
 /// What one client does (see the options in the module's doc).
@@ -232,23 +238,23 @@ struct ClientOptions {
 }
 
 impl ClientOptions {
-    fn parse(args: &[String]) -> ClientOptions {
+    fn parse(args: &[String]) -> anyhow::Result<ClientOptions> {
         let mut o = ClientOptions {
             writes: 1,
             ..ClientOptions::default()
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
-            let mut value = || it.next().unwrap_or_else(|| panic!("witness client: {a} needs a value")).clone();
+            let mut value = || it.next().with_context(|| format!("witness client: {a} needs a value")).cloned();
             match a.as_str() {
-                "--as" => o.name = Some(value()),
-                "--writes" => o.writes = value().parse().expect("--writes N"),
-                "--gap" => o.gap_ms = Some(value().parse().expect("--gap MS")),
+                "--as" => o.name = Some(value()?),
+                "--writes" => o.writes = value()?.parse().context("witness client: --writes N")?,
+                "--gap" => o.gap_ms = Some(value()?.parse().context("witness client: --gap MS")?),
                 "--trap-term" => o.trap_term = true,
-                other => panic!("witness client: unknown option {other}"),
+                other => anyhow::bail!("witness client: unknown option {other}"),
             }
         }
-        o
+        Ok(o)
     }
 }
 
