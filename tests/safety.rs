@@ -47,9 +47,9 @@ use std::time::Duration;
 
 use harness::Config;
 use nemesis::Fault;
-use servers::Kind;
+use servers::Backend;
 
-fn safe_under_faults(kind: Kind) {
+fn safe_under_faults(kind: Backend) {
     if !servers::available(kind) {
         return;
     }
@@ -59,7 +59,7 @@ fn safe_under_faults(kind: Kind) {
 
 /// The protocol with takeovers that ignore their Token+Rvn condition, under a nemesis that
 /// wakes every waiter at once on a stale record: the checker must say it is broken.
-fn negative_control(kind: Kind) {
+fn negative_control(kind: Backend) {
     if !servers::available(kind) {
         return;
     }
@@ -87,7 +87,7 @@ fn negative_control(kind: Kind) {
 }
 
 /// The CI-shaped scenarios (`safety/pipelines.rs`), all at once, each on its own lock.
-fn safe_in_ci_pipelines(kind: Kind) {
+fn safe_in_ci_pipelines(kind: Backend) {
     if !servers::available(kind) {
         return;
     }
@@ -99,7 +99,7 @@ fn safe_in_ci_pipelines(kind: Kind) {
 /// The old owner rule (`run` takes PIPELINE_LOCK_OWNER from the inherited dotenv and
 /// re-enters a grant of the same owner): the parallel jobs of one pipeline share one grant,
 /// and the checker must say so.
-fn negative_control_ci(kind: Kind) {
+fn negative_control_ci(kind: Backend) {
     if !servers::available(kind) {
         return;
     }
@@ -114,86 +114,86 @@ fn negative_control_ci(kind: Kind) {
 
 #[test]
 fn file_is_safe_in_ci_pipelines() {
-    safe_in_ci_pipelines(Kind::File);
+    safe_in_ci_pipelines(Backend::File);
 }
 
 #[test]
 fn dynamodb_local_is_safe_in_ci_pipelines() {
-    safe_in_ci_pipelines(Kind::DynamoLocal);
+    safe_in_ci_pipelines(Backend::DynamoLocal);
 }
 
 #[test]
 fn moto_dynamodb_is_safe_in_ci_pipelines() {
-    safe_in_ci_pipelines(Kind::MotoDynamo);
+    safe_in_ci_pipelines(Backend::MotoDynamo);
 }
 
 #[test]
 fn moto_s3_is_safe_in_ci_pipelines() {
-    safe_in_ci_pipelines(Kind::MotoS3);
+    safe_in_ci_pipelines(Backend::MotoS3);
 }
 
 #[test]
 fn negative_control_ci_file() {
-    negative_control_ci(Kind::File);
+    negative_control_ci(Backend::File);
 }
 
 #[test]
 fn negative_control_ci_dynamodb_local() {
-    negative_control_ci(Kind::DynamoLocal);
+    negative_control_ci(Backend::DynamoLocal);
 }
 
 #[test]
 #[ignore = "long run: scripts/safety --long"]
 fn negative_control_ci_moto_dynamodb() {
-    negative_control_ci(Kind::MotoDynamo);
+    negative_control_ci(Backend::MotoDynamo);
 }
 
 #[test]
 #[ignore = "long run: scripts/safety --long"]
 fn negative_control_ci_moto_s3() {
-    negative_control_ci(Kind::MotoS3);
+    negative_control_ci(Backend::MotoS3);
 }
 
 #[test]
 fn file_is_safe_under_faults() {
-    safe_under_faults(Kind::File);
+    safe_under_faults(Backend::File);
 }
 
 #[test]
 fn dynamodb_local_is_safe_under_faults() {
-    safe_under_faults(Kind::DynamoLocal);
+    safe_under_faults(Backend::DynamoLocal);
 }
 
 #[test]
 fn moto_dynamodb_is_safe_under_faults() {
-    safe_under_faults(Kind::MotoDynamo);
+    safe_under_faults(Backend::MotoDynamo);
 }
 
 #[test]
 fn moto_s3_is_safe_under_faults() {
-    safe_under_faults(Kind::MotoS3);
+    safe_under_faults(Backend::MotoS3);
 }
 
 #[test]
 fn negative_control_file() {
-    negative_control(Kind::File);
+    negative_control(Backend::File);
 }
 
 #[test]
 fn negative_control_dynamodb_local() {
-    negative_control(Kind::DynamoLocal);
+    negative_control(Backend::DynamoLocal);
 }
 
 #[test]
 #[ignore = "long run: scripts/safety --long"]
 fn negative_control_moto_dynamodb() {
-    negative_control(Kind::MotoDynamo);
+    negative_control(Backend::MotoDynamo);
 }
 
 #[test]
 #[ignore = "long run: scripts/safety --long"]
 fn negative_control_moto_s3() {
-    negative_control(Kind::MotoS3);
+    negative_control(Backend::MotoS3);
 }
 
 /// A holder cut off from its store (its renewals never answered) stops its command by the

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::checker::{self, Exit, Input, Report};
 use crate::helpers::{Proxy, Witness};
 use crate::nemesis::{Fault, Nemesis};
-use crate::servers::{Kind, Server};
+use crate::servers::{Backend, Server};
 use crate::tools::{Rng, pinned_binary, signal, tool};
 use crate::workload::{Invocation, Workload, lock};
 
@@ -25,7 +25,7 @@ pub const KILL_GRACE_MS: u64 = 300;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub kind: Kind,
+    pub kind: Backend,
     pub contenders: usize,
     /// At least this many successful runs per contender.
     pub iterations: u32,
@@ -46,7 +46,7 @@ pub struct Config {
 
 impl Config {
     /// The short run (CI) or the long one (`scripts/safety --long`), per the environment.
-    pub fn for_store(kind: Kind) -> Config {
+    pub fn for_store(kind: Backend) -> Config {
         let long = std::env::var("PIPELINE_LOCK_SAFETY_LONG").is_ok_and(|v| !v.is_empty() && v != "0");
         Config {
             kind,
@@ -90,7 +90,7 @@ fn final_status(bin: &Path, server: &Server, store: &str, lock_name: &str) -> (S
     if let Some(e) = server.endpoint() {
         cmd.args(["--endpoint-url", &e]);
     }
-    if server.kind == Kind::MotoS3 {
+    if server.kind == Backend::MotoS3 {
         cmd.arg("--s3-force-path-style");
     }
     let out = cmd.output().expect("status");
@@ -123,7 +123,7 @@ pub fn run(cfg: &Config) -> Outcome {
     let inv = Invocation {
         store: store.clone(),
         endpoint: proxy.as_ref().map(Proxy::url),
-        s3: cfg.kind == Kind::MotoS3,
+        s3: cfg.kind == Backend::MotoS3,
         lock: lock_name.clone(),
         ttl_ms: cfg.ttl_ms,
         heartbeat_ms: cfg.heartbeat_ms,

@@ -54,7 +54,7 @@ impl Fault {
     }
 
     /// Every kind that makes sense for a store.
-    pub fn all_for(kind: crate::servers::Kind) -> Vec<Fault> {
+    pub fn all_for(kind: crate::servers::Backend) -> Vec<Fault> {
         let mut v = vec![Fault::PauseHolder, Fault::PauseAll, Fault::KillHolder, Fault::KillAny, Fault::Faketime];
         if kind.networked() {
             v.extend([
@@ -66,7 +66,7 @@ impl Fault {
                 Fault::StoreRestart,
             ]);
         }
-        if kind == crate::servers::Kind::MotoS3 {
+        if kind == crate::servers::Backend::MotoS3 {
             v.push(Fault::ProxyConflict);
         }
         v

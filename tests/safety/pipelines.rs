@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::checker::Report;
 use crate::ci_checker::{self, Actor, Scenario, Step};
 use crate::helpers::{Proxy, Witness};
-use crate::servers::{BUCKET, Kind, Server, TABLE};
+use crate::servers::{BUCKET, Backend, Server, TABLE};
 use crate::support;
 use crate::tools::{pinned_binary, signal, tool};
 
@@ -34,7 +34,7 @@ const STEP_LIMIT: Duration = Duration::from_secs(60);
 
 /// Everything the scenarios of one test share: the store and the binary under test.
 pub struct Ctx {
-    pub kind: Kind,
+    pub kind: Backend,
     pub dir: PathBuf,
     pub bin: PathBuf,
     pub witness_bin: String,
@@ -48,7 +48,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn start(kind: Kind, broken: Option<&'static str>) -> Ctx {
+    pub fn start(kind: Backend, broken: Option<&'static str>) -> Ctx {
         let long = std::env::var("PIPELINE_LOCK_SAFETY_LONG").is_ok_and(|v| !v.is_empty() && v != "0");
         let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("safety/ci-{}-{tag}", kind.name()));
@@ -85,11 +85,11 @@ impl Ctx {
     pub fn delete_record(&self, lock: &str) {
         let name = encode(lock);
         match self.kind {
-            Kind::File => {
+            Backend::File => {
                 let path = self.dir.join("locks").join(format!("{name}.lock"));
                 std::fs::remove_file(&path).unwrap_or_else(|e| panic!("delete {}: {e}", path.display()));
             }
-            Kind::DynamoLocal | Kind::MotoDynamo => {
+            Backend::DynamoLocal | Backend::MotoDynamo => {
                 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
                 let client = support::dynamo_client(&self.server.endpoint().unwrap());
                 let old = block_on(
@@ -103,7 +103,7 @@ impl Ctx {
                 .unwrap_or_else(|e| panic!("DeleteItem {lock}: {e:?}"));
                 assert!(old.attributes.is_some(), "DeleteItem {lock}: there was no record");
             }
-            Kind::MotoS3 => {
+            Backend::MotoS3 => {
                 let client = support::s3_client(&self.server.endpoint().unwrap());
                 let key = format!("{}/{name}.lock", self.prefix);
                 block_on(client.head_object().bucket(BUCKET).key(&key).send()).unwrap_or_else(|e| panic!("HeadObject {key}: {e:?}"));
@@ -275,7 +275,7 @@ impl<'a> Lane<'a> {
         if let Some(e) = endpoint.map(str::to_string).or_else(|| self.proxy_url.clone()) {
             c.env("PIPELINE_LOCK_ENDPOINT_URL", e);
         }
-        if self.ctx.kind == Kind::MotoS3 {
+        if self.ctx.kind == Backend::MotoS3 {
             c.env("PIPELINE_LOCK_S3_FORCE_PATH_STYLE", "true");
         }
         if let Some(b) = self.ctx.broken {
@@ -723,7 +723,7 @@ pub fn trap_term(lane: &Lane) {
     let own_proxy = lane.ctx.server.endpoint().map(|_| Proxy::start(&lane.ctx.server.addr()));
     let link = lane.ctx.dir.join(format!("locks-{}-{h}", lane.name));
     let mut cmd = lane.tool(&ci, "61", &Vec::new(), own_proxy.as_ref().map(Proxy::url).as_deref());
-    if lane.ctx.kind == Kind::File {
+    if lane.ctx.kind == Backend::File {
         std::os::unix::fs::symlink(lane.ctx.dir.join("locks"), &link).unwrap();
         cmd.env("PIPELINE_LOCK_STORE", format!("file://{}", link.display()));
     }
@@ -898,7 +898,7 @@ impl Outcome {
 
 /// Runs `scenarios` at once on one store, each on its own lock and witness; judges each.
 /// `PIPELINE_LOCK_SAFETY_SCENARIOS=trap-term,waiters` runs only those (to look at one closely).
-pub fn run(kind: Kind, broken: Option<&'static str>, scenarios: &[(&'static str, ScenarioFn)]) -> Outcome {
+pub fn run(kind: Backend, broken: Option<&'static str>, scenarios: &[(&'static str, ScenarioFn)]) -> Outcome {
     let started = Instant::now();
     let only = std::env::var("PIPELINE_LOCK_SAFETY_SCENARIOS").unwrap_or_default();
     let scenarios: Vec<(&'static str, ScenarioFn)> = scenarios

@@ -10,37 +10,14 @@ use std::time::{Duration, Instant};
 use crate::support;
 use crate::tools::free_port;
 
-/// Which store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    DynamoLocal,
-    MotoDynamo,
-    MotoS3,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::File => "file",
-            Kind::DynamoLocal => "dynamodb-local",
-            Kind::MotoDynamo => "moto-dynamodb",
-            Kind::MotoS3 => "moto-s3",
-        }
-    }
-
-    /// Is there a network (so a fault proxy) between the tool and the store?
-    pub fn networked(self) -> bool {
-        self != Kind::File
-    }
-}
+pub use crate::support::Backend;
 
 pub const TABLE: &str = "pipeline-locks-safety";
 pub const BUCKET: &str = "pipeline-locks-safety";
 
 /// A running store.
 pub struct Server {
-    pub kind: Kind,
+    pub kind: Backend,
     dir: PathBuf,
     child: Option<Child>,
     port: u16,
@@ -49,7 +26,7 @@ pub struct Server {
 
 /// Can a safety run on `kind` start here? It needs faketime (the nemesis skews clocks) and the
 /// store's server: DynamoDB Local under `.tools/`, or moto. Says in one line why not.
-pub fn available(kind: Kind) -> bool {
+pub fn available(kind: Backend) -> bool {
     let runs = |cmd: &str, args: &[&str]| {
         std::process::Command::new(cmd)
             .args(args)
@@ -63,9 +40,9 @@ pub fn available(kind: Kind) -> bool {
         Some("faketime is not installed")
     } else {
         match kind {
-            Kind::File => None,
-            Kind::DynamoLocal if !lib.is_dir() => Some("DynamoDB Local is not installed under .tools/"),
-            Kind::MotoDynamo | Kind::MotoS3 if !runs("python3", &["-c", "import moto"]) => Some("moto is not installed"),
+            Backend::File => None,
+            Backend::DynamoLocal if !lib.is_dir() => Some("DynamoDB Local is not installed under .tools/"),
+            Backend::MotoDynamo | Backend::MotoS3 if !runs("python3", &["-c", "import moto"]) => Some("moto is not installed"),
             _ => None,
         }
     };
@@ -91,7 +68,7 @@ fn ddb_dir() -> PathBuf {
 }
 
 impl Server {
-    pub fn start(kind: Kind, dir: &Path) -> Server {
+    pub fn start(kind: Backend, dir: &Path) -> Server {
         let mut s = Server {
             kind,
             dir: dir.to_path_buf(),
@@ -105,13 +82,13 @@ impl Server {
     }
 
     fn launch(&mut self) {
-        if self.kind == Kind::File {
+        if self.kind == Backend::File {
             return;
         }
         self.port = free_port();
         let log = std::fs::File::create(self.dir.join(format!("server-{}.log", self.restarts))).unwrap();
         let mut cmd = match self.kind {
-            Kind::DynamoLocal => {
+            Backend::DynamoLocal => {
                 let d = ddb_dir();
                 let mut c = Command::new("java");
                 // Small heap and C1 only: it starts faster on a busy 2-core machine.
@@ -160,7 +137,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let result = match self.kind {
-                Kind::MotoS3 => support::try_create_bucket(&endpoint, BUCKET),
+                Backend::MotoS3 => support::try_create_bucket(&endpoint, BUCKET),
                 _ => support::try_create_table(&endpoint, TABLE),
             };
             match result {
@@ -184,9 +161,9 @@ impl Server {
 
     pub fn store_url(&self, prefix: &str) -> String {
         match self.kind {
-            Kind::File => format!("file://{}", self.dir.join("locks").display()),
-            Kind::DynamoLocal | Kind::MotoDynamo => format!("dynamodb://{TABLE}"),
-            Kind::MotoS3 => format!("s3://{BUCKET}/{prefix}"),
+            Backend::File => format!("file://{}", self.dir.join("locks").display()),
+            Backend::DynamoLocal | Backend::MotoDynamo => format!("dynamodb://{TABLE}"),
+            Backend::MotoS3 => format!("s3://{BUCKET}/{prefix}"),
         }
     }
 

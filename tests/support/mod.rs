@@ -16,6 +16,23 @@ pub enum Backend {
     MotoS3,
 }
 
+impl Backend {
+    /// The store's name in test names and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::File => "file",
+            Backend::DynamoLocal => "dynamodb-local",
+            Backend::MotoDynamo => "moto-dynamodb",
+            Backend::MotoS3 => "moto-s3",
+        }
+    }
+
+    /// Is there a network (so a fault proxy) between the tool and the store?
+    pub fn networked(self) -> bool {
+        self != Backend::File
+    }
+}
+
 pub const TABLE: &str = "pipeline-locks-test";
 pub const BUCKET: &str = "pipeline-locks-test";
 
