@@ -148,6 +148,21 @@ fn has_ident(text: &str, word: &str) -> bool {
     })
 }
 
+/// Does `text` define `name` (a function, type, constant, module, field or variant), rather than only
+/// use or import it?
+fn defines(text: &str, name: &str) -> bool {
+    let keyword = ["fn", "struct", "enum", "trait", "const", "type", "mod", "static"]
+        .iter()
+        .any(|k| has_ident(text, &format!("{k} {name}")));
+    let field = text.lines().any(|l| {
+        let l = l.trim_start();
+        let l = l.strip_prefix("pub(crate) ").or_else(|| l.strip_prefix("pub ")).unwrap_or(l);
+        // A field, or an enum variant.
+        l.starts_with(&format!("{name}:")) || [" {", "(", ","].iter().any(|end| l.starts_with(&format!("{name}{end}")))
+    });
+    keyword || field
+}
+
 #[test]
 fn every_rule_in_the_design_points_at_code_that_exists() {
     let design = read("docs/design.md");
@@ -161,6 +176,8 @@ fn every_rule_in_the_design_points_at_code_that_exists() {
         for part in item.split("::") {
             assert!(has_ident(&text, part), "rule {:?} ({}): {file} has no {part:?}", row[0], row[1]);
         }
+        let last = item.rsplit("::").next().unwrap_or(item);
+        assert!(defines(&text, last), "rule {:?} ({}): {last:?} is not defined in {file}", row[0], row[1]);
     }
     let rules: BTreeSet<u32> = rows.iter().filter_map(|r| r[0].parse().ok()).collect();
     assert_eq!(rules, (1..=8).collect(), "every numbered rule has a place in the table");
