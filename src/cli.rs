@@ -16,6 +16,11 @@ use crate::queue::QueueMode;
 use crate::store::StoreUrl;
 use crate::store::aws::AwsOptions;
 
+mod values;
+
+use values::positive;
+pub use values::{parse_duration, validate_lock, validate_text};
+
 /// Take a lock in one CI job and give it back in a later one.
 #[derive(Debug, Parser)]
 #[command(name = "pipeline-lock", version, about, after_long_help = exit_codes_help())]
@@ -298,70 +303,6 @@ pub struct RenewArgs {
     pub token: Option<String>,
 }
 
-/// Longest duration accepted anywhere: a century, so millisecond arithmetic cannot overflow.
-const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// Parses `90s`, `1h 30m` or bare seconds `3600`.
-pub fn parse_duration(flag: &str, value: &str) -> Result<Duration> {
-    let v = value.trim();
-    let parsed = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        v.parse::<u64>().map(Duration::from_secs).map_err(|e| e.to_string())
-    } else {
-        humantime::parse_duration(v).map_err(|e| e.to_string())
-    };
-    match parsed {
-        Ok(d) if d <= MAX_DURATION => Ok(d),
-        Ok(_) => Err(Error::Usage(format!("{flag} {value:?} is too long (at most 100 years)"))),
-        Err(why) => Err(Error::Usage(format!(
-            "{flag} {value:?} is not a duration ({why}); use seconds (3600) or units (90s, 1h 30m)"
-        ))),
-    }
-}
-
-fn positive(flag: &str, value: &str) -> Result<Duration> {
-    let d = parse_duration(flag, value)?;
-    if d.is_zero() {
-        return Err(Error::Usage(format!("{flag} must be longer than 0")));
-    }
-    Ok(d)
-}
-
-/// Checks a lock name: not empty, at most 1024 bytes, no control characters.
-pub fn validate_lock(name: &str) -> Result<String> {
-    if name.is_empty() {
-        return Err(Error::Usage("the lock name is empty; pass --lock NAME".into()));
-    }
-    if name.len() > 1024 {
-        return Err(Error::Usage(format!(
-            "the lock name is {} bytes long; at most 1024 are allowed",
-            name.len()
-        )));
-    }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Err(Error::Usage(format!("the lock name {name:?} contains the control character {c:?}")));
-    }
-    Ok(name.to_string())
-}
-
-/// Checks a text that is stored in the record and printed into dotenv outputs (`--owner`,
-/// `--reason`): not empty, at most 1024 bytes, no control characters (a newline would
-/// forge a line of the dotenv and `$GITHUB_ENV` outputs).
-pub fn validate_text(what: &str, value: &str) -> Result<String> {
-    if value.is_empty() {
-        return Err(Error::Usage(format!("the {what} is empty")));
-    }
-    if value.len() > 1024 {
-        return Err(Error::Usage(format!(
-            "the {what} is {} bytes long; at most 1024 are allowed",
-            value.len()
-        )));
-    }
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
-        return Err(Error::Usage(format!("the {what} contains the control character {c:?}")));
-    }
-    Ok(value.to_string())
-}
-
 /// The lease: `--ttl`, `--disable-ttl` (whichever is explicit, see [`Given`]), or `default`.
 pub fn lease(ttl: Option<&str>, disable: bool, given: &Given, default: Option<Duration>) -> Result<Option<Duration>> {
     match given.one_of(&[
@@ -458,94 +399,4 @@ impl AcquireArgs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("--ttl", "3600").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("--ttl", "1h 30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("--ttl", "90s").unwrap(), Duration::from_secs(90));
-        for bad in ["banana", "-5", "", "99999999999999999999999", "1000000000000s", "5 parsecs"] {
-            let err = parse_duration("--ttl", bad).unwrap_err();
-            assert!(matches!(err, Error::Usage(_)), "{bad}: {err}");
-            assert!(err.to_string().contains("--ttl"), "{err}");
-        }
-        assert!(positive("--ttl", "0").unwrap_err().to_string().contains("longer than 0"));
-    }
-
-    #[test]
-    fn lock_names() {
-        assert!(validate_lock("group/app").is_ok());
-        assert!(validate_lock("").is_err());
-        assert!(validate_lock(&"x".repeat(1025)).is_err());
-        assert!(validate_lock(&"x".repeat(1024)).is_ok());
-        assert!(validate_lock("a\nb").unwrap_err().to_string().contains("control"));
-    }
-
-    #[test]
-    fn store_options_accepted_before_or_after_the_command() {
-        let a = Cli::try_parse_sourced(["pipeline-lock", "--table", "tbl", "acquire", "--no-wait"]).unwrap();
-        let b = Cli::try_parse_sourced(["pipeline-lock", "acquire", "--table", "tbl", "--no-wait"]).unwrap();
-        assert_eq!(a.global.store_url(&a.given).unwrap(), b.global.store_url(&b.given).unwrap());
-        assert_eq!(a.global.store_url(&a.given).unwrap(), StoreUrl::DynamoDb { table: "tbl".into() });
-    }
-
-    #[test]
-    fn queue_options() {
-        let a = Cli::try_parse_from([
-            "pipeline-lock",
-            "acquire",
-            "--queue",
-            "newest",
-            "--supersede",
-            "--ordinal",
-            "7",
-            "--no-ci-api",
-        ])
-        .unwrap();
-        let Command::Acquire(args) = a.command else { panic!("not acquire") };
-        let opts = args.options(Duration::from_secs(2), &Given::default(), ACQUIRE_TTL).unwrap();
-        assert_eq!((opts.queue, opts.supersede, opts.ordinal), (QueueMode::Newest, true, Some(7)));
-        assert_eq!(opts.prune_floor, Duration::from_secs(30));
-        assert_eq!(args.ci_api_wanted(), Some(false));
-        let b = Cli::try_parse_sourced(["pipeline-lock", "acquire", "--ci-api"]).unwrap();
-        let Command::Acquire(args) = b.command else { panic!("not acquire") };
-        assert_eq!((args.ci_api_wanted(), args.queue), (Some(true), QueueMode::Fifo));
-        assert!(Cli::try_parse_from(["pipeline-lock", "acquire", "--queue", "lifo"]).is_err());
-    }
-
-    #[test]
-    fn wait_and_no_wait_conflict_on_the_command_line() {
-        let cli = Cli::try_parse_sourced(["pipeline-lock", "acquire", "--wait", "5s", "--no-wait"]).unwrap();
-        let Command::Acquire(args) = &cli.command else { panic!("not acquire") };
-        let err = args.options(Duration::from_secs(2), &cli.given, ACQUIRE_TTL).unwrap_err();
-        assert!(matches!(err, Error::Usage(_)), "{err}");
-        assert!(err.to_string().contains("--wait and --no-wait"), "{err}");
-    }
-
-    #[test]
-    fn the_flag_on_the_command_line_beats_the_environment() {
-        // What clap would have taken from PIPELINE_LOCK_WAIT / _TTL / _TABLE: set, but not given.
-        let given = |ids: &[&str]| Given(ids.iter().map(|s| s.to_string()).collect());
-        let mut cli = Cli::try_parse_sourced(["pipeline-lock", "acquire", "--no-wait", "--disable-ttl"]).unwrap();
-        let Command::Acquire(args) = &mut cli.command else {
-            panic!("not acquire")
-        };
-        args.wait = Some("10m".into());
-        args.ttl = Some("1h".into());
-        let opts = args.options(Duration::from_secs(2), &cli.given, ACQUIRE_TTL).unwrap();
-        assert_eq!((opts.wait, opts.ttl), (crate::Wait::No, None));
-        // Both from the environment: neither is explicit, so that is an error naming both.
-        let err = args.options(Duration::from_secs(2), &given(&[]), ACQUIRE_TTL).unwrap_err().to_string();
-        assert!(
-            err.contains("PIPELINE_LOCK_WAIT (for --wait)") && err.contains("PIPELINE_LOCK_NO_WAIT"),
-            "{err}"
-        );
-        let mut g = Cli::try_parse_sourced(["pipeline-lock", "--store", "file:///tmp/x", "status"]).unwrap();
-        g.global.table = Some("from-env".into());
-        assert_eq!(g.global.store_url(&g.given).unwrap(), StoreUrl::File { dir: "/tmp/x".into() });
-        g.given = given(&["table"]);
-        assert_eq!(g.global.store_url(&g.given).unwrap(), StoreUrl::DynamoDb { table: "from-env".into() });
-    }
-}
+mod tests;
