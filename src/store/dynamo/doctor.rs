@@ -83,7 +83,9 @@ pub(super) async fn run(store: &DynamoStore) -> Vec<Check> {
     checks
 }
 
-/// Writes a scratch item, proves that conditions are enforced, and deletes it again.
+/// Writes a scratch item, proves that conditions are enforced, and deletes it again. One long
+/// function on purpose: the steps run in order on one item, each stopping the rest when it
+/// fails, and read top to bottom as the operator's checklist.
 async fn conditional_writes(store: &DynamoStore) -> Vec<Check> {
     let client = &store.client;
     let table = &store.table;

@@ -88,7 +88,9 @@ pub(super) async fn run(store: &S3Bucket) -> Vec<Check> {
     checks
 }
 
-/// Writes a scratch object, proves that conditional headers are enforced, and deletes it.
+/// Writes a scratch object, proves that conditional headers are enforced, and deletes it. One
+/// long function on purpose: the steps run in order on one object, each stopping the rest
+/// when it fails, and read top to bottom as the operator's checklist.
 async fn conditional_writes(store: &S3Bucket) -> Vec<Check> {
     let client = &store.client;
     let bucket = &store.bucket;

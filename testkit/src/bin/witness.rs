@@ -98,6 +98,7 @@ impl State {
     }
 
     /// One request, handled whole: nothing else runs in between, so the log is a total order.
+    /// One arm per request of the protocol (see the module doc), so it is as long as the protocol.
     fn handle(&mut self, line: &str) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
         let num = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
