@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::locker::{AcquireOptions, EAGER_ROUNDS, Grant, How, Locker, Wait, Wrote, jitter, random_hex};
 use crate::policy::{self, Asker, Judge, Plan, Watch};
 use crate::queue::{self, Me};
-use crate::record::{Action, Grantee, Holder, Record, Waiter};
+use crate::record::{Action, Grantee, Holder, Record, SharedOp, Waiter};
 use crate::store::{Expect, Observed, State, Written};
 
 mod steps;
@@ -46,7 +46,7 @@ struct Asked {
 
 /// The entry we would register now: after everyone already queued, so that arrival order
 /// survives store-clock estimates that differ between runners by a second.
-fn would_be(owner: &str, holder: &Holder, record: Option<&Record>, now: i64, window: Duration) -> Waiter {
+fn would_be(owner: &str, holder: &Holder, record: Option<&Record>, now: i64, window: Duration, shared: bool) -> Waiter {
     let after = record.and_then(|r| r.waiters.values().map(|w| w.enqueued_at.saturating_add(1)).max());
     Waiter {
         owner: owner.to_string(),
@@ -55,6 +55,7 @@ fn would_be(owner: &str, holder: &Holder, record: Option<&Record>, now: i64, win
         ordinal: holder.ordinal,
         url: holder.url.clone(),
         window: Some(ms(window)),
+        shared,
     }
 }
 
@@ -155,7 +156,8 @@ impl<'a> Waiting<'a> {
             api_failed: false,
             in_doubt: Vec::new(),
             failures: 0,
-            reread: false,
+            // A shared grant is planned on what is there (its fence and slot follow from it).
+            reread: opts.shared,
             cancel: opts.cancel.clone(),
         }
     }
@@ -185,7 +187,8 @@ impl<'a> Waiting<'a> {
         let now = clock.now_ms();
         // Others' entries stay live for the window plus what our clock estimate may be off.
         let window = self.place.window + clock.uncertainty();
-        let entry = (self.place.entry.clone()).unwrap_or_else(|| would_be(&self.who.owner, &self.holder, record.as_ref(), now, self.place.window));
+        let entry = (self.place.entry.clone())
+            .unwrap_or_else(|| would_be(&self.who.owner, &self.holder, record.as_ref(), now, self.place.window, self.opts.shared));
         let head = record.as_ref().is_none_or(|r| self.ahead(r, &entry, now, window).is_empty());
 
         let mut plan = self.plan(record.as_ref(), &entry, now, window);
@@ -197,7 +200,12 @@ impl<'a> Waiting<'a> {
             (Plan::Wait, _) => {}
             (Plan::Adopt(how), Some(r)) => {
                 // A grant write of ours whose answer was lost had landed after all.
-                let grant = self.granted(r, how);
+                let token = self
+                    .in_doubt
+                    .iter()
+                    .map(|(t, _)| t.as_str())
+                    .find(|t| r.token.as_deref() == Some(*t) || r.shared.values().any(|h| h.token == *t));
+                let grant = self.granted(r, token.unwrap_or_default(), how);
                 if r.waiters.contains_key(&self.place.token) {
                     self.leave(true).await;
                 }
@@ -205,6 +213,7 @@ impl<'a> Waiting<'a> {
             }
             (Plan::Superseded(by), _) => return Err(self.superseded(&by).await),
             (Plan::OwnPipeline, Some(r)) => return Err(self.own_pipeline(r).await),
+            (Plan::WrongSlots(n), _) => return Err(self.wrong_slots(n).await),
             (write, _) => {
                 if let Some(grant) = self.write(record.as_ref(), write, now, synced).await? {
                     return Ok(Some(grant));
@@ -290,6 +299,8 @@ impl<'a> Waiting<'a> {
             reenter: self.opts.reenter,
             own_pipeline: &self.opts.own_pipeline,
             in_doubt: &self.in_doubt,
+            slots: self.opts.slots,
+            shared: self.opts.shared,
         };
         let mut judge = self.judge(true);
         judge.pipeline_ended = ended;
@@ -332,38 +343,62 @@ impl<'a> Waiting<'a> {
     /// Tries a planned grant or re-entry (one conditional write). The grant when it landed;
     /// else the record the store answered with is what we saw.
     async fn write(&mut self, record: Option<&Record>, plan: Plan, now: i64, synced: bool) -> std::result::Result<Option<Grant>, Stop> {
-        let (expect, how, event, action) = match plan {
-            Plan::Reenter { token } => {
+        let (expect, how, event, action, token, evict) = match plan {
+            Plan::Reenter { token, slot: None } => {
                 let renew = Action::Renew {
                     restamp: false,
                     raise_fence: None,
                 };
-                (Expect::Token(token), How::Reentered, None, renew)
+                (Expect::Token(token.clone()), How::Reentered, None, renew, token, false)
             }
-            Plan::Grant { expect, how, event, dequeue } => {
+            Plan::Reenter { token, slot: Some(slot) } => {
+                let version = Expect::Rvn(record.map(|r| r.rvn.clone()).unwrap_or_default());
+                (version, How::Reentered, None, Action::Shared(SharedOp::Renew { slot }), token, false)
+            }
+            Plan::Grant {
+                expect,
+                how,
+                event,
+                dequeue,
+                slot,
+                evict,
+            } => {
                 let grantee = Grantee {
                     owner: self.who.owner.clone(),
                     token: random_hex::<16>(),
                     holder: self.holder.clone(),
                     dequeue,
                 };
-                self.in_doubt.push((grantee.token.clone(), how.clone()));
-                (expect, how, event, Action::Grant(grantee))
+                let token = grantee.token.clone();
+                self.in_doubt.push((token.clone(), how.clone()));
+                let action = match slot {
+                    Some(slot) => Action::Shared(SharedOp::Grant { slot, grantee }),
+                    None => Action::Grant(grantee),
+                };
+                (expect, how, event, action, token, evict)
             }
             _ => return Ok(None),
         };
         let reentered = how == How::Reentered;
+        let shared = matches!(action, Action::Shared(_));
         // Re-entry never shortens the grant's lease and never puts an end on a grant without
         // one (a later job's acquire with the default --ttl).
-        let lease = match record {
-            Some(r) if reentered => policy::kept_lease(r, now, self.opts.ttl),
+        let held = record.and_then(|r| match &action {
+            Action::Shared(SharedOp::Renew { slot }) => r.view_of(*slot),
+            _ => Some(r.clone()),
+        });
+        let lease = match held {
+            Some(r) if reentered => policy::kept_lease(&r, now, self.opts.ttl),
             _ => self.opts.ttl,
         };
         let (lock, opts) = (self.lock, self.opts);
-        let change = self.locker.change(action, lease, opts.retention, event);
+        let mut change = self.locker.change(action, lease, opts.retention, event);
+        change.slots = opts.slots;
+        change.evict = evict;
         match ride(self.locker.commit(lock, expect, self.seen.as_ref(), &change).await)? {
             Written::Done(r) => {
-                let r = match synced {
+                // A shared write was planned on a read, so on the store's clock already.
+                let r = match synced || shared {
                     true => Some(r),
                     false => ride(
                         self.locker
@@ -375,7 +410,7 @@ impl<'a> Waiting<'a> {
                     if r.waiters.contains_key(&self.place.token) {
                         self.leave(false).await;
                     }
-                    return Ok(Some(self.granted(&r, how)));
+                    return Ok(Some(self.granted(&r, &token, how)));
                 }
                 self.seen = Some(ride(self.store().read(lock, true).await)?);
             }
@@ -384,8 +419,8 @@ impl<'a> Waiting<'a> {
         Ok(None)
     }
 
-    fn granted(&self, r: &Record, how: How) -> Grant {
-        let mut grant = self.locker.grant(self.lock, r, how, self.polls);
+    fn granted(&self, r: &Record, token: &str, how: How) -> Grant {
+        let mut grant = self.locker.grant(self.lock, r, Some(token), how, self.polls);
         grant.waited_ms = self.started.elapsed().as_millis() as u64;
         grant
     }

@@ -19,7 +19,7 @@ use crate::store::aws::AwsOptions;
 mod values;
 
 use values::positive;
-pub use values::{parse_duration, validate_lock, validate_text};
+pub use values::{check_slots, parse_duration, validate_lock, validate_text};
 
 /// Take a lock in one CI job and give it back in a later one.
 #[derive(Debug, Parser)]
@@ -262,6 +262,13 @@ pub struct AcquireArgs {
     /// The floor of the queue's prune window (tests only).
     #[arg(long, env = "PIPELINE_LOCK_PRUNE_FLOOR", default_value = "30s", hide = true, allow_hyphen_values = true)]
     pub prune_floor: String,
+    /// How many may hold the lock at once (a pool, 1 to 64); fixed when its record is created.
+    #[arg(long, env = "PIPELINE_LOCK_SLOTS", default_value_t = 1)]
+    pub slots: u32,
+    /// A shared hold, beside other shared holders up to --slots (each in its own slot);
+    /// without it the hold is exclusive and waits until nobody holds the lock.
+    #[arg(long, env = "PIPELINE_LOCK_SHARED", value_parser = FalseyValueParser::new(), default_value_t = false)]
+    pub shared: bool,
 }
 
 /// Options of `status`.
@@ -270,6 +277,9 @@ pub struct StatusArgs {
     /// The order to show the queue in (the waiters' --queue).
     #[arg(long, env = "PIPELINE_LOCK_QUEUE", value_enum, default_value_t)]
     pub queue: QueueMode,
+    /// Check that the lock has this many slots (exit 78 if its record says otherwise).
+    #[arg(long, env = "PIPELINE_LOCK_SLOTS")]
+    pub slots: Option<u32>,
 }
 
 /// Options of `release`.
@@ -388,6 +398,8 @@ impl AcquireArgs {
             supersede: self.supersede,
             ordinal: self.ordinal,
             prune_floor: positive("--prune-floor", &self.prune_floor)?,
+            slots: check_slots(self.slots)?,
+            shared: self.shared,
             ..crate::AcquireOptions::default()
         })
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::clock::{local_wall_ms, ms};
 use crate::error::{Error, Result};
-use crate::record::{Action, Change, Event, EventKind, Record};
+use crate::record::{Action, Change, Event, EventKind, Record, SharedOp};
 use crate::store::{Expect, Observed, State, Store, Write, Written};
 
 mod holder;
@@ -64,7 +64,7 @@ impl Locker {
         let lease_expires_at = lease.map(|l| now.saturating_add(ms(l)));
         let event = event.map(|e| Event { at: now, ..e });
         let gc_from = match action {
-            Action::Release => Some(now),
+            Action::Release | Action::Shared(SharedOp::Release { .. }) => Some(now),
             _ => lease_expires_at,
         };
         Change {
@@ -75,6 +75,8 @@ impl Locker {
             expires_at: gc_from.map(|t| t / 1000 + retention.as_secs() as i64),
             fence_floor: self.fence_floor(),
             event,
+            slots: 1,
+            evict: false,
         }
     }
 
@@ -184,18 +186,28 @@ impl Locker {
         self.commit(lock, Expect::Rvn(record.rvn.clone()), None, &change).await.map(|_| ())
     }
 
-    pub(crate) fn grant(&self, lock: &str, r: &Record, how: How, polls: u32) -> Grant {
+    /// The grant `r` shows: the exclusive holder's, or with `token`, the shared hold of that
+    /// token if there is one.
+    pub(crate) fn grant(&self, lock: &str, r: &Record, token: Option<&str>, how: How, polls: u32) -> Grant {
+        let hold = token.and_then(|t| r.holds().into_iter().find(|(_, h)| h.token == t));
+        let (view, slot, shared) = match hold.and_then(|(k, _)| Some((r.view_of(k)?, k))) {
+            Some((view, k)) => (view, k, true),
+            None => (r.clone(), 1, false),
+        };
         Grant {
             lock: lock.to_string(),
             store: self.store.url(),
-            owner: r.owner.clone().unwrap_or_default(),
-            token: r.token.clone().unwrap_or_default(),
-            fence: r.fence,
-            acquired_at: r.acquired_at.unwrap_or_default(),
-            lease_expires_at: r.lease_expires_at,
+            owner: view.owner.clone().unwrap_or_default(),
+            token: view.token.clone().unwrap_or_default(),
+            fence: view.fence,
+            acquired_at: view.acquired_at.unwrap_or_default(),
+            lease_expires_at: view.lease_expires_at,
             how,
             polls,
             waited_ms: 0,
+            slot,
+            slots: r.slot_count(),
+            shared,
         }
     }
 

@@ -25,9 +25,18 @@ pub(crate) fn emit(output: Output, text: &str, json: &serde_json::Value) -> Resu
 
 fn env_lines(g: &Grant) -> String {
     format!(
-        "PIPELINE_LOCK_NAME={}\nPIPELINE_LOCK_OWNER={}\nPIPELINE_LOCK_TOKEN={}\nPIPELINE_LOCK_FENCE={}\n",
-        g.lock, g.owner, g.token, g.fence
+        "PIPELINE_LOCK_NAME={}\nPIPELINE_LOCK_OWNER={}\nPIPELINE_LOCK_TOKEN={}\nPIPELINE_LOCK_FENCE={}\nPIPELINE_LOCK_SLOT={}\n",
+        g.lock, g.owner, g.token, g.fence, g.slot
     )
+}
+
+/// `, slot 2 of 3 (shared)`: where a grant of a pool sits; nothing for a plain mutex.
+fn slot_text(g: &Grant) -> String {
+    match (g.slots, g.shared) {
+        (1, false) => String::new(),
+        (n, true) => format!(", slot {} of {n} (shared)", g.slot),
+        (n, false) => format!(", all {n} slots (exclusive)"),
+    }
 }
 
 /// Prints a grant: a line, its JSON (with the request count), or its dotenv lines.
@@ -42,8 +51,12 @@ pub(crate) fn print_grant(g: &Grant, output: Output, requests: u64) -> Result<()
         None => "no lease end (--disable-ttl)".into(),
     };
     let text = format!(
-        "acquired lock {:?} in {} as {}: fence {}, {lease}{how}",
-        g.lock, g.store, g.owner, g.fence
+        "acquired lock {:?} in {} as {}: fence {}{}, {lease}{how}",
+        g.lock,
+        g.store,
+        g.owner,
+        g.fence,
+        slot_text(g)
     );
     match output {
         Output::Env => {
@@ -60,7 +73,10 @@ pub(crate) fn print_grant(g: &Grant, output: Output, requests: u64) -> Result<()
 
 /// Appends the grant to `$GITHUB_ENV` and `$GITHUB_OUTPUT` when they are set.
 pub(crate) fn export_github(env: Env<'_>, g: &Grant) -> Result<()> {
-    let outputs = format!("name={}\nowner={}\ntoken={}\nfence={}\n", g.lock, g.owner, g.token, g.fence);
+    let outputs = format!(
+        "name={}\nowner={}\ntoken={}\nfence={}\nslot={}\n",
+        g.lock, g.owner, g.token, g.fence, g.slot
+    );
     for (var, text) in [("GITHUB_ENV", env_lines(g)), ("GITHUB_OUTPUT", outputs)] {
         if let Some(path) = env(var).filter(|p| !p.is_empty()) {
             std::fs::OpenOptions::new()
@@ -92,6 +108,19 @@ pub fn progress_line(r: &WaitReport) -> String {
         return format!(
             "waiting for lock {:?} in {}: free, but others are ahead of us{queue}; {waited}",
             r.lock, r.store
+        );
+    }
+    if h.owner.is_none() {
+        let mode = if r.shared {
+            "shared: waiting for a free slot"
+        } else {
+            "exclusive: waiting until nobody holds it"
+        };
+        return format!(
+            "waiting for lock {:?} in {}: held by {}{queue}; {mode}; {waited}",
+            r.lock,
+            r.store,
+            h.holders_text()
         );
     }
     let url = h
@@ -161,6 +190,14 @@ pub(crate) fn summary(o: &Observed, now: i64) -> String {
         State::Absent => "absent".into(),
         State::Corrupt(why) => format!("UNREADABLE ({why})"),
         State::Valid(r) if r.is_free() => format!("free\tfence {}", r.fence),
+        State::Valid(r) if r.owner.is_none() => {
+            let holds: Vec<String> = r
+                .holds()
+                .iter()
+                .map(|(k, h)| format!("{k}:{} (fence {}, for {})", h.owner, h.fence, ago(now, h.acquired_at)))
+                .collect();
+            format!("shared by {} of {}\t{}", holds.len(), r.slot_count(), holds.join(", "))
+        }
         State::Valid(r) => {
             let lease = match r.lease_expires_at {
                 Some(end) if end > now => format!("lease left {}", ago(end, now)),
@@ -246,6 +283,28 @@ pub(crate) fn status_text(lock: &str, url: &str, o: &Observed, now: i64, mode: Q
             s.push_str(&format!("lease:    ends {}\n", rfc3339(e)));
         }
         s.push_str(&format!("fence:    {}\n", r.fence));
+        if r.slot_count() > 1 || !r.shared.is_empty() {
+            s.push_str(&format!("slots:    {} ({} shared hold(s))\n", r.slot_count(), r.shared.len()));
+        }
+        for (k, h) in r.holds() {
+            let lease = match h.lease_expires_at {
+                Some(end) if end > now => format!("lease left {}", ago(end, now)),
+                Some(_) => "lease ended".into(),
+                None => "no lease end".into(),
+            };
+            let url = h
+                .holder
+                .as_ref()
+                .and_then(|x| x.url.as_deref())
+                .map(|u| format!(" {u}"))
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "  slot {k}: {} shared, fence {}, for {}, {lease}{url}\n",
+                h.owner,
+                h.fence,
+                ago(now, h.acquired_at)
+            ));
+        }
         if r.waiters.is_empty() {
             s.push_str("queue:    empty\n");
         } else {

@@ -189,6 +189,7 @@ mod tests {
             ordinal,
             url: None,
             window: None,
+            shared: false,
         }
     }
 

@@ -43,10 +43,47 @@ pub struct Record {
     /// The queue: waiter Token -> entry. Written through untouched by holder writes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub waiters: BTreeMap<String, Waiter>,
+    /// How many holders the lock admits (`--slots N`), fixed when the record is created;
+    /// absent means 1, as in every record of the single-holder version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// The shared holds (`--shared`), by slot number ("1" to "N"). Never beside an exclusive
+    /// holder (the fields above): one kind of hold at a time (docs/design.md, "Pools").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shared: BTreeMap<String, Hold>,
     /// The last events, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Event>,
 }
+
+/// One shared hold: the holder fields of an exclusive grant, in its own slot, with its own
+/// Token, lease, fence and version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Hold {
+    /// Who holds the slot.
+    pub owner: String,
+    /// Random per grant.
+    pub token: String,
+    /// This grant's fence (the lock's fence counter when it was granted).
+    pub fence: u64,
+    /// This hold's version: the record's Rvn of the hold's last own write.
+    pub rvn: String,
+    /// When it was granted.
+    pub acquired_at: i64,
+    /// Its last grant or renewal.
+    pub renewed_at: i64,
+    /// End of its lease; absent with `--disable-ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<i64>,
+    /// Who it is, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
+}
+
+/// The most slots a lock may have: with every text field at its limit a hold is about 5 KB,
+/// so 64 of them (320 KB) plus a full queue and History stay inside DynamoDB's 400 KB item.
+pub const MAX_SLOTS: u32 = 64;
 
 /// Details of the holder, for `status` and progress lines.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -103,6 +140,10 @@ pub struct Waiter {
     /// entries written by older versions: the observer's window then applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<i64>,
+    /// A shared request (`--shared`); absent: exclusive. A waiting exclusive request holds
+    /// back shared ones queued after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// What happened to the lock.
@@ -191,6 +232,31 @@ pub enum Action {
     },
     /// Back to a free tombstone. Fence kept.
     Release,
+    /// A write to one shared hold.
+    Shared(SharedOp),
+}
+
+/// What a write to one shared hold does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SharedOp {
+    /// A shared grant of `slot` to a new token: the slot was free, or held by a stale holder
+    /// it replaces. Fence +1.
+    Grant {
+        /// The slot, 1 to N.
+        slot: u32,
+        /// The new holder.
+        grantee: Grantee,
+    },
+    /// The hold in `slot` extends its lease (also a re-entrant shared acquire).
+    Renew {
+        /// The slot.
+        slot: u32,
+    },
+    /// The hold in `slot` is given back.
+    Release {
+        /// The slot.
+        slot: u32,
+    },
 }
 
 /// A holder-side change, as the stores apply it. Waiters are never part of it.
@@ -212,6 +278,12 @@ pub struct Change {
     /// [`Record::fill_history_fences`]), so stores that cannot know the new fence before
     /// writing (DynamoDB's atomic ADD) write the same history as the others.
     pub event: Option<Event>,
+    /// The lock's N as this write assumes it: a grant is refused where the record says
+    /// otherwise, and a record this write creates stores it.
+    pub slots: u32,
+    /// A grant that replaces every current holder (all judged stale, or `--force`): the
+    /// other kind of hold cannot stay beside it.
+    pub evict: bool,
 }
 
 impl Record {
@@ -229,6 +301,8 @@ impl Record {
             expires_at: None,
             holder: None,
             waiters: BTreeMap::new(),
+            slots: None,
+            shared: BTreeMap::new(),
             history: Vec::new(),
         }
     }
@@ -244,9 +318,61 @@ impl Record {
         base.apply(change)
     }
 
-    /// Is the lock free (a tombstone)?
+    /// Is the lock free (a tombstone: no holder of either kind)?
     pub fn is_free(&self) -> bool {
-        self.owner.is_none()
+        self.owner.is_none() && self.shared.is_empty()
+    }
+
+    /// How many holders it admits.
+    pub fn slot_count(&self) -> u32 {
+        self.slots.unwrap_or(1)
+    }
+
+    /// The shared hold in `slot`.
+    pub fn hold(&self, slot: u32) -> Option<&Hold> {
+        self.shared.get(&slot.to_string())
+    }
+
+    /// The shared holds with their slot numbers, lowest first.
+    pub fn holds(&self) -> Vec<(u32, &Hold)> {
+        let mut holds: Vec<(u32, &Hold)> = self.shared.iter().filter_map(|(k, h)| Some((k.parse().ok()?, h))).collect();
+        holds.sort_by_key(|(k, _)| *k);
+        holds
+    }
+
+    /// Who holds it, for messages: `alice (fence 3)`, or the shared holders with their slots.
+    pub fn holders_text(&self) -> String {
+        if let Some(owner) = &self.owner {
+            return format!("{owner} (fence {})", self.fence);
+        }
+        let holds: Vec<String> = self
+            .holds()
+            .iter()
+            .map(|(k, h)| format!("{} (slot {k}, fence {})", h.owner, h.fence))
+            .collect();
+        format!("{} shared holder(s) of {}: {}", holds.len(), self.slot_count(), holds.join(", "))
+    }
+
+    /// The lowest slot no shared hold is in.
+    pub fn free_slot(&self) -> Option<u32> {
+        (1..=self.slot_count()).find(|k| self.hold(*k).is_none())
+    }
+
+    /// The record as the takeover rules see the holder of `slot`: its owner, token, times and
+    /// details in the exclusive holder's fields.
+    pub fn view_of(&self, slot: u32) -> Option<Record> {
+        let h = self.hold(slot)?;
+        let mut view = Record::vacant(&self.lock_id);
+        view.owner = Some(h.owner.clone());
+        view.token = Some(h.token.clone());
+        view.fence = h.fence;
+        view.rvn = h.rvn.clone();
+        view.acquired_at = Some(h.acquired_at);
+        view.renewed_at = Some(h.renewed_at);
+        view.lease_expires_at = h.lease_expires_at;
+        view.holder = h.holder.clone();
+        view.history = self.history.clone();
+        Some(view)
     }
 
     /// Checks what serde cannot: a held record must carry its token and times.
@@ -270,6 +396,18 @@ impl Record {
         } else if self.token.is_some() {
             return Err("the record has a Token but no Owner".into());
         }
+        let n = self.slot_count();
+        if n == 0 || n > MAX_SLOTS {
+            return Err(format!("Slots is {n}; it must be 1 to {MAX_SLOTS}"));
+        }
+        if self.owner.is_some() && !self.shared.is_empty() {
+            return Err("the record has an exclusive Owner and Shared holds at once".into());
+        }
+        for key in self.shared.keys() {
+            if !key.parse::<u32>().is_ok_and(|k| (1..=n).contains(&k)) {
+                return Err(format!("Shared has slot {key:?}; the slots are 1 to {n}"));
+            }
+        }
         Ok(())
     }
 
@@ -278,8 +416,24 @@ impl Record {
     pub fn apply(&self, change: &Change) -> Record {
         let mut next = self.clone();
         next.rvn = change.rvn.clone();
-        next.expires_at = change.expires_at;
-        next.lease_expires_at = change.lease_expires_at;
+        if next.slots.is_none() && change.slots > 1 {
+            next.slots = Some(change.slots);
+        }
+        if change.evict {
+            next.owner = None;
+            next.token = None;
+            next.acquired_at = None;
+            next.renewed_at = None;
+            next.lease_expires_at = None;
+            next.holder = None;
+            next.shared.clear();
+        }
+        if let Action::Shared(op) = &change.action {
+            next.apply_shared(op, change);
+        } else {
+            next.expires_at = change.expires_at;
+            next.lease_expires_at = change.lease_expires_at;
+        }
         match &change.action {
             Action::Grant(g) => {
                 next.fence += 1;
@@ -308,6 +462,7 @@ impl Record {
                 next.renewed_at = None;
                 next.holder = None;
             }
+            Action::Shared(_) => {}
         }
         if let Some(event) = &change.event {
             next.history.push(Event {
@@ -318,6 +473,50 @@ impl Record {
             next.history.drain(..excess);
         }
         next
+    }
+
+    /// A write to one shared hold.
+    fn apply_shared(&mut self, op: &SharedOp, change: &Change) {
+        let slot = |k: &u32| k.to_string();
+        match op {
+            SharedOp::Grant { slot: k, grantee } => {
+                self.fence += 1;
+                self.shared.insert(
+                    slot(k),
+                    Hold {
+                        owner: grantee.owner.clone(),
+                        token: grantee.token.clone(),
+                        fence: self.fence,
+                        rvn: change.rvn.clone(),
+                        acquired_at: change.now,
+                        renewed_at: change.now,
+                        lease_expires_at: change.lease_expires_at,
+                        holder: Some(grantee.holder.clone()),
+                    },
+                );
+                for token in &grantee.dequeue {
+                    self.waiters.remove(token);
+                }
+            }
+            SharedOp::Renew { slot: k } => {
+                if let Some(h) = self.shared.get_mut(&slot(k)) {
+                    h.renewed_at = change.now;
+                    h.lease_expires_at = change.lease_expires_at;
+                    h.rvn = change.rvn.clone();
+                }
+            }
+            SharedOp::Release { slot: k } => {
+                self.shared.remove(&slot(k));
+            }
+        }
+        // No hold may outlive the record: GC waits for the latest lease end among the holds
+        // plus the retention this write uses, and never comes while a hold has no lease end.
+        self.expires_at = change.expires_at.and_then(|gc| {
+            let retention = gc - change.lease_expires_at.unwrap_or(change.now) / 1000;
+            self.shared
+                .values()
+                .try_fold(gc, |at, h| Some(at.max(h.lease_expires_at? / 1000 + retention)))
+        });
     }
 
     /// The record after a waiter's own bookkeeping, for whole-record stores: `set` registers or

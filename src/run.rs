@@ -67,6 +67,7 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
         .env("PIPELINE_LOCK_OWNER", &grant.owner)
         .env("PIPELINE_LOCK_TOKEN", &grant.token)
         .env("PIPELINE_LOCK_FENCE", grant.fence.to_string())
+        .env("PIPELINE_LOCK_SLOT", grant.slot.to_string())
         .process_group(0)
         .kill_on_drop(false);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to send SIGTERM to the

@@ -88,6 +88,8 @@ pub struct Status {
     pub lock: String,
     /// The order to show the queue in.
     pub queue: QueueMode,
+    /// `--slots`: the N the lock must have.
+    pub slots: Option<u32>,
 }
 
 /// `run -- CMD`: a job-scoped grant around one command.
@@ -132,6 +134,7 @@ impl Settings {
             Command::Status(args) => Task::Status(Status {
                 lock: low.lock()?,
                 queue: args.queue,
+                slots: args.slots.map(crate::cli::check_slots).transpose()?,
             }),
             Command::List => Task::List,
             Command::Doctor => Task::Doctor,

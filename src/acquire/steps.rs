@@ -68,6 +68,7 @@ impl Waiting<'_> {
             position: (self.opts.queue != QueueMode::None).then_some(ahead.len() + 1),
             queued: queue::live_count(r, &me, now, window) + 1,
             ahead: ahead.iter().map(|(_, w)| (w.owner.clone(), w.url.clone())).collect(),
+            shared: self.opts.shared,
         });
     }
 
@@ -191,6 +192,19 @@ impl Waiting<'_> {
         )))
     }
 
+    /// The record was created with another N than ours: exit 78, naming both.
+    pub(super) async fn wrong_slots(&self, stored: u32) -> Stop {
+        self.leave(true).await;
+        Stop::Exit(Error::Config(format!(
+            "lock {:?} in {} has {stored} slot(s), fixed when its record was created, but this request asks for --slots {}; \
+             pass --slots {stored}, or use another lock name for a lock of {} slot(s)",
+            self.lock,
+            self.store().url(),
+            self.opts.slots,
+            self.opts.slots
+        )))
+    }
+
     pub(super) async fn own_pipeline(&self, r: &Record) -> Stop {
         self.leave(true).await;
         Stop::Exit(Error::Held {
@@ -304,14 +318,11 @@ pub(super) fn blocker(r: &Record, ahead: &[(&String, &Waiter)], mode: QueueMode)
             mode.as_str()
         );
     }
-    format!(
-        "is held by {} (fence {}{})",
-        r.owner.as_deref().unwrap_or("?"),
-        r.fence,
-        r.holder
-            .as_ref()
-            .and_then(|h| h.url.as_deref())
-            .map(|u| format!(", {u}"))
-            .unwrap_or_default()
-    )
+    let url = r
+        .holder
+        .as_ref()
+        .and_then(|h| h.url.as_deref())
+        .map(|u| format!(" at {u}"))
+        .unwrap_or_default();
+    format!("is held by {}{url}", r.holders_text())
 }

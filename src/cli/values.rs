@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::record::MAX_SLOTS;
 
 /// Longest duration accepted anywhere: a century, so millisecond arithmetic cannot overflow.
 const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -66,4 +67,15 @@ pub fn validate_text(what: &str, value: &str) -> Result<String> {
         return Err(Error::Usage(format!("the {what} contains the control character {c:?}")));
     }
     Ok(value.to_string())
+}
+
+/// Checks `--slots N`: 1 to [`MAX_SLOTS`], the most a record can hold within DynamoDB's item
+/// limit (see `record::MAX_SLOTS`).
+pub fn check_slots(n: u32) -> Result<u32> {
+    if n == 0 || n > MAX_SLOTS {
+        return Err(Error::Usage(format!(
+            "--slots {n} is out of range: a lock has 1 to {MAX_SLOTS} slots (the most its record holds within DynamoDB's 400 KB item limit)"
+        )));
+    }
+    Ok(n)
 }

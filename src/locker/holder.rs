@@ -4,7 +4,7 @@
 use super::{EAGER_ROUNDS, Grant, Holding, How, Locker, ReleaseOptions, Released, RenewOptions, Ttl, Wrote, how_event, ttl_len};
 use crate::clock::rfc3339;
 use crate::error::{Error, Occupant, Result};
-use crate::record::{Action, Event, EventKind, Record};
+use crate::record::{Action, Event, EventKind, Hold, Record, SharedOp};
 use crate::store::{Expect, Observed, State, Written};
 
 /// The History event that says a grant of `owner` ended without `owner` giving it back:
@@ -39,6 +39,9 @@ impl Locker {
         let RenewOptions { ttl, retention, in_history } = opts;
         let synced = self.store.clock().is_synced();
         let event = in_history.then(|| how_event(EventKind::Renewed, &who.owner, None)).flatten();
+        if who.shared {
+            return self.renew_shared(lock, who, opts, self.store.read(lock, true).await?).await;
+        }
         let mut seen = match (ttl, who.by_owner) {
             (Ttl::For(_) | Ttl::NoEnd, false) => None,
             _ => Some(self.store.read(lock, true).await?),
@@ -50,6 +53,8 @@ impl Locker {
                     State::Corrupt(why) => return Err(self.corrupt(lock, why)),
                     State::Valid(r) => match who.finds(r) {
                         Some(token) => (Expect::Token(token.to_string()), ttl_len(ttl, Some(r), self.store.clock().now_ms())),
+                        // A shared hold of ours (the caller did not say `--shared`).
+                        None if finds_shared(who, r).is_some() => return self.renew_shared(lock, who, opts, obs.clone()).await,
                         None => return Err(self.lost(lock, who, obs)),
                     },
                     State::Absent => return Err(self.lost(lock, who, obs)),
@@ -72,7 +77,7 @@ impl Locker {
                         self.retime(lock, r, lease, retention, Wrote::Renewal).await?
                     };
                     return match r {
-                        Some(r) => Ok(self.grant(lock, &r, How::Reentered, 0)),
+                        Some(r) => Ok(self.grant(lock, &r, None, How::Reentered, 0)),
                         None => Err(self.lost(lock, who, &self.store.read(lock, true).await?)),
                     };
                 }
@@ -95,7 +100,7 @@ impl Locker {
             State::Absent => None,
         };
         let now = match record {
-            Some(r) if !r.is_free() => format!("held by {} (fence {})", r.owner.as_deref().unwrap_or("?"), r.fence),
+            Some(r) if !r.is_free() => format!("held by {}", r.holders_text()),
             Some(_) => "free".to_string(),
             None => "absent (its record was deleted)".to_string(),
         };
@@ -121,6 +126,9 @@ impl Locker {
         if let Some(reason) = &opts.force {
             return self.force_release(lock, who, reason, opts).await;
         }
+        if who.shared {
+            return self.release_shared(lock, who, opts, self.store.read(lock, true).await?).await;
+        }
         let synced = self.store.clock().is_synced();
         let mut expect = who.expect();
         for _ in 0..EAGER_ROUNDS {
@@ -145,6 +153,9 @@ impl Locker {
                 expect = Expect::Token(token.to_string());
                 continue;
             }
+            if finds_shared(who, r).is_some() {
+                return self.release_shared(lock, who, opts, obs.clone()).await;
+            }
             if taken_from(r, &who.owner).is_some() {
                 return Err(self.lost(lock, who, &obs));
             }
@@ -168,6 +179,11 @@ impl Locker {
             let (expect, previous) = match &obs.state {
                 State::Absent => return Ok(Released::NotHeld),
                 State::Valid(r) if r.is_free() => return Ok(Released::NotHeld),
+                // Shared holds: every one goes, in one write on the version read.
+                State::Valid(r) if r.owner.is_none() => (
+                    Expect::Rvn(r.rvn.clone()),
+                    r.holds().iter().map(|(_, h)| h.owner.as_str()).collect::<Vec<_>>().join(", "),
+                ),
                 State::Valid(r) => (
                     Expect::TokenRvn {
                         token: r.token.clone().unwrap_or_default(),
@@ -186,7 +202,8 @@ impl Locker {
                 why: Some(format!("--force: {reason}")),
                 from: None,
             };
-            let change = self.change(Action::Release, None, opts.retention, Some(event));
+            let mut change = self.change(Action::Release, None, opts.retention, Some(event));
+            change.evict = true;
             if let Written::Done(r) = self.commit(lock, expect, Some(&obs), &change).await? {
                 tracing::warn!("force-released lock {lock:?} in {} from {previous}: {reason}", self.store.url());
                 return Ok(Released::Released { fence: r.fence });
@@ -197,4 +214,72 @@ impl Locker {
             source: None,
         })
     }
+
+    /// Renews a shared hold of `who`: one write on the version read (`obs`), again on what a
+    /// refusal shows.
+    async fn renew_shared(&self, lock: &str, who: &Holding, opts: RenewOptions, mut obs: Observed) -> Result<Grant> {
+        let event = opts.in_history.then(|| how_event(EventKind::Renewed, &who.owner, None)).flatten();
+        for _ in 0..EAGER_ROUNDS {
+            let r = match &obs.state {
+                State::Corrupt(why) => return Err(self.corrupt(lock, why)),
+                State::Valid(r) => r,
+                State::Absent => return Err(self.lost(lock, who, &obs)),
+            };
+            let Some((slot, token)) = finds_shared(who, r).map(|(k, h)| (k, h.token.clone())) else {
+                return Err(self.lost(lock, who, &obs));
+            };
+            let lease = ttl_len(opts.ttl, r.view_of(slot).as_ref(), self.store.clock().now_ms());
+            let mut change = self.change(Action::Shared(SharedOp::Renew { slot }), lease, opts.retention, event.clone());
+            change.slots = r.slot_count();
+            match self.commit(lock, Expect::Rvn(r.rvn.clone()), Some(&obs), &change).await? {
+                Written::Done(r) => return Ok(self.grant(lock, &r, Some(&token), How::Reentered, 0)),
+                Written::Conflict(now) => obs = now,
+            }
+        }
+        Err(Error::Unavailable {
+            message: format!("lock {lock:?} in {} kept changing under renew", self.store.url()),
+            source: None,
+        })
+    }
+
+    /// Gives back a shared hold of `who`, as [`Locker::release`] does an exclusive one.
+    async fn release_shared(&self, lock: &str, who: &Holding, opts: &ReleaseOptions, mut obs: Observed) -> Result<Released> {
+        for _ in 0..EAGER_ROUNDS {
+            let r = match &obs.state {
+                State::Corrupt(why) => return Err(self.corrupt(lock, why)),
+                State::Absent => return Ok(Released::NotHeld),
+                State::Valid(r) => r,
+            };
+            let Some((slot, fence)) = finds_shared(who, r).map(|(k, h)| (k, h.fence)) else {
+                if taken_from(r, &who.owner).is_some() {
+                    return Err(self.lost(lock, who, &obs));
+                }
+                let other = r.owner.clone().map(|o| (o, r.fence));
+                let other = other.or_else(|| r.holds().first().map(|(_, h)| (h.owner.clone(), h.fence)));
+                return Ok(match other {
+                    Some((owner, fence)) => Released::HeldByOther { owner, fence },
+                    None => Released::NotHeld,
+                });
+            };
+            let event = how_event(EventKind::Released, &who.owner, None);
+            let mut change = self.change(Action::Shared(SharedOp::Release { slot }), None, opts.retention, event);
+            change.slots = r.slot_count();
+            match self.commit(lock, Expect::Rvn(r.rvn.clone()), Some(&obs), &change).await? {
+                Written::Done(_) => return Ok(Released::Released { fence }),
+                Written::Conflict(now) => obs = now,
+            }
+        }
+        Err(Error::Unavailable {
+            message: format!("lock {lock:?} in {} kept changing under release", self.store.url()),
+            source: None,
+        })
+    }
+}
+
+/// The shared hold of `who` in `r`: by its token, else (a later job) by its owner.
+fn finds_shared<'r>(who: &Holding, r: &'r Record) -> Option<(u32, &'r Hold)> {
+    let holds = r.holds();
+    let by_token = holds.iter().find(|(_, h)| who.token.as_deref() == Some(h.token.as_str()));
+    let by_owner = || holds.iter().find(|(_, h)| who.by_owner && h.owner == who.owner);
+    by_token.or_else(by_owner).copied()
 }

@@ -69,6 +69,10 @@ pub struct AcquireOptions {
     /// A signal number arriving here stops the wait: the queue entry is removed and the
     /// result is `Error::Interrupted`.
     pub cancel: Option<tokio::sync::watch::Receiver<Option<i32>>>,
+    /// The lock's N (`--slots`): a record created now stores it; one of another N is refused.
+    pub slots: u32,
+    /// A shared hold (`--shared`), beside other shared ones up to N; else exclusive.
+    pub shared: bool,
 }
 
 impl Default for AcquireOptions {
@@ -93,6 +97,8 @@ impl Default for AcquireOptions {
             reenter: true,
             own_pipeline: Vec::new(),
             cancel: None,
+            slots: 1,
+            shared: false,
         }
     }
 }
@@ -153,6 +159,12 @@ pub struct Grant {
     pub polls: u32,
     /// Time spent before the grant, in ms.
     pub waited_ms: u64,
+    /// The slot held, 1 to N (1 for an exclusive grant).
+    pub slot: u32,
+    /// The lock's N.
+    pub slots: u32,
+    /// A shared hold.
+    pub shared: bool,
 }
 
 /// One progress report while waiting.
@@ -180,6 +192,8 @@ pub struct WaitReport {
     pub queued: usize,
     /// The live waiters ahead of us, in order: owner and pipeline URL.
     pub ahead: Vec<(String, Option<String>)>,
+    /// Ours is a shared request.
+    pub shared: bool,
 }
 
 /// Who is asking to renew or release: an owner (a later job) and, if known, the grant's token.
@@ -192,6 +206,8 @@ pub struct Holding {
     /// Find the grant by owner when the token is stale (a later job handed the token of an
     /// earlier acquire). Off for `run`'s own grant: it never touches another process's grant.
     pub by_owner: bool,
+    /// The grant is a shared hold (`--shared`): found among the lock's shared holds.
+    pub shared: bool,
 }
 
 impl Holding {
@@ -201,6 +217,7 @@ impl Holding {
             owner: owner.to_string(),
             token,
             by_owner: true,
+            shared: false,
         }
     }
 
@@ -210,6 +227,7 @@ impl Holding {
             owner: g.owner.clone(),
             token: Some(g.token.clone()),
             by_owner: false,
+            shared: g.shared,
         }
     }
 

@@ -35,6 +35,10 @@ pub struct Asker<'a> {
     pub own_pipeline: &'a [String],
     /// Our grant writes that got no answer, by token and how they granted.
     pub in_doubt: &'a [(String, How)],
+    /// The lock's N as we ask for it (`--slots`).
+    pub slots: u32,
+    /// A shared request (`--shared`).
+    pub shared: bool,
 }
 
 /// One round's decision of the waiting loop, on the record as last read.
@@ -50,12 +54,20 @@ pub enum Plan {
         event: Option<Event>,
         /// The queue entries it removes in the same write: ours, and the dead ones.
         dequeue: Vec<String>,
+        /// A shared grant: the slot it takes. `None`: an exclusive grant.
+        slot: Option<u32>,
+        /// It replaces every current holder (each judged stale, or `--force`).
+        evict: bool,
     },
     /// Renew our owner's grant under its token: same fence, lease never shortened.
     Reenter {
         /// The grant's token.
         token: String,
+        /// Its slot, for a shared hold.
+        slot: Option<u32>,
     },
+    /// The record was created with another N (`--slots`): exit 78, naming both.
+    WrongSlots(u32),
     /// A grant write of ours whose answer was lost had landed after all: the grant is ours.
     Adopt(How),
     /// Held via `acquire` by this job's own pipeline: `run` would wait on itself (exit 73).
@@ -71,21 +83,25 @@ pub fn held_via_run(r: &Record) -> bool {
     r.holder.as_ref().and_then(|h| h.via.as_deref()) == Some("run")
 }
 
-/// What the waiting loop does with `record` (`None`: nothing read yet), in this order: a
-/// newer pipeline supersedes us; a free lock goes to the head of the queue; a grant write of
-/// ours that landed is ours; our own pipeline's `acquire` grant stops `run`; our owner's grant
-/// is re-entered; else a takeover the judge allows (the head's only, except `--force`, which
-/// ignores the queue), or wait. The queue only decides who may try: every grant is still one
-/// conditional write (docs/design.md, rule 4).
+/// What the waiting loop does with `record` (`None`: nothing read yet, or absent), in this
+/// order: a newer pipeline supersedes us; a record of another N is refused; a free lock goes to
+/// the head of the queue; a grant write of ours that landed is ours; our own pipeline's
+/// `acquire` grant stops `run`; our owner's grant is re-entered; else a takeover the judge
+/// allows (the head's only, except `--force`, which ignores the queue), or wait. Shared
+/// requests go by [`plan_shared`]. The queue only decides who may try: every grant is still
+/// one conditional write (docs/design.md, rule 4).
 pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Plan {
     let acquired = || how_event(EventKind::Acquired, asker.owner, None);
     let Some(r) = record else {
-        // One blind write, which the store refuses if anyone queues.
+        // One blind write, which the store refuses if anyone queues (a shared one is planned
+        // on a read, and creates the record).
         return Plan::Grant {
             expect: Expect::Vacant,
             how: How::Acquired,
             event: acquired(),
             dequeue: Vec::new(),
+            slot: asker.shared.then_some(1),
+            evict: false,
         };
     };
     let (now, window) = (asker.now, asker.window);
@@ -95,7 +111,11 @@ pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Pl
     {
         return Plan::Superseded(by);
     }
-    let head = queue::ahead(r, &asker.me, asker.queue, now, window).is_empty();
+    if r.slot_count() != asker.slots {
+        return Plan::WrongSlots(r.slot_count());
+    }
+    let ahead = queue::ahead(r, &asker.me, asker.queue, now, window);
+    let head = ahead.is_empty();
     let dequeue = || {
         let mut d = queue::stale(r, asker.me.token, now, window);
         if r.waiters.contains_key(asker.me.token) {
@@ -104,7 +124,10 @@ pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Pl
         d
     };
     if r.is_free() {
-        if !head {
+        // A shared request may go beside shared ones queued ahead of it (there is a slot for
+        // each), never past an exclusive one.
+        let may = head || (asker.shared && ahead.iter().all(|(_, w)| w.shared) && ahead.len() < r.slot_count() as usize);
+        if !may {
             return Plan::Wait;
         }
         return Plan::Grant {
@@ -112,9 +135,13 @@ pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Pl
             how: How::Acquired,
             event: acquired(),
             dequeue: dequeue(),
+            slot: asker.shared.then_some(1),
+            evict: false,
         };
     }
-    if let Some((_, how)) = asker.in_doubt.iter().find(|(t, _)| r.token.as_ref() == Some(t)) {
+    let tokens = std::iter::once(r.token.as_ref()).flatten().chain(r.shared.values().map(|h| &h.token));
+    let mut tokens = tokens.collect::<Vec<_>>().into_iter();
+    if let Some((_, how)) = asker.in_doubt.iter().find(|(t, _)| tokens.any(|h| h == t)) {
         return Plan::Adopt(how.clone());
     }
     if r.owner.as_deref().is_some_and(|o| asker.own_pipeline.iter().any(|p| p == o)) && !held_via_run(r) {
@@ -123,28 +150,129 @@ pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Pl
     if asker.reenter && r.owner.as_deref() == Some(asker.owner) {
         return Plan::Reenter {
             token: r.token.clone().unwrap_or_default(),
+            slot: None,
         };
+    }
+    if asker.shared || r.owner.is_none() {
+        return plan_shared(r, asker, judge, &ahead, dequeue());
     }
     let Some(t) = judge.takeover(r).filter(|t| head || matches!(t, Takeover::Forced(_))) else {
         return Plan::Wait;
     };
+    taking_over(
+        r,
+        asker,
+        &t,
+        Expect::TokenRvn {
+            token: r.token.clone().unwrap_or_default(),
+            rvn: r.rvn.clone(),
+        },
+    )
+    .with(None, false, dequeue())
+}
+
+/// A takeover grant from the holder `from` (the exclusive one, or a shared hold's view).
+fn taking_over(from: &Record, asker: &Asker<'_>, t: &Takeover, expect: Expect) -> Plan {
     let kind = if matches!(t, Takeover::Forced(_)) {
         EventKind::Forced
     } else {
         EventKind::TakenOver
     };
     Plan::Grant {
-        expect: Expect::TokenRvn {
-            token: r.token.clone().unwrap_or_default(),
-            rvn: r.rvn.clone(),
-        },
+        expect,
         how: How::TookOver {
-            from: r.owner.clone().unwrap_or_default(),
+            from: from.owner.clone().unwrap_or_default(),
             why: t.why(),
         },
-        event: how_event(kind, asker.owner, Some(t.why())).map(|e| Event { from: r.owner.clone(), ..e }),
-        dequeue: dequeue(),
+        event: how_event(kind, asker.owner, Some(t.why())).map(|e| Event {
+            from: from.owner.clone(),
+            ..e
+        }),
+        dequeue: Vec::new(),
+        slot: None,
+        evict: false,
     }
+}
+
+impl Plan {
+    /// A grant plan with its slot, eviction and queue entries set.
+    fn with(self, slot: Option<u32>, evict: bool, dequeue: Vec<String>) -> Plan {
+        match self {
+            Plan::Grant { expect, how, event, .. } => Plan::Grant {
+                expect,
+                how,
+                event,
+                dequeue,
+                slot,
+                evict,
+            },
+            other => other,
+        }
+    }
+}
+
+/// The plan where shared holds are involved, on a record that is not free: a shared request
+/// beside shared holders (a free slot, else a stale hold's slot), or over a stale exclusive
+/// holder; an exclusive request over shared holders that are all stale. Writes on a record
+/// that was read are conditional on its version, which pins every holder's Token and version.
+fn plan_shared(r: &Record, asker: &Asker<'_>, judge: &Judge<'_>, ahead: &[(&String, &crate::record::Waiter)], dequeue: Vec<String>) -> Plan {
+    let head = ahead.is_empty();
+    let version = Expect::Rvn(r.rvn.clone());
+    let allowed = |view: &Record| judge.takeover(view).filter(|t| head || matches!(t, Takeover::Forced(_)));
+    if !asker.shared {
+        // Exclusive: only over shared holds that may all be taken over, in one write.
+        let views: Vec<Record> = r.holds().iter().filter_map(|(k, _)| r.view_of(*k)).collect();
+        let verdicts: Option<Vec<Takeover>> = views.iter().map(allowed).collect();
+        return match (verdicts, views.first()) {
+            (Some(ts), Some(first)) if !ts.is_empty() => taking_over(first, asker, &ts[0], version).with(None, true, dequeue),
+            _ => Plan::Wait,
+        };
+    }
+    if let Some(owner) = &r.owner {
+        // Shared over an exclusive holder: as an exclusive takeover, then the slot is ours.
+        let _ = owner;
+        return match allowed(r) {
+            Some(t) => {
+                let expect = Expect::TokenRvn {
+                    token: r.token.clone().unwrap_or_default(),
+                    rvn: r.rvn.clone(),
+                };
+                taking_over(r, asker, &t, expect).with(Some(1), true, dequeue)
+            }
+            None => Plan::Wait,
+        };
+    }
+    if asker.reenter
+        && let Some((k, h)) = r.holds().into_iter().find(|(_, h)| h.owner == asker.owner)
+    {
+        return Plan::Reenter {
+            token: h.token.clone(),
+            slot: Some(k),
+        };
+    }
+    // Never past an exclusive request queued ahead; beside shared ones while slots remain.
+    if ahead.iter().any(|(_, w)| !w.shared) {
+        return Plan::Wait;
+    }
+    let free = (1..=r.slot_count()).filter(|k| r.hold(*k).is_none()).count();
+    if let Some(k) = r.free_slot().filter(|_| ahead.len() < free) {
+        return Plan::Grant {
+            expect: version,
+            how: How::Acquired,
+            event: how_event(EventKind::Acquired, asker.owner, None),
+            dequeue,
+            slot: Some(k),
+            evict: false,
+        };
+    }
+    // No free slot: the lowest stale hold, if the head may take it.
+    for (k, _) in r.holds() {
+        let Some(view) = r.view_of(k) else { continue };
+        if let Some(t) = allowed(&view) {
+            return taking_over(&view, asker, &t, version).with(Some(k), false, dequeue);
+        }
+    }
+    Plan::Wait
 }
 
 #[cfg(test)]
@@ -163,6 +291,7 @@ mod tests {
             ordinal: None,
             url: None,
             window: None,
+            shared: false,
         }
     }
 
@@ -184,6 +313,8 @@ mod tests {
             reenter: true,
             own_pipeline: &[],
             in_doubt: &[],
+            slots: 1,
+            shared: false,
         };
         tune(&mut asker);
         plan(record, &asker, judge)
@@ -231,7 +362,13 @@ mod tests {
     #[test]
     fn our_owner_re_enters_unless_we_are_run() {
         let r = held_by(OWNER, Some(i64::MAX / 2));
-        assert_eq!(plan_at(Some(&r), &judge(0), 0, |_| {}), Plan::Reenter { token: "t".into() });
+        assert_eq!(
+            plan_at(Some(&r), &judge(0), 0, |_| {}),
+            Plan::Reenter {
+                token: "t".into(),
+                slot: None
+            }
+        );
         // `run` never re-enters: a live grant of our owner is waited for.
         assert_eq!(plan_at(Some(&r), &judge(0), 0, |a| a.reenter = false), Plan::Wait);
     }
@@ -333,7 +470,10 @@ mod tests {
         // Without --supersede: our owner re-enters.
         assert_eq!(
             plan_at(Some(&r), &judge(50_000), 0, |a| a.ordinal = Some(9)),
-            Plan::Reenter { token: "t".into() }
+            Plan::Reenter {
+                token: "t".into(),
+                slot: None
+            }
         );
     }
 }

@@ -17,6 +17,8 @@ fn change(action: Action, kind: EventKind) -> Change {
             why: None,
             from: None,
         }),
+        slots: 1,
+        evict: false,
     }
 }
 
@@ -106,6 +108,7 @@ fn waiter(seen: i64) -> Waiter {
         ordinal: Some(3),
         url: None,
         window: None,
+        shared: false,
     }
 }
 

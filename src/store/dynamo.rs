@@ -12,7 +12,7 @@ use super::aws::{self, AwsOptions, Failure, Kind, Meter};
 use super::{Check, Observed, State, Store, Version, WaiterUpdate, Write, Written};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
-use crate::record::{Action, HISTORY_LEN, Record};
+use crate::record::{Action, HISTORY_LEN, Record, SharedOp};
 
 mod doctor;
 mod expr;
@@ -228,7 +228,10 @@ impl Store for DynamoStore {
     }
 
     async fn write(&self, w: Write<'_>) -> Result<Written> {
-        let dequeue = matches!(&w.change.action, Action::Grant(g) if !g.dequeue.is_empty());
+        let dequeue = match &w.change.action {
+            Action::Grant(g) | Action::Shared(SharedOp::Grant { grantee: g, .. }) => !g.dequeue.is_empty(),
+            _ => false,
+        };
         let failure = match self.update(&w, dequeue).await? {
             Ok(written) => return Ok(written),
             Err(failure) => failure,
@@ -268,7 +271,7 @@ impl DynamoStore {
     /// (other than the condition's) comes back unmapped, for `write` to judge.
     async fn update(&self, w: &Write<'_>, dequeue: bool) -> Result<Result<Written, Failure>> {
         let (update, mut values, keys) = update_for(w, dequeue)?;
-        let Some(condition) = condition_for(&w.expect, w.is_blind_grant(), &mut values) else {
+        let Some(condition) = condition_for(w, &mut values) else {
             return self.put_exact(w).await.map(Ok);
         };
         let mut names = names(&used_names(&format!("{update} {condition}")));

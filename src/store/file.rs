@@ -228,6 +228,8 @@ impl Objects for FileDir {
             expires_at: None,
             fence_floor: self.clock.now_ms().max(0) as u64,
             event: None,
+            slots: 1,
+            evict: false,
         };
         let first = store
             .write(Write {

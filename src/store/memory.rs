@@ -131,6 +131,8 @@ mod tests {
             expires_at: None,
             fence_floor: 1,
             event: None,
+            slots: 1,
+            evict: false,
         };
         let stale = store.read("l", true).await.unwrap();
         assert!(matches!(stale.state, State::Absent));

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use crate::clock::StoreClock;
 use crate::error::Result;
-use crate::record::{Change, Record, Waiter};
+use crate::record::{Action, Change, Record, SharedOp, Waiter};
 
 pub mod aws;
 #[cfg(feature = "negative-control")]
@@ -145,7 +145,10 @@ impl Write<'_> {
     /// stores check this before writing; DynamoDB says the same in its condition expression.
     pub fn admits(&self, state: &State) -> bool {
         let queued = matches!(state, State::Valid(r) if !r.waiters.is_empty());
-        self.expect.holds(state) && !(self.is_blind_grant() && queued)
+        // A grant assumes the lock's N; a record that says otherwise is not the lock it meant.
+        let grant = matches!(self.change.action, Action::Grant(_) | Action::Shared(SharedOp::Grant { .. }));
+        let other_n = matches!(state, State::Valid(r) if r.slot_count() != self.change.slots);
+        self.expect.holds(state) && !(self.is_blind_grant() && queued) && !(grant && other_n)
     }
 
     /// A grant from free decided without reading the record.

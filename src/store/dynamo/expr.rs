@@ -7,8 +7,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::Item;
 use crate::error::{Error, Result};
-use crate::record::Action;
-use crate::store::{Expect, Write};
+use crate::record::{Action, Record, SharedOp};
+use crate::store::{Expect, State, Write};
 
 /// Attribute-name placeholders: `Owner` is a reserved word, so every name goes through one.
 const NAMES: &[(&str, &str)] = &[
@@ -25,6 +25,8 @@ const NAMES: &[(&str, &str)] = &[
     ("#hi", "History"),
     ("#ws", "Waiters"),
     ("#sa", "SeenAt"),
+    ("#sl", "Slots"),
+    ("#sh", "Shared"),
 ];
 
 /// The `ExpressionAttributeNames` for the placeholders used (DynamoDB refuses unused ones).
@@ -52,6 +54,9 @@ pub(super) fn av<T: serde::Serialize>(value: &T) -> Result<AttributeValue> {
 /// The update expression, values and the placeholders of queue keys for a change. With
 /// `dequeue`, a grant also removes the queue entries it names (they were in the map it read).
 pub(super) fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, Names)> {
+    if let Action::Shared(op) = &w.change.action {
+        return shared_update(w, op, dequeue);
+    }
     let c = w.change;
     let mut set = vec!["#r = :r".to_string()];
     let mut remove = Vec::new();
@@ -79,11 +84,14 @@ pub(super) fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, 
             set.push("#f = if_not_exists(#f, :base) + :one".into());
             values.insert(":base".into(), AttributeValue::N(c.fence_floor.to_string()));
             values.insert(":one".into(), AttributeValue::N("1".into()));
-            for (i, token) in g.dequeue.iter().enumerate().filter(|_| dequeue) {
-                // Removing map keys leaves Rvn and the holder fields alone; no path overlaps them.
-                remove.push(format!("#ws.#q{i}"));
-                keys.insert(format!("#q{i}"), token.clone());
-                keys.insert("#ws".into(), "Waiters".into());
+            dequeue_into(&g.dequeue, dequeue, &mut remove, &mut keys);
+            if c.slots > 1 {
+                set.push("#sl = :sl".into());
+                values.insert(":sl".into(), AttributeValue::N(c.slots.to_string()));
+            }
+            if c.evict {
+                // Every shared hold was judged stale; the condition pins the version read.
+                remove.push("#sh".into());
             }
         }
         Action::Renew { restamp, raise_fence } => {
@@ -98,7 +106,75 @@ pub(super) fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, 
             }
             values.insert(":now".into(), now);
         }
-        Action::Release => remove.extend(["#o", "#t", "#a", "#rn", "#h"].map(String::from)),
+        Action::Release => {
+            remove.extend(["#o", "#t", "#a", "#rn", "#h"].map(String::from));
+            if c.evict {
+                remove.push("#sh".into());
+            }
+        }
+        Action::Shared(_) => unreachable!("shared writes are planned by shared_update"),
+    }
+    if let Some(event) = &c.event {
+        set.push("#hi = list_append(if_not_exists(#hi, :empty), :ev)".into());
+        values.insert(":empty".into(), AttributeValue::L(vec![]));
+        values.insert(":ev".into(), AttributeValue::L(vec![av(event)?]));
+    }
+    let mut expr = format!("SET {}", set.join(", "));
+    if !remove.is_empty() {
+        expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
+    }
+    Ok((expr, values, keys))
+}
+
+/// Removes the queue entries a grant names (they were in the map it read). Removing map keys
+/// leaves Rvn and the holder fields alone; no path overlaps them.
+fn dequeue_into(tokens: &[String], dequeue: bool, remove: &mut Vec<String>, keys: &mut Names) {
+    for (i, token) in tokens.iter().enumerate().filter(|_| dequeue) {
+        remove.push(format!("#ws.#q{i}"));
+        keys.insert(format!("#q{i}"), token.clone());
+        keys.insert("#ws".into(), "Waiters".into());
+    }
+}
+
+/// A write to a shared hold: the next record computed from the one read (or the one created
+/// from absent), written as its holder-side attributes under the condition on the version
+/// read, so the fence and the slot map are exactly what that record gives. Waiters and the
+/// attributes of no holder are left alone.
+fn shared_update(w: &Write<'_>, op: &SharedOp, dequeue: bool) -> Result<(String, Item, Names)> {
+    let c = w.change;
+    let next = match w.base.map(|b| &b.state) {
+        Some(State::Valid(r)) => r.apply(c),
+        _ => Record::created(w.lock, c),
+    };
+    let mut set = vec!["#r = :r".to_string(), "#f = :f".to_string()];
+    let mut remove = Vec::new();
+    let mut values: Item = HashMap::from([
+        (":r".to_string(), AttributeValue::S(c.rvn.clone())),
+        (":f".to_string(), AttributeValue::N(next.fence.to_string())),
+    ]);
+    if next.shared.is_empty() {
+        remove.push("#sh".to_string());
+    } else {
+        set.push("#sh = :sh".into());
+        values.insert(":sh".into(), av(&next.shared)?);
+    }
+    match next.expires_at {
+        Some(e) => {
+            set.push("#e = :e".into());
+            values.insert(":e".into(), AttributeValue::N(e.to_string()));
+        }
+        None => remove.push("#e".into()),
+    }
+    if let Some(n) = next.slots {
+        set.push("#sl = :sl".into());
+        values.insert(":sl".into(), AttributeValue::N(n.to_string()));
+    }
+    if c.evict {
+        remove.extend(["#o", "#t", "#a", "#rn", "#h", "#l"].map(String::from));
+    }
+    let mut keys = Names::new();
+    if let SharedOp::Grant { grantee, .. } = op {
+        dequeue_into(&grantee.dequeue, dequeue, &mut remove, &mut keys);
     }
     if let Some(event) = &c.event {
         set.push("#hi = list_append(if_not_exists(#hi, :empty), :ev)".into());
@@ -114,7 +190,20 @@ pub(super) fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, 
 
 /// The condition for an expectation (docs/design.md, rules 2, 4, 5); `None` for `Expect::Exact`,
 /// which is written whole with PutItem (see `put_exact`).
-pub(super) fn condition_for(expect: &Expect, blind: bool, values: &mut Item) -> Option<String> {
+pub(super) fn condition_for(w: &Write<'_>, values: &mut Item) -> Option<String> {
+    let (expect, blind) = (&w.expect, w.is_blind_grant());
+    if matches!(w.change.action, Action::Shared(_)) && *expect == Expect::Vacant {
+        // A shared write from absent: its fence and slot map follow from no record at all.
+        return Some("attribute_not_exists(#k)".into());
+    }
+    // A grant from free also needs the lock's N to be the one it assumes, and no shared hold.
+    let slots = match w.change.slots {
+        1 => "attribute_not_exists(#sl)".to_string(),
+        n => {
+            values.insert(":sl".into(), AttributeValue::N(n.to_string()));
+            "#sl = :sl".to_string()
+        }
+    };
     let mut s = |k: &str, v: &str| {
         values.insert(k.to_string(), AttributeValue::S(v.to_string()));
     };
@@ -129,15 +218,19 @@ pub(super) fn condition_for(expect: &Expect, blind: bool, values: &mut Item) -> 
             // Nothing was read, so the condition also checks what a read would have: a Fence
             // that is not negative and a History that is a list. A blind grant must not jump a
             // queue it never saw either (see `Write::admits`).
-            "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND #f >= :zero \
-             AND attribute_type(#r, :ts) AND (attribute_not_exists(#hi) OR attribute_type(#hi, :tl)) \
-             AND (attribute_not_exists(#ws) OR size(#ws) = :zero))"
-                .into()
+            format!(
+                "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND #f >= :zero \
+                 AND attribute_type(#r, :ts) AND (attribute_not_exists(#hi) OR attribute_type(#hi, :tl)) \
+                 AND (attribute_not_exists(#ws) OR size(#ws) = :zero) AND attribute_not_exists(#sh) AND {slots})"
+            )
         }
         Expect::Vacant => {
             s(":tn", "N");
             s(":ts", "S");
-            "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND attribute_type(#r, :ts))".into()
+            format!(
+                "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND attribute_type(#r, :ts) \
+                 AND attribute_not_exists(#sh) AND {slots})"
+            )
         }
         Expect::Owner(o) => {
             s(":eo", o);
@@ -195,6 +288,8 @@ mod tests {
                 why: None,
                 from: None,
             }),
+            slots: 1,
+            evict: false,
         };
         let w = Write {
             lock: "l",
@@ -213,10 +308,46 @@ mod tests {
     }
 
     #[test]
-    fn a_blind_grant_needs_an_empty_queue() {
+    fn a_blind_grant_needs_an_empty_queue_and_the_n_it_assumes() {
+        let change = Change {
+            action: Action::Release,
+            rvn: "r".into(),
+            now: 5,
+            lease_expires_at: None,
+            expires_at: None,
+            fence_floor: 5,
+            event: None,
+            slots: 1,
+            evict: false,
+        };
+        let blind = Write {
+            lock: "l",
+            expect: Expect::Vacant,
+            base: None,
+            change: &change,
+        };
+        let read = crate::store::Observed {
+            state: State::Absent,
+            version: Default::default(),
+        };
+        let seen = Write {
+            base: Some(&read),
+            ..blind.clone()
+        };
+        let condition = condition_for(&blind, &mut Item::new()).unwrap();
+        assert!(
+            condition.contains("size(#ws) = :zero") && condition.contains("attribute_not_exists(#sl)"),
+            "{condition}"
+        );
+        assert!(!condition_for(&seen, &mut Item::new()).unwrap().contains("#ws"));
+        let pool = Change { slots: 3, ..change.clone() };
         let mut values = Item::new();
-        assert!(condition_for(&Expect::Vacant, true, &mut values).unwrap().contains("size(#ws) = :zero"));
-        assert!(!condition_for(&Expect::Vacant, false, &mut Item::new()).unwrap().contains("#ws"));
+        let condition = condition_for(&Write { change: &pool, ..blind }, &mut values).unwrap();
+        assert!(
+            condition.contains("#sl = :sl") && condition.contains("attribute_not_exists(#sh)"),
+            "{condition}"
+        );
+        assert_eq!(values[":sl"], AttributeValue::N("3".into()));
     }
 
     #[test]
@@ -229,6 +360,8 @@ mod tests {
             expires_at: Some(9),
             fence_floor: 5,
             event: None,
+            slots: 1,
+            evict: false,
         };
         let w = Write {
             lock: "l",

@@ -176,6 +176,7 @@ mod tests {
                     ordinal: None,
                     url: None,
                     window: None,
+                    shared: false,
                 },
             );
         }
@@ -198,6 +199,7 @@ mod tests {
             ordinal: None,
             url: None,
             window: None,
+            shared: false,
         };
         let set = WaiterUpdate {
             lock: "l",
