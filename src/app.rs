@@ -124,14 +124,14 @@ async fn cmd_status(s: &Settings, st: &Status) -> Result<u8> {
     let lock = &st.lock;
     let locker = connect(s).await?;
     let observed = locker.status(lock).await?;
-    if let (Some(want), Some(r)) = (st.slots, observed.record()) {
-        if r.slot_count() != want {
-            return Err(Error::Config(format!(
-                "lock {lock:?} in {} has {} slot(s), fixed when its record was created, not --slots {want}",
-                s.store,
-                r.slot_count()
-            )));
-        }
+    if let (Some(want), Some(r)) = (st.slots, observed.record())
+        && r.slot_count() != want
+    {
+        return Err(Error::Config(format!(
+            "lock {lock:?} in {} has {} slot(s), fixed when its record was created, not --slots {want}",
+            s.store,
+            r.slot_count()
+        )));
     }
     let now = locker.store().clock().now_ms();
     let mut json = status_json(lock, &observed, now, locker.store().requests());

@@ -238,6 +238,8 @@ pub enum Action {
 
 /// What a write to one shared hold does.
 #[derive(Debug, Clone, PartialEq)]
+// As `Action`: a handful per command, by value.
+#[allow(clippy::large_enum_variant)]
 pub enum SharedOp {
     /// A shared grant of `slot` to a new token: the slot was free, or held by a stale holder
     /// it replaces. Fence +1.

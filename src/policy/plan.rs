@@ -43,6 +43,8 @@ pub struct Asker<'a> {
 
 /// One round's decision of the waiting loop, on the record as last read.
 #[derive(Debug, Clone, PartialEq)]
+// One lives per round, by value; a Box would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Plan {
     /// Write a grant to a new token: from free, or a takeover.
     Grant {
@@ -228,9 +230,8 @@ fn plan_shared(r: &Record, asker: &Asker<'_>, judge: &Judge<'_>, ahead: &[(&Stri
             _ => Plan::Wait,
         };
     }
-    if let Some(owner) = &r.owner {
+    if r.owner.is_some() {
         // Shared over an exclusive holder: as an exclusive takeover, then the slot is ours.
-        let _ = owner;
         return match allowed(r) {
             Some(t) => {
                 let expect = Expect::TokenRvn {
