@@ -108,7 +108,9 @@ pub enum Expect {
     /// Exactly the record version we wrote last (a valid record, held or free): re-timing a
     /// tombstone whose times came from this machine's clock.
     Rvn(String),
-    /// Exactly the record in `base`, whatever it is: break-glass over a corrupt record.
+    /// Exactly the record in `base`, whatever it is: break-glass over a corrupt record. Needs a
+    /// `base` (without one the write is an error); over a valid record the change applies to
+    /// it as with any other condition.
     Exact,
 }
 
