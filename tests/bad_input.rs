@@ -605,6 +605,19 @@ fn unreadable_dynamodb_items_are_never_free_and_never_touched() {
             None,
         ),
         (
+            // The commands run as "me": the Owner matches, so only the item's shape refuses them.
+            "our own Owner, no Rvn",
+            vec![
+                ("Fence", n("3")),
+                ("Owner", s("me")),
+                ("Token", s("t")),
+                ("AcquiredAt", n("1")),
+                ("RenewedAt", n("1")),
+            ],
+            "Rvn",
+            None,
+        ),
+        (
             "History as a string",
             vec![("Fence", n("3")), ("Rvn", s("r")), ("History", s("yesterday"))],
             "History",

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
-use pipeline_lock::store::{self, Hooked, Store, StoreUrl, Write, WriteHook, Written};
+use pipeline_lock::store::{Hooked, Store, Write, WriteHook, Written};
 use pipeline_lock::{AcquireOptions, Error, Holding, Locker, ReleaseOptions, Released, RenewOptions, Result, Ttl, ci};
-use support::{Backend, Env};
+use support::library::Subject;
 
 /// Forwards everything; the first `drop` writes are carried out but their replies "lost".
 #[derive(Debug)]
@@ -46,49 +46,13 @@ fn drop_replies(inner: Arc<dyn Store>, drop: u32) -> Locker {
     })))
 }
 
-async fn locker(e: &Env, drop: u32) -> Locker {
-    let b = e.backend;
-    let aws = store::aws::AwsOptions {
-        region: Some("us-east-1".into()),
-        endpoint_url: e.endpoint.clone(),
-        force_path_style: true,
-    };
-    // The library reads credentials from its own environment; tests pass them explicitly.
-    let inner = match b {
-        Backend::File => store::open(&StoreUrl::parse(&e.store).unwrap(), &aws).await.unwrap(),
-        Backend::MotoS3 => Arc::new(support_s3(e, &aws).await),
-        _ => Arc::new(support_dynamo(e, &aws).await),
-    };
-    drop_replies(inner, drop)
-}
-
-async fn support_s3(e: &Env, aws: &store::aws::AwsOptions) -> store::s3::S3Store {
-    let config = test_config(aws).await;
-    let (bucket, prefix) = e.store.trim_start_matches("s3://").split_once('/').unwrap();
-    store::s3::S3Store::from_config(bucket, prefix, &config, true)
-}
-
-async fn test_config(aws: &store::aws::AwsOptions) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(aws.endpoint_url.clone().unwrap())
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "tests"))
-        .load()
-        .await
-}
-
-async fn support_dynamo(e: &Env, aws: &store::aws::AwsOptions) -> store::dynamo::DynamoStore {
-    let config = test_config(aws).await;
-    store::dynamo::DynamoStore::from_config(e.store.trim_start_matches("dynamodb://"), &config)
-}
-
 fn me(owner: &str) -> ci::Identity {
     ci::detect(&|_| None, ci::Scope::Pipeline, Some(owner)).unwrap().unwrap()
 }
 
-async fn lost_grant_reply_still_grants_once(e: Env) {
-    let locker = locker(&e, 1).await;
-    let lock = e.lock("l");
+async fn lost_grant_reply_still_grants_once(s: Subject) {
+    let locker = drop_replies(s.store.clone(), 1);
+    let lock = s.lock("l");
     let grant = locker.acquire(&lock, &me("alice"), &AcquireOptions::default()).await.unwrap();
     // A record created from absent starts its fence above the grant's store ms (AcquiredAt).
     assert!(grant.fence > grant.acquired_at as u64, "{grant:?}");
@@ -99,9 +63,9 @@ async fn lost_grant_reply_still_grants_once(e: Env) {
     assert_eq!(r.history.len(), 1, "one grant event, not two: {:?}", r.history);
 }
 
-async fn lost_release_reply_still_releases(e: Env) {
-    let locker = locker(&e, 0).await;
-    let lock = e.lock("l");
+async fn lost_release_reply_still_releases(s: Subject) {
+    let locker = Locker::new(s.store.clone());
+    let lock = s.lock("l");
     let grant = locker.acquire(&lock, &me("alice"), &AcquireOptions::default()).await.unwrap();
     let flaky = drop_replies(locker.store().clone(), 1);
     let who = Holding::pipeline("alice", None);
@@ -110,9 +74,9 @@ async fn lost_release_reply_still_releases(e: Env) {
     assert!(locker.status(&lock).await.unwrap().record().unwrap().is_free());
 }
 
-async fn lost_renew_reply_is_not_a_lost_lease(e: Env) {
-    let locker = locker(&e, 0).await;
-    let lock = e.lock("l");
+async fn lost_renew_reply_is_not_a_lost_lease(s: Subject) {
+    let locker = Locker::new(s.store.clone());
+    let lock = s.lock("l");
     let grant = locker.acquire(&lock, &me("alice"), &AcquireOptions::default()).await.unwrap();
     let flaky = drop_replies(locker.store().clone(), 1);
     let who = Holding::grant(&grant);
@@ -131,26 +95,7 @@ async fn lost_renew_reply_is_not_a_lost_lease(e: Env) {
     assert_eq!((renewed.fence, renewed.token), (grant.fence, grant.token));
 }
 
-/// Sets the store up outside the async runtime (support blocks on its own), then runs.
-fn run<F: std::future::Future<Output = ()>>(b: Backend, name: &str, test: impl FnOnce(Env) -> F) {
-    let Some(e) = Env::try_new(b, name) else { return };
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(test(e));
-}
-
-macro_rules! per_store {
-    ($($name:ident),*) => {
-        mod file { $( #[test] fn $name() { super::run(super::Backend::File, stringify!($name), super::$name) } )* }
-        mod dynamodb_local { $( #[test] fn $name() { super::run(super::Backend::DynamoLocal, stringify!($name), super::$name) } )* }
-        mod moto_dynamodb { $( #[test] fn $name() { super::run(super::Backend::MotoDynamo, stringify!($name), super::$name) } )* }
-        mod moto_s3 { $( #[test] fn $name() { super::run(super::Backend::MotoS3, stringify!($name), super::$name) } )* }
-    };
-}
-
-per_store!(
+on_every_library_store!(
     lost_grant_reply_still_grants_once,
     lost_release_reply_still_releases,
     lost_renew_reply_is_not_a_lost_lease

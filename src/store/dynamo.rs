@@ -166,7 +166,12 @@ impl DynamoStore {
             .and_then(|i| i.get("Fence"))
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse().ok());
-        let record = super::salvage(w.lock, fence, w.change);
+        let record = match &base.state {
+            // Over a record that parses, the change applies to it as every other write does
+            // (and as the whole-record stores write it): its fence, queue and history kept.
+            State::Valid(r) => r.apply(w.change),
+            _ => super::salvage(w.lock, fence, w.change),
+        };
         let item = serde_dynamo::to_item(&record).map_err(|e| Error::other("cannot encode the lock record", e))?;
         let mut req = self
             .client

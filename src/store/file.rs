@@ -198,12 +198,10 @@ impl Objects for FileDir {
         let mut out = Vec::new();
         for entry in entries.flatten() {
             let file_name = entry.file_name();
-            let Some(name) = file_name
-                .to_str()
-                .and_then(|n| n.strip_suffix(SUFFIX))
-                .filter(|n| !n.starts_with('.'))
-                .and_then(decode_name)
-            else {
+            // Only lock files end in SUFFIX (temp files end in `.tmp`, the directory lock in
+            // `.dirlock`); a name may start with a dot, which `encode_name` keeps, so a hidden
+            // file can be a lock (`.deploy` is `.deploy.lock`).
+            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(SUFFIX)).and_then(decode_name) else {
                 continue;
             };
             let object = self.load(&name, &entry.path())?;

@@ -46,6 +46,18 @@ impl Whole<Memory> {
     }
 }
 
+impl Whole<Memory> {
+    /// Puts `bytes` where `lock`'s record lives, as they are: no condition, no parsing. What a
+    /// foreign writer or a damaged store leaves behind, for tests of corrupt records (on the
+    /// other stores tests plant theirs with a file write or the vendor's SDK). Not part of the
+    /// [`Store`] trait, whose every write is conditional (docs/design.md, rule 1).
+    pub fn plant(&self, lock: &str, bytes: Vec<u8>) {
+        let memory = self.objects();
+        let version = memory.versions.fetch_add(1, Ordering::Relaxed);
+        memory.map().insert(lock.to_string(), (bytes, version));
+    }
+}
+
 impl Memory {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<u8>, u64)>> {
         self.requests.fetch_add(1, Ordering::Relaxed);

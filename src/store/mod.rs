@@ -105,7 +105,9 @@ pub enum Expect {
     /// Exactly the record version we wrote last (a valid record, held or free): re-timing a
     /// tombstone whose times came from this machine's clock.
     Rvn(String),
-    /// Exactly the record in `base`, whatever it is: break-glass over a corrupt record.
+    /// Exactly the record in `base`, whatever it is: break-glass over a corrupt record. Needs a
+    /// `base` (without one the write is an error); over a valid record the change applies to
+    /// it as with any other condition.
     Exact,
 }
 
@@ -206,12 +208,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Waiter bookkeeping (see [`WaiterUpdate`]). Nothing is written when the record is absent,
     /// free of the entry to remove, or unreadable. Returns the record as it is afterwards when
     /// the store knows it without another request, so the write can stand in for a poll.
-    /// Stores that keep no queue (test wrappers) answer `Ok(None)` and their locks simply have
-    /// no waiters; the lock itself stays safe, only the order is lost.
-    async fn update_waiters(&self, update: WaiterUpdate<'_>) -> Result<Option<Observed>> {
-        let _ = update;
-        Ok(None)
-    }
+    /// Required, with no default: a store that dropped these updates would still be safe, but
+    /// its queue would be silently empty and waiters would be served in no order. A wrapper
+    /// forwards to the store it wraps; `tests/store_contract.rs` checks every store's.
+    async fn update_waiters(&self, update: WaiterUpdate<'_>) -> Result<Option<Observed>>;
 
     /// Every lock record in the store, with its name.
     async fn list(&self) -> Result<Vec<(String, Observed)>>;

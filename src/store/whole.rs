@@ -324,6 +324,11 @@ impl<P: Objects> Store for Whole<P> {
     }
 
     async fn write(&self, w: Write<'_>) -> Result<Written> {
+        // Exact is about the record in `base`: without one it would replace whatever is there
+        // now, unseen. DynamoDB refuses it the same way (`put_exact`).
+        if w.expect == Expect::Exact && w.base.is_none() {
+            return Err(Error::Usage("a break-glass write needs the record it replaces".into()));
+        }
         // Break-glass over a corrupt record reads it again: only the raw bytes hold the old
         // fence, and only if they are still the bytes the decision was made on.
         let rereads = |b: &Observed| P::ONE_STEP || (w.expect == Expect::Exact && matches!(b.state, State::Corrupt(_)));

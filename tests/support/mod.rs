@@ -3,6 +3,8 @@
 //! uses its own lock names; nothing here changes the test process's environment.
 #![allow(dead_code)]
 
+pub mod library;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -188,8 +188,22 @@ fn shared_update(w: &Write<'_>, op: &SharedOp, dequeue: bool) -> Result<(String,
     Ok((expr, values, keys))
 }
 
-/// The condition for an expectation (docs/design.md, rules 2, 4, 5); `None` for `Expect::Exact`,
-/// which is written whole with PutItem (see `put_exact`).
+/// What a read checks before it calls an item a valid record, as far as a condition can say
+/// it (docs/design.md, rule 8): a Fence that is a number not below zero, an Rvn that is a
+/// string, a History that is a list if any. The server evaluates the condition, not our parser,
+/// so without this an Owner or Token condition would hold on an item that reads as corrupt
+/// (`Expect::holds` never does) and a holder write would land on it without break-glass.
+/// Damage deeper than types (a History entry of the wrong shape, a fractional Fence) only
+/// shows when the record is read back after the write.
+pub(super) const WELL_FORMED: &str =
+    "attribute_type(#f, :tn) AND #f >= :zero AND attribute_type(#r, :ts) AND (attribute_not_exists(#hi) OR attribute_type(#hi, :tl))";
+
+/// A held record carries an Owner, its Token and its times (`Record::validate`).
+pub(super) const HELD: &str = "attribute_type(#o, :ts) AND attribute_type(#t, :ts) AND attribute_type(#a, :tn) AND attribute_type(#rn, :tn)";
+
+/// The condition for a write (docs/design.md, rules 2, 4, 5); `None` for `Expect::Exact`,
+/// which is written whole with PutItem (see `put_exact`). Every other condition also requires
+/// an item that parses as far as types go ([`WELL_FORMED`]).
 pub(super) fn condition_for(w: &Write<'_>, values: &mut Item) -> Option<String> {
     let (expect, blind) = (&w.expect, w.is_blind_grant());
     if matches!(w.change.action, Action::Shared(_)) && *expect == Expect::Vacant {
@@ -207,50 +221,45 @@ pub(super) fn condition_for(w: &Write<'_>, values: &mut Item) -> Option<String> 
     let mut s = |k: &str, v: &str| {
         values.insert(k.to_string(), AttributeValue::S(v.to_string()));
     };
+    s(":tn", "N");
+    s(":ts", "S");
+    s(":tl", "L");
     let condition = match expect {
         // A free tombstone must still be a well-formed one: a grant over an item whose Fence
-        // is missing or mistyped would restart the fence.
-        Expect::Vacant if blind => {
-            s(":tn", "N");
-            s(":ts", "S");
-            s(":tl", "L");
-            values.insert(":zero".into(), AttributeValue::N("0".into()));
-            // Nothing was read, so the condition also checks what a read would have: a Fence
-            // that is not negative and a History that is a list. A blind grant must not jump a
-            // queue it never saw either (see `Write::admits`).
-            format!(
-                "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND #f >= :zero \
-                 AND attribute_type(#r, :ts) AND (attribute_not_exists(#hi) OR attribute_type(#hi, :tl)) \
-                 AND (attribute_not_exists(#ws) OR size(#ws) = :zero) AND attribute_not_exists(#sh) AND {slots})"
-            )
-        }
+        // is missing or mistyped would restart the fence. A blind grant must not jump a queue
+        // it never saw either (see `Write::admits`).
         Expect::Vacant => {
-            s(":tn", "N");
-            s(":ts", "S");
+            let queue = if blind {
+                " AND (attribute_not_exists(#ws) OR size(#ws) = :zero)"
+            } else {
+                ""
+            };
             format!(
-                "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_type(#f, :tn) AND attribute_type(#r, :ts) \
-                 AND attribute_not_exists(#sh) AND {slots})"
+                "attribute_not_exists(#k) OR (attribute_not_exists(#o) AND attribute_not_exists(#t) AND attribute_not_exists(#sh) \
+                 AND {slots} AND {WELL_FORMED}{queue})"
             )
         }
         Expect::Owner(o) => {
             s(":eo", o);
-            "#o = :eo".into()
+            format!("#o = :eo AND {HELD} AND {WELL_FORMED}")
         }
         Expect::Token(t) => {
             s(":et", t);
-            "#t = :et".into()
+            format!("#t = :et AND {HELD} AND {WELL_FORMED}")
         }
         Expect::TokenRvn { token, rvn } => {
             s(":et", token);
             s(":er", rvn);
-            "#t = :et AND #r = :er".into()
+            format!("#t = :et AND #r = :er AND {HELD} AND {WELL_FORMED}")
         }
+        // Held or free, but one or the other: a Token without an Owner is corrupt.
         Expect::Rvn(rvn) => {
             s(":er", rvn);
-            "#r = :er".into()
+            format!("#r = :er AND ((attribute_not_exists(#o) AND attribute_not_exists(#t)) OR ({HELD})) AND {WELL_FORMED}")
         }
         Expect::Exact => return None,
     };
+    values.insert(":zero".into(), AttributeValue::N("0".into()));
     Some(condition)
 }
 
@@ -348,6 +357,51 @@ mod tests {
             "{condition}"
         );
         assert_eq!(values[":sl"], AttributeValue::N("3".into()));
+    }
+
+    #[test]
+    fn every_condition_but_exact_needs_an_item_that_parses() {
+        let holder = [
+            Expect::Owner("o".into()),
+            Expect::Token("t".into()),
+            Expect::TokenRvn {
+                token: "t".into(),
+                rvn: "r".into(),
+            },
+        ];
+        let change = Change {
+            action: Action::Release,
+            rvn: "r".into(),
+            now: 5,
+            lease_expires_at: None,
+            expires_at: None,
+            fence_floor: 5,
+            event: None,
+            slots: 1,
+            evict: false,
+        };
+        for expect in holder.iter().chain(&[Expect::Vacant, Expect::Rvn("r".into())]) {
+            let mut values = Item::new();
+            let w = Write {
+                lock: "l",
+                expect: expect.clone(),
+                base: None,
+                change: &change,
+            };
+            let condition = condition_for(&w, &mut values).unwrap();
+            assert!(condition.contains(WELL_FORMED), "{expect:?}: {condition}");
+            assert_eq!(condition.contains(HELD), !matches!(expect, Expect::Vacant), "{expect:?}: {condition}");
+            for v in [":tn", ":ts", ":tl", ":zero"] {
+                assert!(values.contains_key(v), "{expect:?}: {v}");
+            }
+        }
+        let exact = Write {
+            lock: "l",
+            expect: Expect::Exact,
+            base: None,
+            change: &change,
+        };
+        assert!(condition_for(&exact, &mut Item::new()).is_none());
     }
 
     #[test]
