@@ -112,7 +112,7 @@ fn an_exclusive_hold_is_alone_and_holds_back_later_shared_ones(b: Backend) {
     let lock = e.lock("db");
     assert_eq!(shared(&e, "reader1", &lock, "5", &[]).0, 0);
     // The migration waits for the reader to leave...
-    let mut writer = spawn(
+    let writer = spawn(
         &e,
         "migration",
         &lock,

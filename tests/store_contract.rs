@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pipeline_lock::queue::{self, Prune, QueueMode};
-use pipeline_lock::record::{Action, Change, Event, EventKind, Grantee, Holder, Record, Waiter};
+use pipeline_lock::record::{Action, Change, Event, EventKind, Grantee, Holder, Record, SharedOp, Waiter};
 use pipeline_lock::store::{Expect, Observed, State, Store, WaiterUpdate, Write, Written};
 use support::library::{Junk, Subject};
 
@@ -34,6 +34,9 @@ fn change(store: &dyn Store, action: Action) -> Change {
         Action::Grant(g) => (Some(now + LEASE_MS), Some((EventKind::Acquired, g.owner.clone()))),
         Action::Renew { .. } => (Some(now + LEASE_MS), None),
         Action::Release => (None, Some((EventKind::Released, "holder".to_string()))),
+        Action::Shared(SharedOp::Grant { grantee, .. }) => (Some(now + LEASE_MS), Some((EventKind::Acquired, grantee.owner.clone()))),
+        Action::Shared(SharedOp::Renew { .. }) => (Some(now + LEASE_MS), None),
+        Action::Shared(SharedOp::Release { .. }) => (None, Some((EventKind::Released, "holder".to_string()))),
     };
     Change {
         action,
