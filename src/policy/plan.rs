@@ -132,8 +132,10 @@ pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Pl
         if !may {
             return Plan::Wait;
         }
+        // A shared grant is written on the version read (its fence follows from it).
+        let expect = if asker.shared { Expect::Rvn(r.rvn.clone()) } else { Expect::Vacant };
         return Plan::Grant {
-            expect: Expect::Vacant,
+            expect,
             how: How::Acquired,
             event: acquired(),
             dequeue: dequeue(),

@@ -127,8 +127,7 @@ impl<P> Whole<P> {
         }
     }
 
-    /// The object primitives underneath (for the negative control's raw writes).
-    #[cfg(feature = "negative-control")]
+    /// The object primitives underneath (raw writes: `MemoryStore::plant`, the negative control).
     pub(crate) fn objects(&self) -> &P {
         &self.objects
     }
