@@ -479,4 +479,140 @@ mod tests {
             }
         );
     }
+
+    /// A pool of `n` with shared holds `(slot, owner, lease end)`.
+    fn pool(n: u32, holds: &[(u32, &str, i64)]) -> Record {
+        let mut r = Record::vacant("l");
+        r.rvn = "v1".into();
+        r.fence = 10;
+        r.slots = Some(n);
+        for (k, owner, end) in holds {
+            r.shared.insert(
+                k.to_string(),
+                crate::record::Hold {
+                    owner: owner.to_string(),
+                    token: format!("t{k}"),
+                    fence: 5 + *k as u64,
+                    rvn: "h".into(),
+                    acquired_at: 0,
+                    renewed_at: 0,
+                    lease_expires_at: Some(*end),
+                    holder: None,
+                },
+            );
+        }
+        r
+    }
+
+    fn shared(n: u32) -> impl FnOnce(&mut Asker<'_>) {
+        move |a| {
+            a.slots = n;
+            a.shared = true;
+        }
+    }
+
+    #[test]
+    fn a_shared_request_takes_the_lowest_free_slot_on_the_version_read() {
+        let r = pool(3, &[(1, "a", 90_000), (3, "c", 90_000)]);
+        let p = plan_at(Some(&r), &judge(50_000), 50_000, shared(3));
+        assert!(
+            matches!(p, Plan::Grant { slot: Some(2), evict: false, ref expect, .. } if *expect == Expect::Rvn("v1".into())),
+            "{p:?}"
+        );
+        // Nothing read yet: one write that creates the record, slot 1.
+        let p = plan_at(None, &judge(50_000), 50_000, shared(3));
+        assert!(
+            matches!(p, Plan::Grant { slot: Some(1), ref expect, .. } if *expect == Expect::Vacant),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_pool_waits_until_a_holder_is_stale_then_takes_only_its_slot() {
+        let r = pool(2, &[(1, "a", 90_000), (2, "b", 40_000)]);
+        assert_eq!(plan_at(Some(&r), &judge(41_000), 0, shared(2)), Plan::Wait, "inside the margin");
+        let p = plan_at(Some(&r), &judge(43_000), 0, shared(2));
+        match p {
+            Plan::Grant {
+                slot, evict, expect, how, ..
+            } => {
+                assert_eq!((slot, evict, expect), (Some(2), false, Expect::Rvn("v1".into())));
+                assert!(matches!(how, How::TookOver { ref from, .. } if from == "b"), "{how:?}");
+            }
+            other => panic!("expected a takeover of slot 2, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn another_n_is_refused_before_anything_else() {
+        let r = pool(3, &[]);
+        assert_eq!(plan_at(Some(&r), &judge(0), 0, shared(2)), Plan::WrongSlots(3));
+        assert_eq!(plan_at(Some(&r), &judge(0), 0, |_| {}), Plan::WrongSlots(3));
+        let mutex = held_by("x", None);
+        assert_eq!(plan_at(Some(&mutex), &judge(0), 0, shared(4)), Plan::WrongSlots(1));
+    }
+
+    #[test]
+    fn an_exclusive_request_waits_for_every_shared_holder_and_may_evict_only_all_stale() {
+        let live = pool(3, &[(1, "a", 90_000), (2, "b", 40_000)]);
+        let n3 = |a: &mut Asker<'_>| a.slots = 3;
+        assert_eq!(plan_at(Some(&live), &judge(50_000), 0, n3), Plan::Wait);
+        let stale = pool(3, &[(1, "a", 40_000), (2, "b", 40_000)]);
+        let p = plan_at(Some(&stale), &judge(50_000), 0, n3);
+        assert!(
+            matches!(p, Plan::Grant { slot: None, evict: true, ref expect, .. } if *expect == Expect::Rvn("v1".into())),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_waiting_exclusive_request_holds_back_shared_ones_behind_it() {
+        let mut r = pool(3, &[(1, "a", 90_000)]);
+        r.waiters.insert("w".into(), waiter("writer", 10_000));
+        // We queued after the writer: a slot is free, but we wait.
+        assert_eq!(plan_at(Some(&r), &judge(50_000), 20_000, shared(3)), Plan::Wait);
+        // A shared waiter ahead does not hold us back while slots remain for both.
+        r.waiters.get_mut("w").unwrap().shared = true;
+        assert!(matches!(
+            plan_at(Some(&r), &judge(50_000), 20_000, shared(3)),
+            Plan::Grant { slot: Some(2), .. }
+        ));
+        // On a free record too: an exclusive waiter ahead is the head.
+        let mut free = pool(3, &[]);
+        free.waiters.insert("w".into(), waiter("writer", 10_000));
+        assert_eq!(plan_at(Some(&free), &judge(50_000), 20_000, shared(3)), Plan::Wait);
+    }
+
+    #[test]
+    fn a_shared_request_over_a_stale_exclusive_holder_evicts_it_by_token_and_version() {
+        let mut r = held_by("x", Some(40_000));
+        r.slots = Some(3);
+        let p = plan_at(Some(&r), &judge(50_000), 0, shared(3));
+        let want = Expect::TokenRvn {
+            token: "t".into(),
+            rvn: "v1".into(),
+        };
+        assert!(
+            matches!(p, Plan::Grant { slot: Some(1), evict: true, ref expect, .. } if *expect == want),
+            "{p:?}"
+        );
+        let live = {
+            let mut r = held_by("x", Some(90_000));
+            r.slots = Some(3);
+            r
+        };
+        assert_eq!(plan_at(Some(&live), &judge(50_000), 0, shared(3)), Plan::Wait);
+    }
+
+    #[test]
+    fn our_owner_re_enters_its_shared_hold() {
+        let r = pool(2, &[(2, OWNER, 90_000)]);
+        assert_eq!(
+            plan_at(Some(&r), &judge(50_000), 0, shared(2)),
+            Plan::Reenter {
+                token: "t2".into(),
+                slot: Some(2)
+            }
+        );
+    }
 }
