@@ -629,6 +629,89 @@ async fn fences_only_go_up_across_grant_release_regrant_and_takeover(s: Subject)
     assert_eq!(history, expected.map(|(e, f)| (e, Some(f))).to_vec(), "{}", st.url());
 }
 
+fn shared_grant(owner: &str, token: &str, slot: u32) -> Action {
+    let Action::Grant(grantee) = granting(owner, token) else {
+        unreachable!()
+    };
+    Action::Shared(SharedOp::Grant { slot, grantee })
+}
+
+/// Shared holds: created from absent with the lock's N, each further one on the version read
+/// (a stale version is refused, so two grants never share a slot), an exclusive grant refused
+/// beside them, a grant that assumes another N refused, and one hold's release leaving the
+/// others exactly as they were.
+async fn shared_holds_are_written_on_the_version_read_and_never_beside_an_exclusive_one(s: Subject) {
+    let st = &*s.store;
+    let lock = s.lock("shared");
+    let absent = read(st, &lock).await;
+    let mut c = change(st, shared_grant("a", &token(), 1));
+    c.slots = 3;
+    let first = done(st, &lock, write(st, &lock, Expect::Vacant, Some(&absent), &c).await, "shared from absent").await;
+    assert_eq!((first.slots, first.fence), (Some(3), c.fence_floor + 1));
+    assert_eq!(first.hold(1).map(|h| (h.owner.as_str(), h.fence)), Some(("a", first.fence)));
+    let base = read(st, &lock).await;
+    let mut c = change(st, shared_grant("b", &token(), 2));
+    c.slots = 3;
+    let second = done(
+        st,
+        &lock,
+        write(st, &lock, Expect::Rvn(first.rvn.clone()), Some(&base), &c).await,
+        "slot 2",
+    )
+    .await;
+    assert_eq!(second.fence, first.fence + 1);
+    // A racer that read the same version and wants slot 2 too is refused.
+    let mut racer = change(st, shared_grant("c", &token(), 2));
+    racer.slots = 3;
+    let now = State::Valid(second.clone());
+    refused(
+        st,
+        &lock,
+        write(st, &lock, Expect::Rvn(first.rvn.clone()), Some(&base), &racer).await,
+        &now,
+        "stale version",
+    )
+    .await;
+    // No exclusive grant beside shared holds, blind or not, of any N.
+    for (n, base) in [(3, Some(read(st, &lock).await)), (1, None)] {
+        let mut x = change(st, granting("x", &token()));
+        x.slots = n;
+        refused(
+            st,
+            &lock,
+            write(st, &lock, Expect::Vacant, base.as_ref(), &x).await,
+            &now,
+            "exclusive beside shared",
+        )
+        .await;
+    }
+    // A shared grant that assumes another N is refused even on the right version.
+    let mut wrong_n = change(st, shared_grant("d", &token(), 3));
+    wrong_n.slots = 2;
+    refused(
+        st,
+        &lock,
+        write(st, &lock, Expect::Rvn(second.rvn.clone()), Some(&read(st, &lock).await), &wrong_n).await,
+        &now,
+        "another N",
+    )
+    .await;
+    // a gives slot 1 back; b's hold is untouched.
+    let mut release = change(st, Action::Shared(SharedOp::Release { slot: 1 }));
+    release.slots = 3;
+    let after = done(
+        st,
+        &lock,
+        write(st, &lock, Expect::Rvn(second.rvn.clone()), Some(&read(st, &lock).await), &release).await,
+        "release slot 1",
+    )
+    .await;
+    assert!(after.hold(1).is_none());
+    assert_eq!(after.hold(2), second.hold(2), "{}: the other hold is untouched", st.url());
+    assert_eq!(after.fence, second.fence, "a release keeps the fence");
+    assert!(after.expires_at >= second.expires_at, "GC never comes before a hold's lease end");
+}
+
 async fn waiter_updates_never_touch_the_holder(s: Subject) {
     let st = &*s.store;
     let lock = s.lock("queue");
@@ -846,4 +929,5 @@ on_every_library_store!(
     waiter_updates_write_nothing_where_there_is_nothing_to_change,
     the_queue_keeps_its_order,
     list_returns_every_record_with_its_name,
+    shared_holds_are_written_on_the_version_read_and_never_beside_an_exclusive_one,
 );

@@ -48,7 +48,7 @@ impl Answer {
         match code.as_str() {
             "ResourceNotFoundException" => Answer::NoTable,
             "ValidationException" if message.contains("document path") => Answer::MissingPath,
-            "ValidationException" if message.contains("key") => Answer::WrongKey,
+            "ValidationException" if message.contains("key element") => Answer::WrongKey,
             "ValidationException" => Answer::Invalid,
             _ => Answer::Other,
         }

@@ -210,14 +210,18 @@ pub(super) fn condition_for(w: &Write<'_>, values: &mut Item) -> Option<String> 
         // A shared write from absent: its fence and slot map follow from no record at all.
         return Some("attribute_not_exists(#k)".into());
     }
-    // A grant from free also needs the lock's N to be the one it assumes, and no shared hold.
+    // A grant needs the lock's N to be the one it assumes (as `Write::admits` says for the
+    // whole-record stores); a grant from free also needs no shared hold.
+    let grant = matches!(w.change.action, Action::Grant(_) | Action::Shared(SharedOp::Grant { .. }));
     let slots = match w.change.slots {
+        _ if !grant && *expect != Expect::Vacant => String::new(),
         1 => "attribute_not_exists(#sl)".to_string(),
         n => {
-            values.insert(":sl".into(), AttributeValue::N(n.to_string()));
-            "#sl = :sl".to_string()
+            values.insert(":nsl".into(), AttributeValue::N(n.to_string()));
+            "#sl = :nsl".to_string()
         }
     };
+    let n_of_grant = if grant { format!(" AND {slots}") } else { String::new() };
     let mut s = |k: &str, v: &str| {
         values.insert(k.to_string(), AttributeValue::S(v.to_string()));
     };
@@ -250,12 +254,12 @@ pub(super) fn condition_for(w: &Write<'_>, values: &mut Item) -> Option<String> 
         Expect::TokenRvn { token, rvn } => {
             s(":et", token);
             s(":er", rvn);
-            format!("#t = :et AND #r = :er AND {HELD} AND {WELL_FORMED}")
+            format!("#t = :et AND #r = :er AND {HELD} AND {WELL_FORMED}{n_of_grant}")
         }
         // Held or free, but one or the other: a Token without an Owner is corrupt.
         Expect::Rvn(rvn) => {
             s(":er", rvn);
-            format!("#r = :er AND ((attribute_not_exists(#o) AND attribute_not_exists(#t)) OR ({HELD})) AND {WELL_FORMED}")
+            format!("#r = :er AND ((attribute_not_exists(#o) AND attribute_not_exists(#t)) OR ({HELD})) AND {WELL_FORMED}{n_of_grant}")
         }
         Expect::Exact => return None,
     };
@@ -353,10 +357,10 @@ mod tests {
         let mut values = Item::new();
         let condition = condition_for(&Write { change: &pool, ..blind }, &mut values).unwrap();
         assert!(
-            condition.contains("#sl = :sl") && condition.contains("attribute_not_exists(#sh)"),
+            condition.contains("#sl = :nsl") && condition.contains("attribute_not_exists(#sh)"),
             "{condition}"
         );
-        assert_eq!(values[":sl"], AttributeValue::N("3".into()));
+        assert_eq!(values[":nsl"], AttributeValue::N("3".into()));
     }
 
     #[test]
