@@ -48,7 +48,7 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<u32>,
     /// The shared holds (`--shared`), by slot number ("1" to "N"). Never beside an exclusive
-    /// holder (the fields above): one kind of hold at a time (docs/design.md, "Pools").
+    /// holder (the fields above): one kind of hold at a time (docs/design.md, "Pools and shared locks (v2)").
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shared: BTreeMap<String, Hold>,
     /// The last events, oldest first.
@@ -81,8 +81,9 @@ pub struct Hold {
     pub holder: Option<Holder>,
 }
 
-/// The most slots a lock may have: with every text field at its limit a hold is about 5 KB,
-/// so 64 of them (320 KB) plus a full queue and History stay inside DynamoDB's 400 KB item.
+/// The most slots a lock may have: with owner and reason at their 1024-byte limits a hold is
+/// about 2.5 KB, so 64 of them plus a full queue and History stay well inside DynamoDB's
+/// 400 KB item (docs/design.md, "Pools and shared locks (v2)").
 pub const MAX_SLOTS: u32 = 64;
 
 /// Details of the holder, for `status` and progress lines.
