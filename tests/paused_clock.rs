@@ -346,3 +346,67 @@ async fn errors_name_the_holder_in_fields_a_caller_can_match() {
         other => panic!("expected LeaseLost, got {other:?}"),
     }
 }
+
+/// A pool of 2: options for a shared hold of `ttl`.
+fn pool_hold(ttl: u64) -> AcquireOptions {
+    AcquireOptions {
+        ttl: Some(secs(ttl)),
+        slots: 2,
+        shared: true,
+        ..opts()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_shared_holder_is_taken_over_at_its_lease_end_plus_the_margin_and_alone() {
+    let locker = Locker::new(memory());
+    let t0 = Instant::now();
+    let short = locker.acquire("pool", &who("short"), &pool_hold(10)).await.unwrap();
+    let long = locker.acquire("pool", &who("long"), &pool_hold(600)).await.unwrap();
+    assert_eq!((short.slot, long.slot), (1, 2));
+    let before = record(locker.store().as_ref(), "pool").await;
+    let almost = AcquireOptions {
+        wait: Wait::For(ms(11_900)),
+        ..pool_hold(60)
+    };
+    assert_eq!(locker.acquire("pool", &who("early"), &almost).await.unwrap_err().exit_code(), 75);
+    let taker = locker.acquire("pool", &who("taker"), &pool_hold(60)).await.unwrap();
+    let at = t0.elapsed();
+    assert!(at > secs(12) && at < ms(12_200), "taken over at {at:?}");
+    assert_eq!(taker.slot, short.slot);
+    assert!(matches!(&taker.how, How::TookOver { from, .. } if from == "short"), "{:?}", taker.how);
+    assert!(taker.fence > long.fence);
+    let after = record(locker.store().as_ref(), "pool").await;
+    assert_eq!(after.hold(2), before.hold(2), "the live holder's hold is untouched");
+    // The one taken over is told so; the live one renews.
+    let renew = RenewOptions {
+        ttl: Ttl::For(secs(60)),
+        retention: secs(60),
+        in_history: false,
+    };
+    let lost = locker.renew("pool", &Holding::grant(&short), renew).await.unwrap_err();
+    assert!(matches!(lost, Error::LeaseLost { ref occupant, .. } if occupant.lock == "pool"), "{lost}");
+    assert_eq!(locker.renew("pool", &Holding::grant(&long), renew).await.unwrap().fence, long.fence);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_holds_heartbeat_keeps_its_slot_while_the_pool_turns_over() {
+    let locker = Locker::new(memory());
+    let lease = locker.lease("pool", &who("steady"), &pool_hold(30), None, secs(10)).await.unwrap();
+    assert!(lease.grant().shared);
+    // Ten minutes of others coming and going through the other slot.
+    for i in 0..20 {
+        let g = locker.acquire("pool", &who(&format!("visitor{i}")), &pool_hold(30)).await.unwrap();
+        assert_eq!(g.slot, 3 - lease.grant().slot, "a visitor gets the other slot");
+        tokio::time::sleep(secs(30)).await;
+        locker.release("pool", &Holding::grant(&g), &ReleaseOptions::default()).await.unwrap();
+    }
+    assert!(lease.is_held(), "{:?}", lease.state());
+    let r = record(locker.store().as_ref(), "pool").await;
+    let hold = r.hold(lease.grant().slot).expect("still in its slot");
+    assert_eq!((hold.token.as_str(), hold.fence), (lease.grant().token.as_str(), lease.grant().fence));
+    assert!(
+        hold.lease_expires_at.unwrap() - locker.store().clock().now_ms() > 10_000,
+        "renewed by the heartbeat"
+    );
+}

@@ -63,7 +63,7 @@ impl Waiting<'_> {
             now: judge.now,
             attempt: self.polls + 1,
             waited: self.started.elapsed(),
-            takeover_at: if r.is_free() { None } else { judge.takeover_at(r) },
+            takeover_at: self.takeover_at(r, &judge),
             queue: self.opts.queue,
             position: (self.opts.queue != QueueMode::None).then_some(ahead.len() + 1),
             queued: queue::live_count(r, &me, now, window) + 1,
@@ -76,7 +76,7 @@ impl Waiting<'_> {
     /// possible (for the head), and to end at the deadline.
     pub(super) fn poll_pause(&self, r: &Record, ahead: usize, head: bool) -> Duration {
         let judge = self.judge(false);
-        let takeover_at = if r.is_free() { None } else { judge.takeover_at(r) };
+        let takeover_at = self.takeover_at(r, &judge);
         let mut pause = poll_pause(self.opts.retry_interval, ahead);
         if let (Some(at), true) = (takeover_at, head) {
             pause = pause.min(Duration::from_millis((at - judge.now).max(0) as u64 + 50));
@@ -85,6 +85,24 @@ impl Waiting<'_> {
             pause = pause.min(d.saturating_duration_since(Instant::now()));
         }
         pause
+    }
+
+    /// When a takeover becomes possible for us: the exclusive holder's; among shared holders,
+    /// the first of them for a shared request (one slot is enough), the last for an
+    /// exclusive one (it needs them all).
+    pub(super) fn takeover_at(&self, r: &Record, judge: &crate::policy::Judge<'_>) -> Option<i64> {
+        if r.is_free() {
+            return None;
+        }
+        if r.owner.is_some() {
+            return judge.takeover_at(r);
+        }
+        let each = r.holds().into_iter().map(|(k, _)| r.view_of(k).and_then(|v| judge.takeover_at(&v)));
+        if self.opts.shared {
+            each.flatten().min()
+        } else {
+            each.collect::<Option<Vec<i64>>>().and_then(|all| all.into_iter().max())
+        }
     }
 
     /// Sleeps `d`, or stops the wait on a signal.
