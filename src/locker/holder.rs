@@ -254,10 +254,13 @@ impl Locker {
                 if taken_from(r, &who.owner).is_some() {
                     return Err(self.lost(lock, who, &obs));
                 }
-                let other = r.owner.clone().map(|o| (o, r.fence));
-                let other = other.or_else(|| r.holds().first().map(|(_, h)| (h.owner.clone(), h.fence)));
-                return Ok(match other {
-                    Some((owner, fence)) => Released::HeldByOther { owner, fence },
+                // Other shared holders hold their own slots, not ours: only an exclusive holder
+                // is "someone else holds it" (and a lost reply of our own release lands here).
+                return Ok(match &r.owner {
+                    Some(owner) => Released::HeldByOther {
+                        owner: owner.clone(),
+                        fence: r.fence,
+                    },
                     None => Released::NotHeld,
                 });
             };
