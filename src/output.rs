@@ -95,6 +95,15 @@ fn ago(now: i64, then: i64) -> String {
     humantime::format_duration(d).to_string()
 }
 
+/// `lease left 5m`, `lease ended` or `no lease end`.
+fn lease_left(end: Option<i64>, now: i64) -> String {
+    match end {
+        Some(end) if end > now => format!("lease left {}", ago(end, now)),
+        Some(_) => "lease ended".into(),
+        None => "no lease end".into(),
+    }
+}
+
 /// The line printed while waiting.
 pub fn progress_line(r: &WaitReport) -> String {
     let h = &r.holder;
@@ -133,11 +142,7 @@ pub fn progress_line(r: &WaitReport) -> String {
         .acquired_at
         .map(|a| format!(" since {} ({} ago)", rfc3339(a), ago(r.now, a)))
         .unwrap_or_default();
-    let lease = match h.lease_expires_at {
-        Some(end) if end > r.now => format!("lease left {}", ago(end, r.now)),
-        Some(_) => "lease ended".into(),
-        None => "no lease end".into(),
-    };
+    let lease = lease_left(h.lease_expires_at, r.now);
     let takeover = match r.takeover_at {
         Some(at) if at > r.now => format!("takeover possible in {}", ago(at, r.now)),
         Some(_) => "takeover possible now".into(),
@@ -199,11 +204,7 @@ pub(crate) fn summary(o: &Observed, now: i64) -> String {
             format!("shared by {} of {}\t{}", holds.len(), r.slot_count(), holds.join(", "))
         }
         State::Valid(r) => {
-            let lease = match r.lease_expires_at {
-                Some(end) if end > now => format!("lease left {}", ago(end, now)),
-                Some(_) => "lease ended".into(),
-                None => "no lease end".into(),
-            };
+            let lease = lease_left(r.lease_expires_at, now);
             format!(
                 "held by {}\tfence {}\tfor {}\t{lease}",
                 r.owner.as_deref().unwrap_or("?"),
@@ -287,11 +288,7 @@ pub(crate) fn status_text(lock: &str, url: &str, o: &Observed, now: i64, mode: Q
             s.push_str(&format!("slots:    {} ({} shared hold(s))\n", r.slot_count(), r.shared.len()));
         }
         for (k, h) in r.holds() {
-            let lease = match h.lease_expires_at {
-                Some(end) if end > now => format!("lease left {}", ago(end, now)),
-                Some(_) => "lease ended".into(),
-                None => "no lease end".into(),
-            };
+            let lease = lease_left(h.lease_expires_at, now);
             let url = h
                 .holder
                 .as_ref()

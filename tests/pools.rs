@@ -10,16 +10,6 @@ use std::time::Duration;
 
 use support::{Backend, Env, assert_code, stderr, wait_until};
 
-fn spawn(e: &Env, owner: &str, lock: &str, args: &[&str]) -> Child {
-    e.cmd()
-        .args(["--owner", owner, "--lock", lock])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 fn shared(e: &Env, owner: &str, lock: &str, n: &str, extra: &[&str]) -> (i32, serde_json::Value) {
     let mut args = vec!["acquire", "--slots", n, "--shared", "--no-wait"];
     args.extend(extra);

@@ -13,16 +13,6 @@ use std::time::{Duration, Instant};
 
 use support::{Backend, Env, assert_code, stderr, wait_until};
 
-fn spawn(e: &Env, owner: &str, lock: &str, args: &[&str]) -> Child {
-    e.cmd()
-        .args(["--owner", owner, "--lock", lock])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 fn queued(e: &Env, lock: &str) -> Vec<String> {
     let r = e.record(lock);
     r["Waiters"]
@@ -63,7 +53,7 @@ fn handoff_order(b: Backend, name: &str, extra: &[&str], ordinals: &[u64]) -> Op
         let mut args = vec!["run", "--retry-interval", "200ms", "--ordinal", &ordinal];
         args.extend(extra);
         args.extend(["--", "sleep", "0.3"]);
-        children.push(spawn(&e, &format!("w{n}"), &lock, &args));
+        children.push(e.spawn(&format!("w{n}"), &lock, &args));
         wait_until(&format!("waiter w{n} in the queue"), Duration::from_secs(20), || {
             queued(&e, &lock).len() == i + 1
         });
@@ -97,7 +87,7 @@ fn a_free_lock_waits_for_the_head(b: Backend) {
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     // The head polls slowly; the newcomer would win any race to a free record.
-    let head = spawn(&e, "head", &lock, &["acquire", "--retry-interval", "6s", "--output", "json"]);
+    let head = e.spawn("head", &lock, &["acquire", "--retry-interval", "6s", "--output", "json"]);
     wait_until("the head in the queue", Duration::from_secs(20), || queued(&e, &lock).len() == 1);
     assert_code(&e.run("holder", &lock, &["release"]), 0);
     let (code, v) = e.json("newcomer", &lock, &["acquire", "--no-wait"]);
@@ -116,9 +106,9 @@ fn a_killed_waiter_stops_blocking_after_the_prune_window(b: Backend) {
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
     let fast = ["acquire", "--retry-interval", "200ms", "--prune-floor", "2s", "--output", "json"];
-    let mut dead = spawn(&e, "dead", &lock, &fast);
+    let mut dead = e.spawn("dead", &lock, &fast);
     wait_until("the first waiter queued", Duration::from_secs(20), || queued(&e, &lock).len() == 1);
-    let next = spawn(&e, "next", &lock, &fast);
+    let next = e.spawn("next", &lock, &fast);
     wait_until("the second waiter queued", Duration::from_secs(20), || queued(&e, &lock).len() == 2);
     dead.kill().unwrap();
     dead.wait().unwrap();
@@ -152,9 +142,9 @@ fn supersede_skips_the_older_pipeline(b: Backend) {
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire", "--ordinal", "1"]), 0);
     let args = |n: &'static str| ["acquire", "--supersede", "--ordinal", n, "--retry-interval", "200ms", "--output", "json"];
-    let old = spawn(&e, "old", &lock, &args("5"));
+    let old = e.spawn("old", &lock, &args("5"));
     wait_until("the old waiter queued", Duration::from_secs(20), || queued(&e, &lock).len() == 1);
-    let mut new = spawn(&e, "new", &lock, &args("7"));
+    let mut new = e.spawn("new", &lock, &args("7"));
     let out = finish(old);
     assert_code(&out, 74);
     assert!(stderr(&out).contains("new (pipeline 7) waits for it"), "{}", stderr(&out));
@@ -350,7 +340,7 @@ fn waiter_traffic_never_fails_a_renewal(b: Backend) {
     let fence = e.record(&lock)["Fence"].clone();
     let busy = ["acquire", "--retry-interval", "100ms", "--prune-floor", "600ms", "--wait", "2s"];
     for round in 0..2 {
-        let waiters: Vec<_> = (0..4).map(|i| spawn(&e, &format!("w{round}{i}"), &lock, &busy)).collect();
+        let waiters: Vec<_> = (0..4).map(|i| e.spawn(&format!("w{round}{i}"), &lock, &busy)).collect();
         for w in waiters {
             assert_code(&finish(w), 75);
         }
@@ -369,9 +359,9 @@ fn status_shows_the_queue(b: Backend) {
     let Some(e) = Env::try_new(b, "status") else { return };
     let lock = e.lock("l");
     assert_code(&e.run("holder", &lock, &["acquire"]), 0);
-    let a = spawn(&e, "first", &lock, &["acquire", "--ordinal", "1", "--wait", "20s"]);
+    let a = e.spawn("first", &lock, &["acquire", "--ordinal", "1", "--wait", "20s"]);
     wait_until("first queued", Duration::from_secs(20), || queued(&e, &lock).len() == 1);
-    let b2 = spawn(&e, "second", &lock, &["acquire", "--ordinal", "2", "--wait", "20s", "-v"]);
+    let b2 = e.spawn("second", &lock, &["acquire", "--ordinal", "2", "--wait", "20s", "-v"]);
     wait_until("second queued", Duration::from_secs(20), || queued(&e, &lock).len() == 2);
     let (code, v) = e.json("observer", &lock, &["status"]);
     assert_eq!(code, 0);

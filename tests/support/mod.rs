@@ -277,6 +277,17 @@ impl Env {
         (out.status.code().unwrap_or(-1), v)
     }
 
+    /// Starts the binary as `owner` on `lock` with `args`, its output piped, without waiting.
+    pub fn spawn(&self, owner: &str, lock: &str, args: &[&str]) -> std::process::Child {
+        self.cmd()
+            .args(["--owner", owner, "--lock", lock])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// The lock's record as `status --output json` shows it.
     pub fn record(&self, lock: &str) -> serde_json::Value {
         let (code, v) = self.json("observer", lock, &["status"]);

@@ -114,7 +114,18 @@ pub(super) fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, 
         }
         Action::Shared(_) => unreachable!("shared writes are planned by shared_update"),
     }
-    if let Some(event) = &c.event {
+    finish(set, remove, values, keys, c.event.as_ref())
+}
+
+/// The update expression from its SET and REMOVE parts, with the History event appended.
+fn finish(
+    mut set: Vec<String>,
+    remove: Vec<String>,
+    mut values: Item,
+    keys: Names,
+    event: Option<&crate::record::Event>,
+) -> Result<(String, Item, Names)> {
+    if let Some(event) = event {
         set.push("#hi = list_append(if_not_exists(#hi, :empty), :ev)".into());
         values.insert(":empty".into(), AttributeValue::L(vec![]));
         values.insert(":ev".into(), AttributeValue::L(vec![av(event)?]));
@@ -176,16 +187,7 @@ fn shared_update(w: &Write<'_>, op: &SharedOp, dequeue: bool) -> Result<(String,
     if let SharedOp::Grant { grantee, .. } = op {
         dequeue_into(&grantee.dequeue, dequeue, &mut remove, &mut keys);
     }
-    if let Some(event) = &c.event {
-        set.push("#hi = list_append(if_not_exists(#hi, :empty), :ev)".into());
-        values.insert(":empty".into(), AttributeValue::L(vec![]));
-        values.insert(":ev".into(), AttributeValue::L(vec![av(event)?]));
-    }
-    let mut expr = format!("SET {}", set.join(", "));
-    if !remove.is_empty() {
-        expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
-    }
-    Ok((expr, values, keys))
+    finish(set, remove, values, keys, c.event.as_ref())
 }
 
 /// What a read checks before it calls an item a valid record, as far as a condition can say
