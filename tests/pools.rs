@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use support::{Backend, Env, assert_code, stderr, wait_until};
@@ -102,8 +101,7 @@ fn an_exclusive_hold_is_alone_and_holds_back_later_shared_ones(b: Backend) {
     let lock = e.lock("db");
     assert_eq!(shared(&e, "reader1", &lock, "5", &[]).0, 0);
     // The migration waits for the reader to leave...
-    let writer = spawn(
-        &e,
+    let writer = e.spawn(
         "migration",
         &lock,
         &["acquire", "--slots", "5", "--wait", "60s", "--retry-interval", "1s", "--output", "json"],

@@ -7,7 +7,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -315,8 +315,7 @@ fn holder_on_another_host_is_never_asked_about(b: Backend) {
 fn waiter_traffic_never_fails_a_renewal(b: Backend) {
     let Some(e) = Env::try_new(b, "traffic") else { return };
     let lock = e.lock("l");
-    let holder = spawn(
-        &e,
+    let holder = e.spawn(
         "holder",
         &lock,
         &[
