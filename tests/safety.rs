@@ -86,6 +86,61 @@ fn negative_control(kind: Backend) {
     );
 }
 
+/// A pool workload on `kind`: the pool of 3 with shared holders only, or the mixed one
+/// (exclusive writers beside shared readers on the same 3 slots). The witness counts the
+/// holders inside at once; see `checker::pool`.
+fn pool_safe_under_faults(kind: Backend, mixed: bool) {
+    if !servers::available(kind) {
+        return;
+    }
+    let cfg = if mixed { Config::mixed(kind) } else { Config::pool(kind) };
+    let outcome = harness::run(&cfg);
+    assert!(outcome.report.violations.is_empty(), "the checker found violations:\n{}", outcome.text);
+    // The pool was used as one: shared holders were inside together.
+    let most = outcome.report.stats["most shared holders inside at once"];
+    assert!(most >= 2, "never more than {most} shared holder(s) inside at once:\n{}", outcome.text);
+}
+
+#[test]
+fn file_pool_is_safe_under_faults() {
+    pool_safe_under_faults(Backend::File, false);
+}
+
+#[test]
+fn dynamodb_local_pool_is_safe_under_faults() {
+    pool_safe_under_faults(Backend::DynamoLocal, false);
+}
+
+#[test]
+fn moto_dynamodb_pool_is_safe_under_faults() {
+    pool_safe_under_faults(Backend::MotoDynamo, false);
+}
+
+#[test]
+fn moto_s3_pool_is_safe_under_faults() {
+    pool_safe_under_faults(Backend::MotoS3, false);
+}
+
+#[test]
+fn file_mixed_is_safe_under_faults() {
+    pool_safe_under_faults(Backend::File, true);
+}
+
+#[test]
+fn dynamodb_local_mixed_is_safe_under_faults() {
+    pool_safe_under_faults(Backend::DynamoLocal, true);
+}
+
+#[test]
+fn moto_dynamodb_mixed_is_safe_under_faults() {
+    pool_safe_under_faults(Backend::MotoDynamo, true);
+}
+
+#[test]
+fn moto_s3_mixed_is_safe_under_faults() {
+    pool_safe_under_faults(Backend::MotoS3, true);
+}
+
 /// The CI-shaped scenarios (`safety/pipelines.rs`), all at once, each on its own lock.
 fn safe_in_ci_pipelines(kind: Backend) {
     if !servers::available(kind) {
