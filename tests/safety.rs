@@ -101,6 +101,37 @@ fn pool_safe_under_faults(kind: Backend, mixed: bool) {
     assert!(most >= 2, "never more than {most} shared holder(s) inside at once:\n{}", outcome.text);
 }
 
+/// Shared grants written without their condition (`PIPELINE_LOCK_TEST_BREAK=slot-count`):
+/// two requests that read one free or stale slot both get it. The checker must say so.
+fn negative_control_pool(kind: Backend) {
+    if !servers::available(kind) {
+        return;
+    }
+    let mut cfg = Config::pool(kind);
+    cfg.broken = Some("slot-count");
+    // As `negative_control`: every waiter races (no queue), and none refreshes its entry.
+    cfg.queue = Some("none");
+    cfg.prune_floor = "1h";
+    cfg.iterations = 3;
+    cfg.faults = vec![Fault::PauseAll; 12];
+    cfg.budget = Duration::ZERO;
+    let outcome = harness::run(&cfg);
+    let safety = [
+        "same fence",
+        "granted to",
+        "were accepted",
+        "lost update",
+        "went backwards",
+        "holders inside at once",
+        "in one slot",
+    ];
+    assert!(
+        outcome.report.violations.iter().any(|v| safety.iter().any(|s| v.contains(s))),
+        "the checker passed a pool whose shared grants are unconditional; it proves nothing:\n{}",
+        outcome.text
+    );
+}
+
 #[test]
 fn file_pool_is_safe_under_faults() {
     pool_safe_under_faults(Backend::File, false);
@@ -139,6 +170,28 @@ fn moto_dynamodb_mixed_is_safe_under_faults() {
 #[test]
 fn moto_s3_mixed_is_safe_under_faults() {
     pool_safe_under_faults(Backend::MotoS3, true);
+}
+
+#[test]
+fn negative_control_pool_file() {
+    negative_control_pool(Backend::File);
+}
+
+#[test]
+fn negative_control_pool_dynamodb_local() {
+    negative_control_pool(Backend::DynamoLocal);
+}
+
+#[test]
+#[ignore = "long run: scripts/safety --long"]
+fn negative_control_pool_moto_dynamodb() {
+    negative_control_pool(Backend::MotoDynamo);
+}
+
+#[test]
+#[ignore = "long run: scripts/safety --long"]
+fn negative_control_pool_moto_s3() {
+    negative_control_pool(Backend::MotoS3);
 }
 
 /// The CI-shaped scenarios (`safety/pipelines.rs`), all at once, each on its own lock.
