@@ -604,7 +604,7 @@ pub(crate) mod tests {
     }
 
     /// A pool event: `begin` with its mode and slot, or a read/write of register `slot`.
-    fn pe(seq: u64, kind: &str, owner: &str, fence: u64, value: u64, ok: bool, mode: &str, slot: u32) -> Event {
+    fn pe(seq: u64, kind: &str, owner: &str, fence: u64, value: u64, ok: bool, (mode, slot): (&str, u32)) -> Event {
         Event {
             mode: mode.into(),
             slot,
@@ -617,22 +617,22 @@ pub(crate) mod tests {
     fn pool_history() -> Vec<Event> {
         let s = "shared";
         vec![
-            pe(0, "begin", "b", 2, 0, true, s, 2),
-            pe(1, "begin", "a", 1, 0, true, s, 1),
-            pe(2, "begin", "c", 3, 0, true, s, 3),
-            pe(3, "read", "a", 1, 0, true, "", 1),
-            pe(4, "read", "b", 2, 0, true, "", 2),
-            pe(5, "write", "a", 1, 1, true, "", 1),
-            pe(6, "write", "b", 2, 1, true, "", 2),
-            pe(7, "end", "a", 1, 0, true, "", 0),
-            pe(8, "end", "b", 2, 0, true, "", 0),
-            pe(9, "end", "c", 3, 0, true, "", 0),
-            pe(10, "begin", "x", 4, 0, true, "exclusive", 1),
-            pe(11, "read", "x", 4, 1, true, "", 1),
-            pe(12, "write", "x", 4, 2, true, "", 1),
-            pe(13, "read", "x", 4, 1, true, "", 2),
-            pe(14, "write", "x", 4, 2, true, "", 2),
-            pe(15, "end", "x", 4, 0, true, "", 0),
+            pe(0, "begin", "b", 2, 0, true, (s, 2)),
+            pe(1, "begin", "a", 1, 0, true, (s, 1)),
+            pe(2, "begin", "c", 3, 0, true, (s, 3)),
+            pe(3, "read", "a", 1, 0, true, ("", 1)),
+            pe(4, "read", "b", 2, 0, true, ("", 2)),
+            pe(5, "write", "a", 1, 1, true, ("", 1)),
+            pe(6, "write", "b", 2, 1, true, ("", 2)),
+            pe(7, "end", "a", 1, 0, true, ("", 0)),
+            pe(8, "end", "b", 2, 0, true, ("", 0)),
+            pe(9, "end", "c", 3, 0, true, ("", 0)),
+            pe(10, "begin", "x", 4, 0, true, ("exclusive", 1)),
+            pe(11, "read", "x", 4, 1, true, ("", 1)),
+            pe(12, "write", "x", 4, 2, true, ("", 1)),
+            pe(13, "read", "x", 4, 1, true, ("", 2)),
+            pe(14, "write", "x", 4, 2, true, ("", 2)),
+            pe(15, "end", "x", 4, 0, true, ("", 0)),
         ]
     }
 
@@ -660,7 +660,7 @@ pub(crate) mod tests {
     fn a_fourth_holder_two_in_one_slot_or_one_beside_an_exclusive_fail() {
         // A fourth shared holder in a pool of 3 (slot 4).
         let mut h = pool_history();
-        h.insert(3, pe(3, "begin", "d", 5, 0, true, "shared", 4));
+        h.insert(3, pe(3, "begin", "d", 5, 0, true, ("shared", 4)));
         let all = check(&pool_input(h)).violations.join("\n");
         assert!(all.contains("4 holders inside at once") && all.contains("slots are 1 to 3"), "{all}");
         // Two holders of slot 1 with one fence.
@@ -672,7 +672,7 @@ pub(crate) mod tests {
         // A holder of slot 2 granted after c (fence 3), beside b, whose write after it
         // began was accepted: b was not fenced off.
         let mut h = pool_history();
-        h[1] = pe(1, "begin", "a", 5, 0, true, "shared", 2);
+        h[1] = pe(1, "begin", "a", 5, 0, true, ("shared", 2));
         for e in h.iter_mut().filter(|e| e.owner == "a") {
             e.fence = 5;
             if e.kind != "begin" && e.kind != "end" {
@@ -685,9 +685,9 @@ pub(crate) mod tests {
         // The exclusive holder begins while c is still inside, and c writes after: accepted.
         let mut h = pool_history();
         h.retain(|e| !(e.owner == "c" && e.kind == "end"));
-        h.push(pe(16, "read", "c", 3, 0, true, "", 3));
-        h.push(pe(17, "write", "c", 3, 1, true, "", 3));
-        h.push(pe(18, "end", "c", 3, 0, true, "", 0));
+        h.push(pe(16, "read", "c", 3, 0, true, ("", 3)));
+        h.push(pe(17, "write", "c", 3, 1, true, ("", 3)));
+        h.push(pe(18, "end", "c", 3, 0, true, ("", 0)));
         let all = check(&pool_input(h.clone())).violations.join("\n");
         assert!(all.contains("held the lock at once") && all.contains("were accepted"), "{all}");
         // The same with c's write rejected (as the witness does): fenced off, not a violation.

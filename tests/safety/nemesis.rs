@@ -158,14 +158,14 @@ impl Nemesis<'_> {
                 // Wait a little for a full pool, so that every slot goes stale at once.
                 let mut held = Vec::new();
                 let full = Instant::now() + Duration::from_secs(2);
-                while self.pool_slots > 0 {
+                while self.pool_slots > 0 && Instant::now() < full {
                     let open: Vec<String> = self.witness.open().into_iter().map(|(o, _)| o).collect();
                     held = self
                         .running()
                         .into_iter()
                         .filter(|c| c.owner != h.owner && open.contains(&c.owner))
                         .collect();
-                    if held.len() + 1 >= self.pool_slots as usize || Instant::now() > full {
+                    if held.len() + 1 >= self.pool_slots as usize {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(5));
