@@ -311,6 +311,10 @@ pub fn run(cfg: &Config) -> Outcome {
         })
         .collect();
     std::fs::write(dir.join("runs.log"), run_lines.join("\n")).unwrap();
+    let _ = std::fs::create_dir_all(dir.join("stderr"));
+    for r in &runs {
+        let _ = std::fs::write(dir.join(format!("stderr/{}.txt", r.owner)), &r.full);
+    }
     println!("{text}");
     Outcome { report, text }
 }

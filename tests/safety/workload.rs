@@ -69,6 +69,8 @@ pub struct RunRecord {
     pub stderr: String,
     /// The full stderr said "panicked".
     pub panicked: bool,
+    /// The full stderr (kept in the run's files, `stderr/OWNER.txt`).
+    pub full: String,
     pub faketime: Option<String>,
 }
 
@@ -173,6 +175,10 @@ fn contend(
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("PIPELINE_LOCK_PRUNE_FLOOR", &inv.prune_floor);
         cmd.env("PIPELINE_LOCK_QUEUE", &inv.queue);
+        // `PIPELINE_LOCK_SAFETY_LOG=debug`: the contenders' own logs, in the run's files.
+        if let Ok(level) = std::env::var("PIPELINE_LOCK_SAFETY_LOG") {
+            cmd.env("PIPELINE_LOCK_LOG", format!("pipeline_lock={level}"));
+        }
         if let Some(b) = &inv.broken {
             cmd.env("PIPELINE_LOCK_TEST_BREAK", b);
         }
@@ -247,6 +253,7 @@ fn contend(
             signal: out.status.signal(),
             stderr: tail,
             panicked: stderr.contains("panicked"),
+            full: stderr.to_string(),
             faketime,
         });
         if !ok {
