@@ -420,11 +420,8 @@ pub fn check(input: &Input) -> Report {
     // over; with nobody left waiting, it is still there. One that said it was done (exit 0)
     // must have released it.
     let owners = &input.final_owners;
-    let left_behind = |o: &String| {
-        input.alive.contains(o)
-            || input.killed.contains(o)
-            || input.exits.iter().any(|x| &x.owner == o && x.code == Some(76))
-    };
+    let left_behind =
+        |o: &String| input.alive.contains(o) || input.killed.contains(o) || input.exits.iter().any(|x| &x.owner == o && x.code == Some(76));
     match input.final_state.as_str() {
         "free" | "absent" => {}
         "held" if !owners.is_empty() && owners.iter().all(left_behind) => {}
@@ -526,6 +523,14 @@ pub(crate) mod tests {
         let r = check(&clean(5));
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert_eq!(r.stats["iterations"], 5);
+        // Left held by a run that could not renew (exit 76): allowed; by one that exited 0: not.
+        let mut i = clean(5);
+        i.final_state = "held".into();
+        i.final_owners = vec!["c0-r4".into()];
+        i.exits[4].code = Some(76);
+        assert!(check(&i).violations.iter().all(|v| !v.contains("not a live process")));
+        i.exits[4].code = Some(0);
+        assert!(check(&i).violations.iter().any(|v| v.contains("not a live process")));
     }
 
     #[test]
