@@ -143,9 +143,14 @@ pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Pl
             evict: false,
         };
     }
-    let tokens = std::iter::once(r.token.as_ref()).flatten().chain(r.shared.values().map(|h| &h.token));
-    let mut tokens = tokens.collect::<Vec<_>>().into_iter();
-    if let Some((_, how)) = asker.in_doubt.iter().find(|(t, _)| tokens.any(|h| h == t)) {
+    // Every grant token the record shows, looked through again for each write in doubt (one
+    // iterator shared by the search would be used up by the first write that did not land,
+    // and a later one that did would go unnoticed).
+    let tokens: Vec<&String> = std::iter::once(r.token.as_ref())
+        .flatten()
+        .chain(r.shared.values().map(|h| &h.token))
+        .collect();
+    if let Some((_, how)) = asker.in_doubt.iter().find(|(t, _)| tokens.contains(&t)) {
         return Plan::Adopt(how.clone());
     }
     if r.owner.as_deref().is_some_and(|o| asker.own_pipeline.iter().any(|p| p == o)) && !held_via_run(r) {
@@ -402,6 +407,13 @@ mod tests {
         let p = plan_at(Some(&r), &judge(0), 0, |a| {
             a.reenter = false;
             a.in_doubt = &in_doubt;
+        });
+        assert_eq!(p, Plan::Adopt(How::Acquired));
+        // Two writes in doubt, the first of which never landed: the second is still found.
+        let both = [("lost".to_string(), How::Acquired), ("t".to_string(), How::Acquired)];
+        let p = plan_at(Some(&r), &judge(0), 0, |a| {
+            a.reenter = false;
+            a.in_doubt = &both;
         });
         assert_eq!(p, Plan::Adopt(How::Acquired));
         let other = [("other-token".to_string(), How::Acquired)];

@@ -10,6 +10,10 @@
 //! the record the taker computed from what it read overwrites whatever is there now, like a
 //! read-then-unconditional-put. Two takers of one stale record then both "win", with the
 //! same fence, and a holder that renewed meanwhile is overwritten.
+//!
+//! `slot-count`: a shared grant (`SharedOp::Grant`, conditional on the version read) is
+//! written without its condition. Two requests that read the same free (or stale) slot both
+//! get it, with the same fence: more holders than the pool has slots, two in one slot.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -23,7 +27,7 @@ use super::file::FileStore;
 use super::s3::S3Store;
 use super::{Expect, Hooked, State, Store, StoreUrl, Write, WriteHook, Written, aws, encode_name};
 use crate::error::{Error, Result};
-use crate::record::Record;
+use crate::record::{Action, Record, SharedOp};
 
 /// The variable that switches the negative control on.
 pub const VAR: &str = "PIPELINE_LOCK_TEST_BREAK";
@@ -33,6 +37,8 @@ pub const VAR: &str = "PIPELINE_LOCK_TEST_BREAK";
 pub enum Mode {
     /// Takeovers ignore the Token+Rvn condition.
     UnconditionalTakeover,
+    /// Shared grants ignore the condition on the version read (the pool's slot count).
+    SlotCount,
 }
 
 impl Mode {
@@ -41,10 +47,11 @@ impl Mode {
         match std::env::var(VAR).ok().as_deref() {
             None | Some("") => Ok(None),
             Some("unconditional-takeover") => Ok(Some(Mode::UnconditionalTakeover)),
+            Some("slot-count") => Ok(Some(Mode::SlotCount)),
             // Broken above the store, in how `run` finds its owner (see `settings::old_owner_rule`).
             Some("old-owner-rule") => Ok(None),
             Some(other) => Err(Error::Usage(format!(
-                "{VAR}={other:?} is not a known mode; the modes are unconditional-takeover and old-owner-rule"
+                "{VAR}={other:?} is not a known mode; the modes are unconditional-takeover, slot-count and old-owner-rule"
             ))),
         }
     }
@@ -58,17 +65,22 @@ enum Raw {
     S3(S3Store),
 }
 
-/// A store whose takeovers are unconditional.
+/// A store whose takeovers (or shared grants) are unconditional.
 #[derive(Debug)]
 pub struct Broken {
     inner: Arc<dyn Store>,
     raw: Raw,
+    mode: Mode,
 }
 
 /// Opens the store `url` names, wrapped.
 pub async fn open(mode: Mode, url: &StoreUrl, aws_opts: &aws::AwsOptions) -> Result<Arc<dyn Store>> {
-    let Mode::UnconditionalTakeover = mode;
-    tracing::warn!("negative control {VAR}=unconditional-takeover: this process takes locks over without the Token+Rvn condition");
+    match mode {
+        Mode::UnconditionalTakeover => {
+            tracing::warn!("negative control {VAR}=unconditional-takeover: this process takes locks over without the Token+Rvn condition")
+        }
+        Mode::SlotCount => tracing::warn!("negative control {VAR}=slot-count: this process writes shared grants without their condition"),
+    }
     let (inner, raw): (Arc<dyn Store>, Raw) = match url {
         StoreUrl::DynamoDb { table } => {
             let s = DynamoStore::connect(table, aws_opts).await?;
@@ -80,7 +92,7 @@ pub async fn open(mode: Mode, url: &StoreUrl, aws_opts: &aws::AwsOptions) -> Res
         }
         StoreUrl::File { dir } => (Arc::new(FileStore::open(dir)?), Raw::File(dir.clone())),
     };
-    Ok(Arc::new(Hooked(Broken { inner, raw })))
+    Ok(Arc::new(Hooked(Broken { inner, raw, mode })))
 }
 
 impl Broken {
@@ -119,7 +131,11 @@ impl WriteHook for Broken {
     }
 
     async fn write(&self, w: Write<'_>) -> Result<Written> {
-        if !matches!(w.expect, Expect::TokenRvn { .. }) {
+        let broken = match self.mode {
+            Mode::UnconditionalTakeover => matches!(w.expect, Expect::TokenRvn { .. }),
+            Mode::SlotCount => matches!(w.change.action, Action::Shared(SharedOp::Grant { .. })),
+        };
+        if !broken {
             return self.inner.write(w).await;
         }
         // The record as the taker saw it (a re-read only for the retime path, which has none).

@@ -19,6 +19,12 @@ pub struct Event {
     pub value: u64,
     pub ok: bool,
     pub text: String,
+    /// A pool holder's `begin`: "shared" or "exclusive"; empty for a plain mutex's holder.
+    #[serde(default)]
+    pub mode: String,
+    /// A `begin`'s slot, or the register of a read or write (0: the mutex's).
+    #[serde(default)]
+    pub slot: u32,
 }
 
 /// How one `pipeline-lock run` ended, as far as the checker cares.
@@ -51,11 +57,14 @@ pub struct Input {
     pub counter: u64,
     /// `status --output json` at the end: "free", "absent" or "held", and the holder.
     pub final_state: String,
-    pub final_owner: Option<String>,
+    /// Its holders: the exclusive one, or the shared ones.
+    pub final_owners: Vec<String>,
     /// Owners whose process is still alive at the end.
     pub alive: BTreeSet<String>,
     /// Upper bound (ms) from a holder's SIGKILL to the next holder's begin.
     pub takeover_bound_ms: u64,
+    /// A pool's N (`--slots`); 0 for a plain mutex. See [`pool`].
+    pub pool_slots: u32,
 }
 
 /// The verdict.
@@ -78,6 +87,35 @@ pub struct Interval {
     pub ended: bool,
     /// (seq, accepted) of its writes.
     pub writes: Vec<(u64, bool)>,
+    /// The register of each write, in the same order.
+    pub write_regs: Vec<u32>,
+    /// A shared hold of a pool (else exclusive, or a plain mutex's holder).
+    pub shared: bool,
+    /// Its slot (shared holds).
+    pub slot: u32,
+}
+
+impl Interval {
+    /// May the two not be inside at once: one is exclusive, or both hold the same slot?
+    pub fn conflicts(&self, other: &Interval) -> bool {
+        !self.shared || !other.shared || self.slot == other.slot
+    }
+
+    /// Is register `reg` one it protects: its slot's, or (exclusive) every one?
+    pub fn uses(&self, reg: u32) -> bool {
+        !self.shared || reg == self.slot
+    }
+
+    fn key(&self) -> (u64, u64) {
+        (self.epoch, self.fence)
+    }
+
+    fn what(&self) -> String {
+        match self.shared {
+            true => format!("{} (fence {}, slot {})", self.owner, self.fence, self.slot),
+            false => format!("{} (fence {})", self.owner, self.fence),
+        }
+    }
 }
 
 /// The holders in the order they began.
@@ -92,10 +130,16 @@ pub fn intervals(events: &[Event]) -> Vec<Interval> {
             close: e.seq,
             ended: false,
             writes: Vec::new(),
+            write_regs: Vec::new(),
+            shared: e.mode == "shared",
+            slot: e.slot,
         });
         iv.close = e.seq;
         match e.kind.as_str() {
-            "write" => iv.writes.push((e.seq, e.ok)),
+            "write" => {
+                iv.writes.push((e.seq, e.ok));
+                iv.write_regs.push(e.slot);
+            }
             "end" => iv.ended = true,
             _ => {}
         }
@@ -130,12 +174,21 @@ pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
             .next()
             .unwrap_or("no fault")
     };
+    // In a pool, shared holders of different slots may be inside together: only holders that
+    // exclude each other (see `Interval::conflicts`) count, and a stale holder is fenced off
+    // by its writes to the registers the newer one protects.
     for (i, a) in ivs.iter().enumerate() {
-        for b in ivs[i + 1..].iter().take_while(|b| b.begin <= a.close) {
-            let (ka, kb) = ((a.epoch, a.fence), (b.epoch, b.fence));
+        for b in ivs[i + 1..].iter().take_while(|b| b.begin <= a.close).filter(|b| a.conflicts(b)) {
+            let (ka, kb) = (a.key(), b.key());
+            // "the lock", or "slot K" for two shared holds of one slot.
+            let what = if a.shared && b.shared {
+                format!("slot {}", a.slot)
+            } else {
+                "the lock".to_string()
+            };
             if ka == kb {
                 r.violations.push(format!(
-                    "{} and {} held the lock at once with the same fence {} (epoch {}), events {}..{}",
+                    "{} and {} held {what} at once with the same fence {} (epoch {}), events {}..{}",
                     a.owner,
                     b.owner,
                     a.fence,
@@ -146,14 +199,15 @@ pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
                 continue;
             }
             let (stale, newer) = if ka < kb { (a, b) } else { (b, a) };
-            let accepted: Vec<u64> = stale.writes.iter().filter(|(s, ok)| *ok && *s > newer.begin).map(|(s, _)| *s).collect();
+            let accepted: Vec<u64> = (stale.writes.iter().zip(&stale.write_regs))
+                .filter(|((s, ok), reg)| *ok && *s > newer.begin && newer.uses(**reg))
+                .map(|((s, _), _)| *s)
+                .collect();
             if !fenced || !accepted.is_empty() {
                 r.violations.push(format!(
-                    "{} (fence {}) and {} (fence {}) held the lock at once (events {}..{}); the stale holder's writes at {:?} were accepted",
-                    stale.owner,
-                    stale.fence,
-                    newer.owner,
-                    newer.fence,
+                    "{} and {} held {what} at once (events {}..{}); the stale holder's writes at {:?} were accepted",
+                    stale.what(),
+                    newer.what(),
                     newer.begin.max(stale.begin),
                     a.close.min(b.close),
                     accepted
@@ -199,34 +253,34 @@ pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
             ));
         }
     }
-    let mut top: HashMap<u64, (u64, &str)> = HashMap::new();
-    for iv in &ivs {
-        let entry = top.entry(iv.epoch).or_insert((0, ""));
-        if iv.fence < entry.0 {
-            if iv.writes.iter().any(|(_, ok)| *ok) {
-                r.violations.push(format!(
-                    "fence went backwards: {} began with fence {} after {} had {}, and its writes were accepted",
-                    iv.owner, iv.fence, entry.1, entry.0
-                ));
-            } else {
-                r.notes.push(format!(
-                    "{} began with fence {} after {} had {}: a stale holder, fenced off",
-                    iv.owner, iv.fence, entry.1, entry.0
-                ));
-            }
-        } else {
-            *entry = (iv.fence, &iv.owner);
-        }
-    }
-    let mut last_key = (0, 0);
-    for e in events.iter().filter(|e| e.kind == "write" && e.ok) {
-        if (e.epoch, e.fence) < last_key {
+    //    In begin order among holders that exclude each other: shared holds of different
+    //    slots may begin at the witness in another order than they were granted.
+    for (i, iv) in ivs.iter().enumerate() {
+        let before = ivs[..i].iter().filter(|x| x.epoch == iv.epoch && x.conflicts(iv) && x.fence > iv.fence);
+        let Some(top) = before.max_by_key(|x| x.fence) else { continue };
+        if iv.writes.iter().any(|(_, ok)| *ok) {
             r.violations.push(format!(
-                "accepted write #{} by {} has fence {} below an earlier accepted {}",
-                e.seq, e.owner, e.fence, last_key.1
+                "fence went backwards: {} began with fence {} after {} had {}, and its writes were accepted",
+                iv.owner, iv.fence, top.owner, top.fence
+            ));
+        } else {
+            r.notes.push(format!(
+                "{} began with fence {} after {} had {}: a stale holder, fenced off",
+                iv.owner, iv.fence, top.owner, top.fence
             ));
         }
-        last_key = last_key.max((e.epoch, e.fence));
+    }
+    // Per register (a pool's slots are separate resources; a plain mutex has one).
+    let mut last_key: HashMap<u32, (u64, u64)> = HashMap::new();
+    for e in events.iter().filter(|e| e.kind == "write" && e.ok) {
+        let last = last_key.entry(e.slot).or_default();
+        if (e.epoch, e.fence) < *last {
+            r.violations.push(format!(
+                "accepted write #{} by {} has fence {} below an earlier accepted {}",
+                e.seq, e.owner, e.fence, last.1
+            ));
+        }
+        *last = (*last).max((e.epoch, e.fence));
     }
     for e in events.iter().filter(|e| e.kind == "epoch") {
         r.notes.push(format!(
@@ -239,27 +293,89 @@ pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
         events.iter().filter(|e| e.kind == "epoch").count() as u64,
     );
 
-    // 3. The counter: every accepted write added exactly one.
-    let mut counter = 0;
+    // 3. The counters (one per register): every accepted write added exactly one.
+    let mut counters: HashMap<u32, u64> = HashMap::new();
     let mut lost = 0;
     for e in events.iter().filter(|e| e.kind == "write" && e.ok) {
-        if e.value != counter + 1 {
+        let counter = counters.entry(e.slot).or_default();
+        if e.value != *counter + 1 {
             lost += 1;
             if lost <= 5 {
+                let reg = if e.slot == 0 { String::new() } else { format!(" of slot {}", e.slot) };
                 r.violations.push(format!(
-                    "lost update: {} wrote {} over counter {} (event {})",
+                    "lost update: {} wrote {} over counter{reg} {} (event {})",
                     e.owner, e.value, counter, e.seq
                 ));
             }
         }
-        counter = e.value;
+        *counter = e.value;
     }
+}
+
+/// The pool checks (`--slots n`), on the witness's order: at every `begin`, the holders
+/// inside (begun, not yet at their last event, and not overrun) are at most `n`, an exclusive
+/// one is alone, no two are in one slot, and every shared slot is 1 to `n`. A holder is
+/// overrun once a holder that excludes it begins with a higher fence: from then on it is
+/// stale, and `history` judges it by its writes (fenced off, or a violation); a holder that
+/// begins below one inside that excludes it is stale from the start.
+pub fn pool(events: &[Event], n: u32, r: &mut Report) {
+    let ivs = intervals(events);
+    let mut live: Vec<&Interval> = Vec::new();
+    let (mut most, mut most_shared) = (0, 0);
+    let mut reported = 0;
+    for e in events.iter().filter(|e| !e.owner.is_empty()) {
+        let Some(iv) = ivs.iter().find(|iv| iv.owner == e.owner) else { continue };
+        if e.seq == iv.begin {
+            let stale = live.iter().any(|x| x.conflicts(iv) && x.key() > iv.key());
+            live.retain(|x| !(x.conflicts(iv) && x.key() < iv.key()));
+            if iv.shared && !(1..=n).contains(&iv.slot) {
+                r.violations
+                    .push(format!("{} was given slot {}; the slots are 1 to {n}", iv.owner, iv.slot));
+            }
+            if !stale {
+                live.push(iv);
+                let mut problems = Vec::new();
+                if live.len() > n as usize {
+                    problems.push(format!("{} holders inside at once, more than the {n} slots", live.len()));
+                }
+                if live.len() > 1 && live.iter().any(|x| !x.shared) {
+                    problems.push("an exclusive holder inside beside another holder".to_string());
+                }
+                let mut slots: Vec<u32> = live.iter().filter(|x| x.shared).map(|x| x.slot).collect();
+                slots.sort_unstable();
+                if slots.windows(2).any(|w| w[0] == w[1]) {
+                    problems.push("two holders in one slot at once".to_string());
+                }
+                for p in problems {
+                    reported += 1;
+                    if reported <= 5 {
+                        let who: Vec<String> = live.iter().map(|x| x.what()).collect();
+                        r.violations.push(format!("{p} at event {}: {}", e.seq, who.join(", ")));
+                    }
+                }
+                most = most.max(live.len() as u64);
+                most_shared = most_shared.max(live.iter().filter(|x| x.shared).count() as u64);
+            }
+        }
+        if e.seq == iv.close {
+            live.retain(|x| x.owner != iv.owner);
+        }
+    }
+    if reported > 5 {
+        r.violations.push(format!("... {} pool violations in all", reported));
+    }
+    r.stats.insert("most holders inside at once", most);
+    r.stats.insert("most shared holders inside at once", most_shared);
+    r.stats.insert("exclusive holders", ivs.iter().filter(|iv| !iv.shared).count() as u64);
 }
 
 /// Judges one run.
 pub fn check(input: &Input) -> Report {
     let mut r = Report::default();
     history(&input.events, input.fenced, &mut r);
+    if input.pool_slots > 0 {
+        pool(&input.events, input.pool_slots, &mut r);
+    }
     let events = &input.events;
     let accepted = r.stats["writes accepted"];
     if input.counter != accepted {
@@ -299,12 +415,19 @@ pub fn check(input: &Input) -> Report {
     r.stats.insert("slowest takeover after kill-holder (ms)", worst);
 
     // 6. At the end the lock is free, or held by a live process.
-    match (input.final_state.as_str(), &input.final_owner) {
-        ("free" | "absent", _) => {}
-        ("held", Some(o)) if input.alive.contains(o) => {}
-        (state, owner) => r
+    // A holder that stopped without giving its hold back (killed by the nemesis, or exit 76:
+    // it could not renew, and said the lock may be someone else's) leaves it to be taken
+    // over; with nobody left waiting, it is still there. One that said it was done (exit 0)
+    // must have released it.
+    let owners = &input.final_owners;
+    let left_behind =
+        |o: &String| input.alive.contains(o) || input.killed.contains(o) || input.exits.iter().any(|x| &x.owner == o && x.code == Some(76));
+    match input.final_state.as_str() {
+        "free" | "absent" => {}
+        "held" if !owners.is_empty() && owners.iter().all(left_behind) => {}
+        state => r
             .violations
-            .push(format!("at the end the lock is {state} by {owner:?}, which is not a live process")),
+            .push(format!("at the end the lock is {state} by {owners:?}, which is not a live process")),
     }
 
     // 7. Exit codes: the documented ones, and a panic is always a bug.
@@ -355,6 +478,8 @@ pub(crate) mod tests {
             value,
             ok,
             text: String::new(),
+            mode: String::new(),
+            slot: 0,
         }
     }
 
@@ -398,6 +523,14 @@ pub(crate) mod tests {
         let r = check(&clean(5));
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert_eq!(r.stats["iterations"], 5);
+        // Left held by a run that could not renew (exit 76): allowed; by one that exited 0: not.
+        let mut i = clean(5);
+        i.final_state = "held".into();
+        i.final_owners = vec!["c0-r4".into()];
+        i.exits[4].code = Some(76);
+        assert!(check(&i).violations.iter().all(|v| !v.contains("not a live process")));
+        i.exits[4].code = Some(0);
+        assert!(check(&i).violations.iter().any(|v| v.contains("not a live process")));
     }
 
     #[test]
@@ -475,11 +608,107 @@ pub(crate) mod tests {
                 value: 0,
                 ok: true,
                 text: "restarted".into(),
+                mode: String::new(),
+                slot: 0,
             },
         );
         let r = check(&i);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert!(r.notes.iter().any(|n| n.contains("fences restart")));
+    }
+
+    /// A pool event: `begin` with its mode and slot, or a read/write of register `slot`.
+    fn pe(seq: u64, kind: &str, owner: &str, fence: u64, value: u64, ok: bool, (mode, slot): (&str, u32)) -> Event {
+        Event {
+            mode: mode.into(),
+            slot,
+            ..ev(seq, kind, owner, fence, value, ok)
+        }
+    }
+
+    /// Three shared holders of a pool of 3, one per slot, inside together; their fences
+    /// reach the witness out of grant order; then an exclusive one writes every register.
+    fn pool_history() -> Vec<Event> {
+        let s = "shared";
+        vec![
+            pe(0, "begin", "b", 2, 0, true, (s, 2)),
+            pe(1, "begin", "a", 1, 0, true, (s, 1)),
+            pe(2, "begin", "c", 3, 0, true, (s, 3)),
+            pe(3, "read", "a", 1, 0, true, ("", 1)),
+            pe(4, "read", "b", 2, 0, true, ("", 2)),
+            pe(5, "write", "a", 1, 1, true, ("", 1)),
+            pe(6, "write", "b", 2, 1, true, ("", 2)),
+            pe(7, "end", "a", 1, 0, true, ("", 0)),
+            pe(8, "end", "b", 2, 0, true, ("", 0)),
+            pe(9, "end", "c", 3, 0, true, ("", 0)),
+            pe(10, "begin", "x", 4, 0, true, ("exclusive", 1)),
+            pe(11, "read", "x", 4, 1, true, ("", 1)),
+            pe(12, "write", "x", 4, 2, true, ("", 1)),
+            pe(13, "read", "x", 4, 1, true, ("", 2)),
+            pe(14, "write", "x", 4, 2, true, ("", 2)),
+            pe(15, "end", "x", 4, 0, true, ("", 0)),
+        ]
+    }
+
+    fn pool_input(events: Vec<Event>) -> Input {
+        let counter = events.iter().filter(|e| e.kind == "write" && e.ok).count() as u64;
+        Input {
+            events,
+            fenced: true,
+            counter,
+            final_state: "free".into(),
+            takeover_bound_ms: 5000,
+            pool_slots: 3,
+            ..Input::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_pool_history_passes() {
+        let r = check(&pool_input(pool_history()));
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.stats["most holders inside at once"], 3);
+    }
+
+    #[test]
+    fn a_fourth_holder_two_in_one_slot_or_one_beside_an_exclusive_fail() {
+        // A fourth shared holder in a pool of 3 (slot 4).
+        let mut h = pool_history();
+        h.insert(3, pe(3, "begin", "d", 5, 0, true, ("shared", 4)));
+        let all = check(&pool_input(h)).violations.join("\n");
+        assert!(all.contains("4 holders inside at once") && all.contains("slots are 1 to 3"), "{all}");
+        // Two holders of slot 1 with one fence.
+        let mut h = pool_history();
+        h[2].slot = 1;
+        h[2].fence = 1;
+        let all = check(&pool_input(h)).violations.join("\n");
+        assert!(all.contains("held slot 1 at once with the same fence"), "{all}");
+        // A holder of slot 2 granted after c (fence 3), beside b, whose write after it
+        // began was accepted: b was not fenced off.
+        let mut h = pool_history();
+        h[1] = pe(1, "begin", "a", 5, 0, true, ("shared", 2));
+        for e in h.iter_mut().filter(|e| e.owner == "a") {
+            e.fence = 5;
+            if e.kind != "begin" && e.kind != "end" {
+                e.slot = 2;
+            }
+        }
+        h[6].value = 2;
+        let all = check(&pool_input(h)).violations.join("\n");
+        assert!(all.contains("held slot 2 at once") && all.contains("were accepted"), "{all}");
+        // The exclusive holder begins while c is still inside, and c writes after: accepted.
+        let mut h = pool_history();
+        h.retain(|e| !(e.owner == "c" && e.kind == "end"));
+        h.push(pe(16, "read", "c", 3, 0, true, ("", 3)));
+        h.push(pe(17, "write", "c", 3, 1, true, ("", 3)));
+        h.push(pe(18, "end", "c", 3, 0, true, ("", 0)));
+        let all = check(&pool_input(h.clone())).violations.join("\n");
+        assert!(all.contains("held the lock at once") && all.contains("were accepted"), "{all}");
+        // The same with c's write rejected (as the witness does): fenced off, not a violation.
+        h.iter_mut().find(|e| e.owner == "c" && e.kind == "write").unwrap().ok = false;
+        let r = check(&pool_input(h));
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.stats["overlaps fenced off"], 1);
     }
 
     #[test]
@@ -497,12 +726,14 @@ pub(crate) mod tests {
                 value: 0,
                 ok: true,
                 text: "kill-holder c0-r0".into(),
+                mode: String::new(),
+                slot: 0,
             },
         );
         i.takeover_bound_ms = 1;
         i.slots = vec![(1, false)];
         i.final_state = "held".into();
-        i.final_owner = Some("c0-r1".into());
+        i.final_owners = vec!["c0-r1".into()];
         i.exits[0].code = Some(1);
         i.exits[1].code = None;
         i.exits[1].signal = Some(9);

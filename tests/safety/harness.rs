@@ -42,6 +42,10 @@ pub struct Config {
     /// See [`Invocation::prune_floor`].
     pub prune_floor: &'static str,
     pub seed: u64,
+    /// A pool workload: `--slots N` (0: the plain mutex).
+    pub slots: u32,
+    /// In a pool, how many contenders take exclusive holds; the others are `--shared`.
+    pub exclusive: usize,
 }
 
 impl Config {
@@ -61,6 +65,37 @@ impl Config {
             queue: None,
             prune_floor: "1s",
             seed: seed(),
+            slots: 0,
+            exclusive: 0,
+        }
+    }
+
+    /// The pool workload: 6 contenders sharing a pool of 3 (`run --slots 3 --shared`), twice
+    /// as many as there are slots, so that slots are taken over as well as handed on. (More
+    /// contenders crowd a single-threaded moto on a busy machine into missed renewals.)
+    pub fn pool(kind: Backend) -> Config {
+        let mut c = Config::for_store(kind);
+        let long = c.iterations > 10;
+        c.contenders = if long { 8 } else { 6 };
+        c.iterations = if long { 30 } else { 5 };
+        c.slots = 3;
+        c
+    }
+
+    /// The mixed workload: shared readers and exclusive writers on one lock of 3 slots.
+    pub fn mixed(kind: Backend) -> Config {
+        let mut c = Config::pool(kind);
+        c.contenders = 6;
+        c.exclusive = 2;
+        c
+    }
+
+    /// What the run is called in reports and replay lines.
+    pub fn workload(&self) -> String {
+        match (self.slots, self.exclusive) {
+            (0, _) => "mutex".into(),
+            (n, 0) => format!("pool of {n}"),
+            (n, x) => format!("mixed, {x} exclusive beside shared, {n} slots"),
         }
     }
 }
@@ -78,7 +113,7 @@ pub struct Outcome {
     pub text: String,
 }
 
-fn final_status(bin: &Path, server: &Server, store: &str, lock_name: &str) -> (String, Option<String>) {
+fn final_status(bin: &Path, server: &Server, store: &str, lock_name: &str) -> (String, Vec<String>) {
     let mut cmd = Command::new(bin);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -99,16 +134,32 @@ fn final_status(bin: &Path, server: &Server, store: &str, lock_name: &str) -> (S
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| format!("unreadable ({})", String::from_utf8_lossy(&out.stderr).trim()));
-    (state, v["record"]["Owner"].as_str().map(str::to_string))
+    let record = &v["record"];
+    let mut owners: Vec<String> = record["Owner"].as_str().map(str::to_string).into_iter().collect();
+    if let Some(holds) = record["Shared"].as_object() {
+        owners.extend(holds.values().filter_map(|h| h["Owner"].as_str().map(str::to_string)));
+    }
+    (state, owners)
 }
 
 pub fn run(cfg: &Config) -> Outcome {
     let started = Instant::now();
     let name = cfg.kind.name();
-    let which = if cfg.broken.is_some() { "negative-control" } else { name };
+    let which = match (cfg.broken.is_some(), cfg.slots, cfg.exclusive) {
+        (true, 0, _) => "negative-control".to_string(),
+        (true, _, _) => "negative-control-pool".to_string(),
+        (false, 0, _) => name.to_string(),
+        (false, _, 0) => format!("pool-{name}"),
+        (false, _, _) => format!("mixed-{name}"),
+    };
     let replay = format!("PIPELINE_LOCK_SAFETY_SEED={} scripts/safety {which}", cfg.seed);
     println!("safety run on {name}: seed {} (replay the fault schedule: {replay})", cfg.seed);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("safety/{name}-{}-{:06x}", cfg.seed, rand::random::<u32>() & 0xff_ffff));
+    let tag = match (cfg.slots, cfg.exclusive) {
+        (0, _) => "",
+        (_, 0) => "pool-",
+        _ => "mixed-",
+    };
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("safety/{tag}{name}-{}-{:06x}", cfg.seed, rand::random::<u32>() & 0xff_ffff));
     std::fs::create_dir_all(&dir).unwrap();
 
     // The queue orders waiters; "none" lets every waiter race for a free or stale lock.
@@ -134,6 +185,8 @@ pub fn run(cfg: &Config) -> Outcome {
         broken: cfg.broken.map(str::to_string),
         queue: queue.to_string(),
         prune_floor: cfg.prune_floor.to_string(),
+        slots: cfg.slots,
+        exclusive: cfg.exclusive,
     };
     // Generous: the contenders must finish, but a hang must end the run, not the suite.
     let deadline = Instant::now() + cfg.budget + Duration::from_secs(150);
@@ -149,6 +202,7 @@ pub fn run(cfg: &Config) -> Outcome {
         epoch,
         stale_after,
         stop_on_violation: cfg.broken.is_some(),
+        pool_slots: cfg.slots,
         log: Default::default(),
     };
     nemesis.run(&cfg.faults, cfg.budget);
@@ -165,7 +219,7 @@ pub fn run(cfg: &Config) -> Outcome {
     }
 
     let events = witness.dump();
-    let (final_state, final_owner) = final_status(&bin, &server, &store, &lock_name);
+    let (final_state, final_owners) = final_status(&bin, &server, &store, &lock_name);
     let runs = lock(&records).clone();
     let input = Input {
         events,
@@ -188,11 +242,12 @@ pub fn run(cfg: &Config) -> Outcome {
         min_iterations: cfg.iterations,
         counter: witness.counter(),
         final_state: final_state.clone(),
-        final_owner,
+        final_owners,
         alive,
         // Lease, then the takers' margin, then a poll, a Date-header clock's uncertainty
         // and starting the next command.
         takeover_bound_ms: cfg.ttl_ms + CLOCK_MARGIN_MS + 2000,
+        pool_slots: cfg.slots,
     };
     let report = checker::check(&input);
     // The pinned binary keeps a replaced build alive on disk: let it go.
@@ -202,7 +257,8 @@ pub fn run(cfg: &Config) -> Outcome {
     let _ = writeln!(text, "== safety run on {name}: seed {} ({replay})", cfg.seed);
     let _ = writeln!(
         text,
-        "contenders {} x at least {} iterations, lease {} ms, heartbeat {} ms, retry {} ms, queue {queue}{}",
+        "workload: {}; contenders {} x at least {} iterations, lease {} ms, heartbeat {} ms, retry {} ms, queue {queue}{}",
+        cfg.workload(),
         cfg.contenders,
         cfg.iterations,
         cfg.ttl_ms,
@@ -255,6 +311,10 @@ pub fn run(cfg: &Config) -> Outcome {
         })
         .collect();
     std::fs::write(dir.join("runs.log"), run_lines.join("\n")).unwrap();
+    let _ = std::fs::create_dir_all(dir.join("stderr"));
+    for r in &runs {
+        let _ = std::fs::write(dir.join(format!("stderr/{}.txt", r.owner)), &r.full);
+    }
     println!("{text}");
     Outcome { report, text }
 }

@@ -97,6 +97,8 @@ pub struct Nemesis<'a> {
     pub stale_after: Duration,
     /// Stop as soon as the witness's history shows a violation (the negative control).
     pub stop_on_violation: bool,
+    /// A pool's N, for the pool checks while stopping on a violation (0: a plain mutex).
+    pub pool_slots: u32,
     pub log: Log,
 }
 
@@ -151,15 +153,37 @@ impl Nemesis<'_> {
         match fault {
             Fault::PauseHolder => {
                 let Some(h) = self.holder() else { return };
-                let hold = stale_ms + self.rng.range(300, 1500);
-                self.note(fault, format!("{} for {hold}ms", h.owner));
-                let below = self.tree(&h, libc::SIGSTOP);
-                std::thread::sleep(Duration::from_millis(hold));
-                for p in below {
-                    signal(p, libc::SIGCONT);
+                // In a pool, every holder inside: with each slot's holder stale, waiters must
+                // take slots over (with a free slot left they would just take that one).
+                // Wait a little for a full pool, so that every slot goes stale at once.
+                let mut held = Vec::new();
+                let full = Instant::now() + Duration::from_secs(2);
+                while self.pool_slots > 0 && Instant::now() < full {
+                    let open: Vec<String> = self.witness.open().into_iter().map(|(o, _)| o).collect();
+                    held = self
+                        .running()
+                        .into_iter()
+                        .filter(|c| c.owner != h.owner && open.contains(&c.owner))
+                        .collect();
+                    if held.len() + 1 >= self.pool_slots as usize {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                signal(-h.pgid, libc::SIGCONT);
-                self.witness.mark(&format!("resumed {}", h.owner));
+                held.insert(0, h);
+                let hold = stale_ms + self.rng.range(300, 1500);
+                let owners: Vec<&str> = held.iter().map(|c| c.owner.as_str()).collect();
+                let owners = owners.join(",");
+                self.note(fault, format!("{owners} for {hold}ms"));
+                let below: Vec<(Current, Vec<i32>)> = held.iter().map(|c| (c.clone(), self.tree(c, libc::SIGSTOP))).collect();
+                std::thread::sleep(Duration::from_millis(hold));
+                for (c, below) in below {
+                    for p in below {
+                        signal(p, libc::SIGCONT);
+                    }
+                    signal(-c.pgid, libc::SIGCONT);
+                }
+                self.witness.mark(&format!("resumed {owners}"));
             }
             Fault::PauseAll => {
                 // Pause when someone holds the lock, so the herd wakes up to a stale record.
@@ -297,7 +321,11 @@ impl Nemesis<'_> {
             return false;
         }
         let mut r = crate::checker::Report::default();
-        crate::checker::history(&self.witness.dump(), true, &mut r);
+        let events = self.witness.dump();
+        crate::checker::history(&events, true, &mut r);
+        if self.pool_slots > 0 {
+            crate::checker::pool(&events, self.pool_slots, &mut r);
+        }
         !r.violations.is_empty()
     }
 

@@ -34,6 +34,10 @@ pub struct Invocation {
     /// The queue's prune window floor (a hidden test option). A killed waiter keeps its place
     /// until pruned, by default for 30 s; with short leases that would stall every run.
     pub prune_floor: String,
+    /// A pool: `--slots N` for every contender (0: a plain mutex, no `--slots`).
+    pub slots: u32,
+    /// In a pool, contenders `0..exclusive` take exclusive holds and the others `--shared`.
+    pub exclusive: usize,
 }
 
 /// The run in progress in one slot.
@@ -65,6 +69,8 @@ pub struct RunRecord {
     pub stderr: String,
     /// The full stderr said "panicked".
     pub panicked: bool,
+    /// The full stderr (kept in the run's files, `stderr/OWNER.txt`).
+    pub full: String,
     pub faketime: Option<String>,
 }
 
@@ -169,6 +175,10 @@ fn contend(
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("PIPELINE_LOCK_PRUNE_FLOOR", &inv.prune_floor);
         cmd.env("PIPELINE_LOCK_QUEUE", &inv.queue);
+        // `PIPELINE_LOCK_SAFETY_LOG=debug`: the contenders' own logs, in the run's files.
+        if let Ok(level) = std::env::var("PIPELINE_LOCK_SAFETY_LOG") {
+            cmd.env("PIPELINE_LOCK_LOG", format!("pipeline_lock={level}"));
+        }
         if let Some(b) = &inv.broken {
             cmd.env("PIPELINE_LOCK_TEST_BREAK", b);
         }
@@ -179,8 +189,15 @@ fn contend(
         if inv.s3 {
             cmd.arg("--s3-force-path-style");
         }
-        cmd.args(["--owner", &owner, "--lock", &inv.lock, "run"])
-            .args(["--ttl", &format!("{}ms", inv.ttl_ms), "--heartbeat", &format!("{}ms", inv.heartbeat_ms)])
+        cmd.args(["--owner", &owner, "--lock", &inv.lock, "run"]);
+        let shared = id >= inv.exclusive;
+        if inv.slots > 0 {
+            cmd.args(["--slots", &inv.slots.to_string()]);
+            if shared {
+                cmd.arg("--shared");
+            }
+        }
+        cmd.args(["--ttl", &format!("{}ms", inv.ttl_ms), "--heartbeat", &format!("{}ms", inv.heartbeat_ms)])
             .args(["--retry-interval", &format!("{}ms", inv.retry_ms)])
             .args([
                 "--clock-margin",
@@ -190,6 +207,13 @@ fn contend(
                 "--",
             ])
             .args([&inv.witness_bin, "client", &inv.witness]);
+        if inv.slots > 0 {
+            let mode = if shared { "shared" } else { "exclusive" };
+            cmd.args(["--mode", mode, "--slots", &inv.slots.to_string()]);
+            // Inside for a while (each write), so that the pool is often full: a paused
+            // holder's slot is then taken over rather than left for a free one.
+            cmd.args(["--gap", &rng.range(50, 250).to_string()]);
+        }
         cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let start = Instant::now();
         let child = match cmd.spawn() {
@@ -229,6 +253,7 @@ fn contend(
             signal: out.status.signal(),
             stderr: tail,
             panicked: stderr.contains("panicked"),
+            full: stderr.to_string(),
             faketime,
         });
         if !ok {

@@ -19,15 +19,27 @@
 //!   sent, rejected or not, so a stale holder that carries on shows in the log.
 //! - `--gap MS`: the pause between read and write (default 10-50 ms at random).
 //! - `--trap-term`: ignore SIGTERM and keep writing (a deploy script that traps TERM).
+//! - `--mode shared|exclusive` and `--slots N`, for pools (`run --slots N [--shared]`): the
+//!   `begin` says the mode and the slot (`PIPELINE_LOCK_SLOT`); a shared holder reads and
+//!   writes the register of its slot, an exclusive one each of the N registers in turn.
 //!
 //! Protocol, one line per request and one per answer:
-//! `begin OWNER FENCE PID`, `read OWNER`, `write OWNER FENCE VALUE` (`ok` or `rejected`),
+//! `begin OWNER FENCE PID [LOCK_OWNER] [mode=shared|exclusive] [slot=K]`,
+//! `read OWNER [reg=K]`, `write OWNER FENCE VALUE [reg=K]` (`ok` or `rejected`),
 //! `end OWNER`, `mark TEXT` (a nemesis note), `epoch TEXT` (the store lost its data: fences
 //! restart), `open` (owners inside begin..end, newest first, as `OWNER:PID`), `counter`,
 //! `dump` (the log as JSON lines, then `end`).
 //!
+//! Registers: one per pool slot (`reg=K`, 1 to N), and register 0, the only one of a plain
+//! mutex. A pool's slots are its resources (the staging environments of a pool of N): a shared
+//! holder uses the register of its slot only, so shared holders of different slots never
+//! fence each other off, while a stale holder of a slot is fenced off by that slot's next
+//! holder. An exclusive holder owns every slot: its `begin` counts for every register.
+//! `counter` is the sum of the registers (each accepted write adds one to its register).
+//!
 //! Fenced mode (the default) rejects a write whose (epoch, fence) is below the highest seen in
-//! any request; an owner's epoch is the one current at its `begin`.
+//! any request on its register (an exclusive `begin` counts for all); an owner's epoch is the
+//! one current at its `begin`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -63,9 +75,13 @@ struct Owner {
 struct State {
     start: Instant,
     fenced: bool,
-    counter: u64,
+    /// Register number -> value.
+    counters: HashMap<u32, u64>,
     epoch: u64,
-    highest: (u64, u64),
+    /// Register number -> highest (epoch, fence) seen on it.
+    highest: HashMap<u32, (u64, u64)>,
+    /// The highest (epoch, fence) of an exclusive `begin`: it counts for every register.
+    all: (u64, u64),
     owners: HashMap<String, Owner>,
     log: Vec<serde_json::Value>,
 }
@@ -73,12 +89,24 @@ struct State {
 impl State {
     /// Appends one event; `(fence, epoch)` are the owner's, `value` what was read or written.
     fn log(&mut self, kind: &str, owner: &str, (fence, epoch): (u64, u64), value: u64, ok: bool, text: &str) {
+        self.log_at(kind, owner, (fence, epoch), value, ok, text, ("", 0));
+    }
+
+    /// As [`State::log`], with the pool fields: the mode of a `begin` and its slot, or the
+    /// register of a read or write.
+    #[allow(clippy::too_many_arguments)]
+    fn log_at(&mut self, kind: &str, owner: &str, (fence, epoch): (u64, u64), value: u64, ok: bool, text: &str, (mode, slot): (&str, u32)) {
         let t = self.start.elapsed().as_millis() as u64;
         let seq = self.log.len() as u64;
         self.log.push(serde_json::json!({
             "seq": seq, "t": t, "kind": kind, "owner": owner, "fence": fence, "epoch": epoch,
-            "value": value, "ok": ok, "text": text,
+            "value": value, "ok": ok, "text": text, "mode": mode, "slot": slot,
         }));
+    }
+
+    /// The highest key register `reg` has seen (an exclusive `begin` counts for all).
+    fn top(&self, reg: u32) -> (u64, u64) {
+        self.highest.get(&reg).copied().unwrap_or((self.epoch, 0)).max(self.all)
     }
 
     fn owner(&self, name: &str) -> Owner {
@@ -91,9 +119,10 @@ impl State {
         })
     }
 
-    fn see(&mut self, key: (u64, u64)) {
-        if self.fenced && key > self.highest {
-            self.highest = key;
+    fn see(&mut self, reg: u32, key: (u64, u64)) {
+        if self.fenced {
+            let h = self.highest.entry(reg).or_insert((0, 0));
+            *h = (*h).max(key);
         }
     }
 
@@ -107,8 +136,12 @@ impl State {
                 let (Some(fence), pid) = (num(2), num(3).unwrap_or(0)) else {
                     return "error fence\n".into();
                 };
-                // `begin NAME FENCE PID LOCK_OWNER`: the lock owner, when it is not the name.
-                let text = words.get(4).copied().unwrap_or("");
+                // `begin NAME FENCE PID [LOCK_OWNER] [mode=M] [slot=K]`: the lock owner, when
+                // it is not the name; a pool holder's mode and slot.
+                let opt = |key: &str| words.iter().skip(4).find_map(|w| w.strip_prefix(key));
+                let text = words.get(4).copied().filter(|w| !w.contains('=')).unwrap_or("");
+                let mode = opt("mode=").unwrap_or("");
+                let slot = opt("slot=").and_then(|k| k.parse::<u32>().ok()).unwrap_or(0);
                 let epoch = self.epoch;
                 let began = self.log.len() as u64;
                 self.owners.insert(
@@ -121,29 +154,36 @@ impl State {
                         began,
                     },
                 );
-                self.see((epoch, fence));
-                self.log("begin", owner, (fence, epoch), pid, true, text);
+                if mode == "shared" {
+                    self.see(slot, (epoch, fence));
+                } else if self.fenced {
+                    // Exclusive (or a plain mutex): every register's.
+                    self.all = self.all.max((epoch, fence));
+                }
+                self.log_at("begin", owner, (fence, epoch), pid, true, text, (mode, slot));
                 "ok\n".into()
             }
             (Some("read"), Some(owner)) => {
+                let reg = reg_of(&words);
                 let o = self.owner(owner);
-                self.see((o.epoch, o.fence));
-                let value = self.counter;
-                self.log("read", owner, (o.fence, o.epoch), value, true, "");
+                self.see(reg, (o.epoch, o.fence));
+                let value = self.counters.get(&reg).copied().unwrap_or(0);
+                self.log_at("read", owner, (o.fence, o.epoch), value, true, "", ("", reg));
                 format!("value {value}\n")
             }
             (Some("write"), Some(owner)) => {
                 let (Some(fence), Some(value)) = (num(2), num(3)) else {
                     return "error write\n".into();
                 };
+                let reg = reg_of(&words);
                 let o = self.owner(owner);
                 let key = (o.epoch, fence);
-                let ok = !self.fenced || key >= self.highest;
+                let ok = !self.fenced || key >= self.top(reg);
                 if ok {
-                    self.counter = value;
-                    self.see(key);
+                    self.counters.insert(reg, value);
+                    self.see(reg, key);
                 }
-                self.log("write", owner, (fence, o.epoch), value, ok, "");
+                self.log_at("write", owner, (fence, o.epoch), value, ok, "", ("", reg));
                 if ok { "ok\n".into() } else { "rejected\n".into() }
             }
             (Some("end"), Some(owner)) => {
@@ -162,7 +202,8 @@ impl State {
             }
             (Some("epoch"), _) => {
                 self.epoch += 1;
-                self.highest = (self.epoch, 0);
+                self.highest.clear();
+                self.all = (self.epoch, 0);
                 let text = line.trim_start().strip_prefix("epoch").unwrap_or("").trim().to_string();
                 let epoch = self.epoch;
                 self.log("epoch", "", (0, epoch), 0, true, &text);
@@ -174,7 +215,7 @@ impl State {
                 let list: Vec<String> = open.iter().map(|(n, o)| format!("{n}:{}", o.pid)).collect();
                 format!("open {}\n", list.join(" "))
             }
-            (Some("counter"), _) => format!("value {}\n", self.counter),
+            (Some("counter"), _) => format!("value {}\n", self.counters.values().sum::<u64>()),
             (Some("dump"), _) => {
                 let mut out = String::new();
                 for e in &self.log {
@@ -187,6 +228,11 @@ impl State {
             _ => format!("error unknown request {line:?}\n"),
         }
     }
+}
+
+/// The register a read or write names (`reg=K`); 0, the mutex's, without one.
+fn reg_of(words: &[&str]) -> u32 {
+    words.iter().find_map(|w| w.strip_prefix("reg=")?.parse().ok()).unwrap_or(0)
 }
 
 fn serve(fenced: bool) -> anyhow::Result<()> {
@@ -204,9 +250,10 @@ fn serve(fenced: bool) -> anyhow::Result<()> {
         let state = Rc::new(RefCell::new(State {
             start: Instant::now(),
             fenced,
-            counter: 0,
+            counters: HashMap::new(),
             epoch: 0,
-            highest: (0, 0),
+            highest: HashMap::new(),
+            all: (0, 0),
             owners: HashMap::new(),
             log: Vec::new(),
         }));
@@ -236,6 +283,10 @@ struct ClientOptions {
     writes: u32,
     gap_ms: Option<u64>,
     trap_term: bool,
+    /// `--mode`: a pool holder, shared or exclusive.
+    mode: Option<String>,
+    /// `--slots`: the pool's N (an exclusive holder writes every slot's register).
+    slots: u32,
 }
 
 impl ClientOptions {
@@ -252,6 +303,8 @@ impl ClientOptions {
                 "--writes" => o.writes = value()?.parse().context("witness client: --writes N")?,
                 "--gap" => o.gap_ms = Some(value()?.parse().context("witness client: --gap MS")?),
                 "--trap-term" => o.trap_term = true,
+                "--mode" => o.mode = Some(value()?),
+                "--slots" => o.slots = value()?.parse().context("witness client: --slots N")?,
                 other => anyhow::bail!("witness client: unknown option {other}"),
             }
         }
@@ -280,13 +333,27 @@ fn client(addr: &str, opts: &ClientOptions) -> i32 {
             r.read_line(&mut reply)?;
             Ok(reply.trim().to_string())
         };
-        let extra = if opts.name.is_some() { format!(" {lock_owner}") } else { String::new() };
+        let mut extra = if opts.name.is_some() { format!(" {lock_owner}") } else { String::new() };
+        // A pool holder's registers: its slot's (shared), or every slot's (exclusive).
+        let mut regs = vec![0];
+        if let Some(mode) = &opts.mode {
+            let slot: u32 = std::env::var("PIPELINE_LOCK_SLOT").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            extra.push_str(&format!(" mode={mode} slot={slot}"));
+            regs = if mode == "shared" {
+                vec![slot]
+            } else {
+                (1..=opts.slots.max(1)).collect()
+            };
+        }
         ask(format!("begin {owner} {fence} {}{extra}\n", std::process::id()))?;
         let mut all_accepted = true;
         for _ in 0..opts.writes.max(1) {
-            let value: u64 = ask(format!("read {owner}\n"))?.trim_start_matches("value ").parse().unwrap_or(0);
-            std::thread::sleep(Duration::from_millis(opts.gap_ms.unwrap_or_else(|| 10 + rand::random::<u64>() % 41)));
-            all_accepted &= ask(format!("write {owner} {fence} {}\n", value + 1))? == "ok";
+            for reg in &regs {
+                let at = if *reg == 0 { String::new() } else { format!(" reg={reg}") };
+                let value: u64 = ask(format!("read {owner}{at}\n"))?.trim_start_matches("value ").parse().unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(opts.gap_ms.unwrap_or_else(|| 10 + rand::random::<u64>() % 41)));
+                all_accepted &= ask(format!("write {owner} {fence} {}{at}\n", value + 1))? == "ok";
+            }
         }
         ask(format!("end {owner}\n"))?;
         Ok(all_accepted)
