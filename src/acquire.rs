@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::locker::{AcquireOptions, EAGER_ROUNDS, Grant, How, Locker, Wait, Wrote, jitter, random_hex};
 use crate::policy::{self, Asker, Judge, Plan, Watch};
 use crate::queue::{self, Me};
-use crate::record::{Action, Grantee, Holder, Record, SharedOp, Waiter};
+use crate::record::{Action, Event, EventKind, Grantee, Holder, Record, SharedOp, Waiter};
 use crate::store::{Expect, Observed, State, Written};
 
 mod steps;
@@ -395,6 +395,23 @@ impl<'a> Waiting<'a> {
         let mut change = self.locker.change(action, lease, opts.retention, event);
         change.slots = opts.slots;
         change.evict = evict;
+        if let (true, Some(r)) = (evict, record) {
+            // The grant's event names the first evicted holder; the others get their own.
+            change.evicted = r
+                .holds()
+                .iter()
+                .skip(1)
+                .map(|(_, h)| Event {
+                    event: EventKind::Released,
+                    owner: h.owner.clone(),
+                    fence: None,
+                    at: change.now,
+                    by: Some(self.who.owner.clone()),
+                    why: Some("a stale shared hold, taken over with the others by an exclusive grant".into()),
+                    from: None,
+                })
+                .collect();
+        }
         match ride(self.locker.commit(lock, expect, self.seen.as_ref(), &change).await)? {
             Written::Done(r) => {
                 // A shared write was planned on a read, so on the store's clock already.

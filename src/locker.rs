@@ -77,6 +77,7 @@ impl Locker {
             event,
             slots: 1,
             evict: false,
+            evicted: Vec::new(),
         }
     }
 

@@ -287,6 +287,10 @@ pub struct Change {
     /// A grant that replaces every current holder (all judged stale, or `--force`): the
     /// other kind of hold cannot stay beside it.
     pub evict: bool,
+    /// With `evict`: a `released` event (by the taker) for each evicted holder the grant's own
+    /// event does not name, logged before it, so each one's later `release`/`renew` learns it
+    /// was taken over (exit 76) rather than finding "held by another".
+    pub evicted: Vec<Event>,
 }
 
 impl Record {
@@ -467,14 +471,14 @@ impl Record {
             }
             Action::Shared(_) => {}
         }
-        if let Some(event) = &change.event {
+        for event in change.evicted.iter().chain(&change.event) {
             next.history.push(Event {
                 fence: Some(next.fence),
                 ..event.clone()
             });
-            let excess = next.history.len().saturating_sub(HISTORY_LEN);
-            next.history.drain(..excess);
         }
+        let excess = next.history.len().saturating_sub(HISTORY_LEN);
+        next.history.drain(..excess);
         next
     }
 

@@ -159,6 +159,26 @@ fn one_stale_shared_holder_is_taken_over_and_the_others_are_untouched(b: Backend
     );
 }
 
+fn an_exclusive_takeover_of_stale_shared_holds_tells_every_holder(b: Backend) {
+    let Some(e) = Env::try_new(b, "pool-evict") else { return };
+    let lock = e.lock("l");
+    assert_eq!(shared(&e, "a", &lock, "2", &["--ttl", "1s"]).0, 0);
+    assert_eq!(shared(&e, "b", &lock, "2", &["--ttl", "1s"]).0, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, x) = e.json("x", &lock, &["acquire", "--slots", "2", "--wait", "30s", "--clock-margin", "0s"]);
+    assert_eq!(code, 0, "{x}");
+    assert_eq!(x["how"]["kind"], "took-over", "{x}");
+    let r = e.record(&lock);
+    assert_eq!(r["Owner"], "x");
+    assert!(r.get("Shared").is_none_or(|s| s.as_object().is_some_and(|m| m.is_empty())), "{r}");
+    // Both evicted holders learn that they lost the lock, not that someone else holds it.
+    for owner in ["a", "b"] {
+        let out = e.run(owner, &lock, &["release"]);
+        assert_code(&out, 76);
+        assert!(stderr(&out).contains("not held by"), "{owner}: {}", stderr(&out));
+    }
+}
+
 fn a_single_holder_record_reads_as_one_slot(b: Backend) {
     let Some(e) = Env::try_new(b, "pool-old") else { return };
     let lock = e.lock("l");
@@ -181,4 +201,5 @@ on_every_store!(
     an_exclusive_hold_is_alone_and_holds_back_later_shared_ones,
     one_stale_shared_holder_is_taken_over_and_the_others_are_untouched,
     a_single_holder_record_reads_as_one_slot,
+    an_exclusive_takeover_of_stale_shared_holds_tells_every_holder,
 );

@@ -56,6 +56,7 @@ fn change(store: &dyn Store, action: Action) -> Change {
         }),
         slots: 1,
         evict: false,
+        evicted: Vec::new(),
     }
 }
 

@@ -19,6 +19,7 @@ fn change(action: Action, kind: EventKind) -> Change {
         }),
         slots: 1,
         evict: false,
+        evicted: Vec::new(),
     }
 }
 

@@ -228,6 +228,7 @@ impl Objects for FileDir {
             event: None,
             slots: 1,
             evict: false,
+            evicted: Vec::new(),
         };
         let first = store
             .write(Write {

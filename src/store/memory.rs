@@ -145,6 +145,7 @@ mod tests {
             event: None,
             slots: 1,
             evict: false,
+            evicted: Vec::new(),
         };
         let stale = store.read("l", true).await.unwrap();
         assert!(matches!(stale.state, State::Absent));

@@ -114,21 +114,16 @@ pub(super) fn update_for(w: &Write<'_>, dequeue: bool) -> Result<(String, Item, 
         }
         Action::Shared(_) => unreachable!("shared writes are planned by shared_update"),
     }
-    finish(set, remove, values, keys, c.event.as_ref())
+    finish(set, remove, values, keys, c)
 }
 
 /// The update expression from its SET and REMOVE parts, with the History event appended.
-fn finish(
-    mut set: Vec<String>,
-    remove: Vec<String>,
-    mut values: Item,
-    keys: Names,
-    event: Option<&crate::record::Event>,
-) -> Result<(String, Item, Names)> {
-    if let Some(event) = event {
+fn finish(mut set: Vec<String>, remove: Vec<String>, mut values: Item, keys: Names, c: &crate::record::Change) -> Result<(String, Item, Names)> {
+    let events: Vec<AttributeValue> = c.evicted.iter().chain(&c.event).map(av).collect::<Result<_>>()?;
+    if !events.is_empty() {
         set.push("#hi = list_append(if_not_exists(#hi, :empty), :ev)".into());
         values.insert(":empty".into(), AttributeValue::L(vec![]));
-        values.insert(":ev".into(), AttributeValue::L(vec![av(event)?]));
+        values.insert(":ev".into(), AttributeValue::L(events));
     }
     let mut expr = format!("SET {}", set.join(", "));
     if !remove.is_empty() {
@@ -187,7 +182,7 @@ fn shared_update(w: &Write<'_>, op: &SharedOp, dequeue: bool) -> Result<(String,
     if let SharedOp::Grant { grantee, .. } = op {
         dequeue_into(&grantee.dequeue, dequeue, &mut remove, &mut keys);
     }
-    finish(set, remove, values, keys, c.event.as_ref())
+    finish(set, remove, values, keys, c)
 }
 
 /// What a read checks before it calls an item a valid record, as far as a condition can say
@@ -305,6 +300,7 @@ mod tests {
             }),
             slots: 1,
             evict: false,
+            evicted: Vec::new(),
         };
         let w = Write {
             lock: "l",
@@ -334,6 +330,7 @@ mod tests {
             event: None,
             slots: 1,
             evict: false,
+            evicted: Vec::new(),
         };
         let blind = Write {
             lock: "l",
@@ -385,6 +382,7 @@ mod tests {
             event: None,
             slots: 1,
             evict: false,
+            evicted: Vec::new(),
         };
         for expect in holder.iter().chain(&[Expect::Vacant, Expect::Rvn("r".into())]) {
             let mut values = Item::new();
@@ -422,6 +420,7 @@ mod tests {
             event: None,
             slots: 1,
             evict: false,
+            evicted: Vec::new(),
         };
         let w = Write {
             lock: "l",
