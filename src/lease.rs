@@ -305,7 +305,11 @@ impl Lease {
     /// would report a loss that did not happen).
     pub async fn release(&mut self) -> Result<Released> {
         self.stop_heartbeat().await;
-        if !self.is_held() {
+        // Only when the store said the lock is someone else's is there nothing to give back.
+        // A lease in doubt (the store did not answer in time) may still be ours: the release
+        // is conditional on our token, so trying never touches another grant, and not trying
+        // would leave the lock held until its lease ends.
+        if matches!(self.state(), LeaseState::Lost { .. }) {
             return Ok(Released::NotHeld);
         }
         let who = Holding::grant(&self.grant);

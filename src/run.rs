@@ -96,6 +96,15 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
             status = child.wait() => {
                 let status = status.map_err(|e| Error::other("cannot wait for the command", e))?;
                 let code = exit_code(status);
+                if !lease.is_held() {
+                    // The lease was lost (or fell in doubt) as the command ended, the two
+                    // arriving together: the command may have run its end without the lock,
+                    // so the job goes red (exit 76) as when the loss comes first.
+                    let err = lease.lost().await;
+                    eprintln!("pipeline-lock: {err}; the command had ended (exit {code}), but the lock was not surely ours until then");
+                    let _ = lease.release().await;
+                    return Err(err);
+                }
                 if let Err(e) = lease.release().await {
                     eprintln!("pipeline-lock: warning: the command ended (exit {code}) but releasing lock {lock:?} failed: {}; \
                                it frees itself when its lease ends", crate::report::chain(&e));

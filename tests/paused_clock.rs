@@ -307,6 +307,11 @@ async fn the_heartbeat_keeps_the_lease_and_calls_it_lost_at_term_time_when_renew
     );
     assert!(at < kill, "lost {:?} before the kill deadline", kill - at);
     assert!(at - failed <= secs(18) + secs(1), "lost {:?} after the failures began", at - failed);
+    // In doubt is not lost: once the store answers again, the release still gives it back.
+    flaky.fail(false);
+    let mut lease = lease;
+    lease.release().await.unwrap();
+    assert!(record(flaky.as_ref(), "l").await.is_free(), "a lease in doubt is still released");
 }
 
 #[tokio::test(start_paused = true)]
