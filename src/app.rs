@@ -7,7 +7,7 @@ use crate::error::{Error, Occupant, Result};
 use crate::exit;
 use crate::locker::{Holding, Locker, RETENTION, ReleaseOptions, Released, RenewOptions};
 use crate::output::{emit, export_github, print_grant, queue_json, status_json, status_text, summary};
-use crate::settings::{Acquire, Release, Renew, Run, Settings, Status, Task};
+use crate::settings::{Acquire, List, Release, Renew, Run, Settings, Status, Task};
 use crate::signals::Signals;
 use crate::store::{self, Outcome, State};
 
@@ -23,7 +23,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
         Task::Release(r) => cmd_release(&settings, r).await,
         Task::Renew(r) => cmd_renew(&settings, r).await,
         Task::Status(s) => cmd_status(&settings, s).await,
-        Task::List => cmd_list(&settings).await,
+        Task::List(l) => cmd_list(&settings, l).await,
         Task::Doctor => cmd_doctor(&settings).await,
         Task::Run(r) => cmd_run(&settings, r).await,
     }
@@ -58,7 +58,7 @@ async fn cmd_acquire(s: &Settings, a: &Acquire, env: &EnvFn) -> Result<u8> {
             ),
         });
     }
-    print_grant(&grant, s.output, locker.store().requests())?;
+    print_grant(&grant, s.output, locker.store().requests(), locker.store().write_units())?;
     export_github(env, &grant)?;
     Ok(exit::OK)
 }
@@ -90,7 +90,10 @@ async fn cmd_release(s: &Settings, r: &Release) -> Result<u8> {
             msg
         }
     };
-    let json = serde_json::json!({"lock": lock, "store": url.to_string(), "release": result, "requests": requests});
+    let mut json = serde_json::json!({"lock": lock, "store": url.to_string(), "release": result, "requests": requests});
+    if let Some(units) = locker.store().write_units() {
+        json["write_units"] = units.into();
+    }
     emit(s.output, &text, &json)?;
     Ok(exit::OK)
 }
@@ -143,20 +146,67 @@ async fn cmd_status(s: &Settings, st: &Status) -> Result<u8> {
     Ok(exit::OK)
 }
 
-async fn cmd_list(s: &Settings) -> Result<u8> {
+async fn cmd_list(s: &Settings, l: &List) -> Result<u8> {
+    use std::io::Write as _;
     let url = &s.store;
     let locker = connect(s).await?;
-    let all = locker.list().await?;
-    let now = locker.store().clock().now_ms();
-    let mut text = String::new();
-    for (name, o) in &all {
-        text.push_str(&format!("{name}\t{}\n", summary(o, now)));
+    let store = locker.store();
+    let json = s.output == crate::cli::Output::Json;
+    let failed = |e: std::io::Error| Error::other("cannot write to standard output", e);
+    // Printed as the pages arrive, so memory holds one page whatever the store holds. The
+    // JSON is one document written as it goes, one lock per line between its first and last
+    // lines, so a script may read it whole or line by line.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        let head = serde_json::to_string(&url.to_string()).map_err(|e| Error::other("cannot encode the store URL", e))?;
+        write!(out, "{{\"store\":{head},\"locks\":[").map_err(failed)?;
     }
-    if all.is_empty() {
-        text.push_str(&format!("no locks in {url}\n"));
+    let (mut after, mut shown, mut next) = (l.after.clone(), 0usize, None);
+    'pages: loop {
+        let query = store::ListQuery {
+            prefix: &l.prefix,
+            after: after.as_deref(),
+            limit: store::LIST_PAGE,
+        };
+        let page = store.list_page(&query).await?;
+        let now = store.clock().now_ms();
+        let mut items = page.items.into_iter().peekable();
+        while let Some((name, o)) = items.next() {
+            if !l.admits(&o, now) {
+                continue;
+            }
+            if json {
+                let sep = if shown == 0 { "\n" } else { ",\n" };
+                write!(out, "{sep}{}", status_json(&name, &o, now, 0)).map_err(failed)?;
+            } else {
+                writeln!(out, "{name}\t{}", summary(&o, now)).map_err(failed)?;
+            }
+            shown += 1;
+            if l.limit == Some(shown) {
+                // Stopped inside the page: go on after the last lock shown.
+                next = if items.peek().is_some() { Some(name) } else { page.next };
+                break 'pages;
+            }
+        }
+        out.flush().map_err(failed)?;
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
     }
-    let json: Vec<_> = all.iter().map(|(n, o)| status_json(n, o, now, 0)).collect();
-    emit(s.output, text.trim_end(), &serde_json::json!({"store": url.to_string(), "locks": json}))?;
+    if json {
+        let next = serde_json::to_string(&next).map_err(|e| Error::other("cannot encode the token", e))?;
+        writeln!(out, "\n],\"count\":{shown},\"next\":{next}}}").map_err(failed)?;
+    } else {
+        if shown == 0 {
+            let which = if l.filtered() || !l.prefix.is_empty() { " that match" } else { "" };
+            writeln!(out, "no locks{which} in {url}").map_err(failed)?;
+        }
+        if let Some(next) = &next {
+            eprintln!("pipeline-lock: more locks: go on with --after {next:?}");
+        }
+    }
+    out.flush().map_err(failed)?;
     Ok(exit::OK)
 }
 

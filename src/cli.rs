@@ -188,8 +188,8 @@ pub enum Command {
     Renew(RenewArgs),
     /// Show one lock: holder, age, lease, fence, queue, history.
     Status(StatusArgs),
-    /// Show every lock in the store.
-    List,
+    /// Show the locks in the store, streamed page by page (filters and paging below).
+    List(ListArgs),
     /// Check that the store can hold locks safely.
     Doctor,
     /// Hold the lock (job-scoped) around one command: `run [options] -- CMD ARGS...`.
@@ -280,6 +280,32 @@ pub struct StatusArgs {
     /// Check that the lock has this many slots (exit 78 if its record says otherwise).
     #[arg(long, env = "PIPELINE_LOCK_SLOTS")]
     pub slots: Option<u32>,
+}
+
+/// Options of `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only locks whose names start with this (DynamoDB: a Scan filter; S3 and file: the key prefix).
+    #[arg(long, value_name = "P")]
+    pub name_prefix: Option<String>,
+    /// Only held locks, exclusive or shared (an unreadable record counts as held: it is never free).
+    #[arg(long, conflicts_with = "free")]
+    pub held: bool,
+    /// Only free locks (tombstones).
+    #[arg(long)]
+    pub free: bool,
+    /// Only locks with entries in their queue.
+    #[arg(long)]
+    pub waiting: bool,
+    /// Only locks held for longer than this (e.g. 1h): the exclusive holder's, or the oldest shared hold's, time.
+    #[arg(long, value_name = "D", allow_hyphen_values = true)]
+    pub older_than: Option<String>,
+    /// Print at most N locks; the JSON's `next` (text: a line on stderr) then says where to go on.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Go on after this continuation token: the `next` of the page before.
+    #[arg(long, visible_alias = "continue", value_name = "TOKEN")]
+    pub after: Option<String>,
 }
 
 /// Options of `release`.

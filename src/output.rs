@@ -40,7 +40,7 @@ fn slot_text(g: &Grant) -> String {
 }
 
 /// Prints a grant: a line, its JSON (with the request count), or its dotenv lines.
-pub(crate) fn print_grant(g: &Grant, output: Output, requests: u64) -> Result<()> {
+pub(crate) fn print_grant(g: &Grant, output: Output, requests: u64, write_units: Option<f64>) -> Result<()> {
     let how = match &g.how {
         How::Acquired => String::new(),
         How::Reentered => " (already ours: lease renewed, same fence)".into(),
@@ -66,6 +66,9 @@ pub(crate) fn print_grant(g: &Grant, output: Output, requests: u64) -> Result<()
         _ => {
             let mut json = serde_json::to_value(g).map_err(|e| Error::other("cannot encode the grant", e))?;
             json["requests"] = requests.into();
+            if let Some(units) = write_units {
+                json["write_units"] = units.into();
+            }
             emit(output, &text, &json)
         }
     }

@@ -43,7 +43,7 @@ pub enum Task {
     /// `status`.
     Status(Status),
     /// `list`.
-    List,
+    List(List),
     /// `doctor`.
     Doctor,
     /// `run -- CMD`.
@@ -92,6 +92,23 @@ pub struct Status {
     pub slots: Option<u32>,
 }
 
+/// `list`: which locks, and which page.
+#[derive(Debug, Clone, Default)]
+pub struct List {
+    /// `--name-prefix` (empty: every lock).
+    pub prefix: String,
+    /// `--held` / `--free`: `Some(true)` for held only, `Some(false)` for free only.
+    pub held: Option<bool>,
+    /// `--waiting`: only locks with a queue.
+    pub waiting: bool,
+    /// `--older-than`: only locks held for longer than this.
+    pub older_than: Option<Duration>,
+    /// `--limit`: at most this many.
+    pub limit: Option<usize>,
+    /// `--after`: the continuation token to start after.
+    pub after: Option<String>,
+}
+
 /// `run -- CMD`: a job-scoped grant around one command.
 pub struct Run {
     /// The lock name, valid for the store.
@@ -102,6 +119,60 @@ pub struct Run {
     pub opts: AcquireOptions,
     /// The command, its heartbeat and kill grace, checked against the lease.
     pub spec: RunSpec,
+}
+
+impl List {
+    /// Does the lock `o` pass the filters (the name prefix is the store's to apply)?
+    pub fn admits(&self, o: &crate::store::Observed, now: i64) -> bool {
+        use crate::store::State;
+        let record = o.record();
+        let held = match &o.state {
+            State::Valid(r) => !r.is_free(),
+            // Never free (docs/design.md, rule 8).
+            State::Corrupt(_) => true,
+            State::Absent => false,
+        };
+        if self.held.is_some_and(|want| want != held) {
+            return false;
+        }
+        if self.waiting && record.is_none_or(|r| r.waiters.is_empty()) {
+            return false;
+        }
+        if let Some(d) = self.older_than {
+            let since = record.filter(|r| !r.is_free()).and_then(|r| match r.owner {
+                Some(_) => r.acquired_at,
+                None => r.shared.values().map(|h| h.acquired_at).min(),
+            });
+            if since.is_none_or(|t| now - t <= d.as_millis() as i64) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Are there filters beyond the name prefix?
+    pub fn filtered(&self) -> bool {
+        self.held.is_some() || self.waiting || self.older_than.is_some()
+    }
+}
+
+fn list(args: cli::ListArgs) -> Result<List> {
+    if args.limit == Some(0) {
+        return Err(Error::Usage("--limit must be at least 1".into()));
+    }
+    let older_than = args.older_than.as_deref().map(|d| cli::parse_duration("--older-than", d)).transpose()?;
+    Ok(List {
+        prefix: args.name_prefix.unwrap_or_default(),
+        held: match (args.held, args.free) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        waiting: args.waiting,
+        older_than,
+        limit: args.limit,
+        after: args.after.filter(|a| !a.is_empty()),
+    })
 }
 
 impl Settings {
@@ -136,7 +207,7 @@ impl Settings {
                 queue: args.queue,
                 slots: args.slots.map(crate::cli::check_slots).transpose()?,
             }),
-            Command::List => Task::List,
+            Command::List(args) => Task::List(list(args)?),
             Command::Doctor => Task::Doctor,
             Command::Run(args) => Task::Run(low.run(args)?),
         };

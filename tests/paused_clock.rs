@@ -13,7 +13,7 @@ use pipeline_lock::clock::StoreClock;
 use pipeline_lock::locker::How;
 use pipeline_lock::record::{Holder, Record};
 use pipeline_lock::store::memory::MemoryStore;
-use pipeline_lock::store::{Check, Observed, Store, WaiterUpdate, Write, Written};
+use pipeline_lock::store::{Check, ListQuery, Observed, Page, Store, WaiterUpdate, Write, Written};
 use pipeline_lock::{AcquireOptions, Error, Holding, LeaseState, Locker, Occupant, ReleaseOptions, RenewOptions, Ttl, Wait};
 use tokio::time::Instant;
 
@@ -105,9 +105,9 @@ impl Store for Flaky {
         self.inner.update_waiters(update).await
     }
 
-    async fn list(&self) -> pipeline_lock::Result<Vec<(String, Observed)>> {
+    async fn list_page(&self, query: &ListQuery<'_>) -> pipeline_lock::Result<Page> {
         self.check()?;
-        self.inner.list().await
+        self.inner.list_page(query).await
     }
 
     async fn doctor(&self) -> Vec<Check> {

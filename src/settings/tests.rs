@@ -63,7 +63,7 @@ fn the_negative_control_restores_the_old_owner_rule() {
 fn each_command_checks_only_what_it_needs() {
     let env = test_env(&[]);
     let list = Settings::build(parse(&["pipeline-lock", "list"]), &env).unwrap();
-    assert!(matches!(list.command, Task::List));
+    assert!(matches!(list.command, Task::List(_)));
     assert_eq!((list.scope, list.clock_margin), (Scope::Pipeline, Duration::from_secs(2)));
     let status = parse(&["pipeline-lock", "status", "--lock", "x", "--queue", "newest"]);
     let Task::Status(s) = Settings::build(status, &env).unwrap().command else {

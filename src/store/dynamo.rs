@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::aws::{self, AwsOptions, Failure, Kind, Meter};
-use super::{Check, Observed, State, Store, Version, WaiterUpdate, Write, Written};
+use super::{Check, ListQuery, Observed, Page, State, Store, Version, WaiterUpdate, Write, Written};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::{Action, HISTORY_LEN, Record, SharedOp};
@@ -61,6 +61,9 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     meter: Meter,
+    /// Write capacity units the successful writes consumed (ReturnConsumedCapacity=TOTAL),
+    /// in thousandths.
+    write_milliunits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl DynamoStore {
@@ -79,6 +82,15 @@ impl DynamoStore {
             client: Client::from_conf(conf),
             table: table.to_string(),
             meter,
+            write_milliunits: Default::default(),
+        }
+    }
+
+    /// Counts the write units an answer says it consumed.
+    fn consumed(&self, capacity: Option<&aws_sdk_dynamodb::types::ConsumedCapacity>) {
+        if let Some(units) = capacity.and_then(|c| c.capacity_units()) {
+            let milli = (units * 1000.0).round() as u64;
+            self.write_milliunits.fetch_add(milli, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -148,8 +160,12 @@ impl DynamoStore {
             .condition_expression("#r = :r")
             .set_expression_attribute_names(Some(names(&["#hi", "#r"])))
             .expression_attribute_values(":r", AttributeValue::S(record.rvn.clone()))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
+        if let Ok(out) = &result {
+            self.consumed(out.consumed_capacity());
+        }
         // A refusal means a newer write happened; it will trim instead. Nothing is lost.
         if let Err(e) = result {
             tracing::debug!("history trim of {lock:?} skipped: {}", crate::report::chain(&e));
@@ -178,6 +194,7 @@ impl DynamoStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         match raw {
             None => req = req.condition_expression("attribute_not_exists(LockID)"),
@@ -194,7 +211,10 @@ impl DynamoStore {
             }
         }
         match req.send().await {
-            Ok(_) => Ok(Written::Done(record)),
+            Ok(out) => {
+                self.consumed(out.consumed_capacity());
+                Ok(Written::Done(record))
+            }
             Err(e) => {
                 if let Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) = e.as_service_error() {
                     return Ok(Written::Conflict(self.parse(w.lock, c.item())));
@@ -217,6 +237,10 @@ impl Store for DynamoStore {
 
     fn requests(&self) -> u64 {
         self.meter.requests()
+    }
+
+    fn write_units(&self) -> Option<f64> {
+        Some(self.write_milliunits.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0)
     }
 
     async fn read(&self, lock: &str, consistent: bool) -> Result<Observed> {
@@ -253,17 +277,33 @@ impl Store for DynamoStore {
         queue::update_waiters(self, u).await
     }
 
-    async fn list(&self) -> Result<Vec<(String, Observed)>> {
-        let mut out = Vec::new();
-        let mut pages = self.client.scan().table_name(&self.table).into_paginator().items().send();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| self.error(aws::failure(e), "Scan", "*"))?;
-            let name = item.get("LockID").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-            let observed = self.parse(&name, Some(&item));
-            out.push((name, observed));
+    async fn list_page(&self, q: &ListQuery<'_>) -> Result<Page> {
+        // One Scan request: `Limit` items evaluated, resumed at `ExclusiveStartKey` (the token
+        // is a LockID, the table's whole key). A prefix is a filter on the Scan: it saves
+        // transfer, not read units (see docs/design.md for the key design that would make
+        // it a Query).
+        let mut req = (self.client.scan().table_name(&self.table))
+            .limit(q.limit.clamp(1, 1000) as i32)
+            .set_exclusive_start_key(q.after.map(Self::key));
+        if !q.prefix.is_empty() {
+            req = req
+                .filter_expression("begins_with(#k, :p)")
+                .expression_attribute_names("#k", "LockID")
+                .expression_attribute_values(":p", AttributeValue::S(q.prefix.to_string()));
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        let out = req.send().await.map_err(|e| self.error(aws::failure(e), "Scan", "*"))?;
+        let items = (out.items().iter())
+            .map(|item| {
+                let name = item.get("LockID").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                let observed = self.parse(&name, Some(item));
+                (name, observed)
+            })
+            .collect();
+        let next = (out.last_evaluated_key())
+            .and_then(|k| k.get("LockID"))
+            .and_then(|v| v.as_s().ok())
+            .cloned();
+        Ok(Page { items, next })
     }
 
     async fn doctor(&self) -> Vec<Check> {
@@ -292,8 +332,12 @@ impl DynamoStore {
             .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
+        if let Ok(out) = &result {
+            self.consumed(out.consumed_capacity());
+        }
         match result {
             Ok(out) => match self.parse(w.lock, out.attributes()).state {
                 State::Valid(record) => {

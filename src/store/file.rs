@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use super::whole::MAX_RECORD_BYTES;
-use super::whole::{Object, Objects, PutMode, PutOutcome, Whole};
+use super::whole::{Object, ObjectPage, Objects, PutMode, PutOutcome, Whole};
 use super::{Check, Expect, Observed, Outcome, State, Store, Version, Write, Written, decode_name, encode_name};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
@@ -193,21 +193,49 @@ impl Objects for FileDir {
         Error::Config(format!("{}: lock {lock:?} was read without its bytes", self.url()))
     }
 
-    async fn list(&self) -> Result<Vec<(String, Option<Object<Bytes>>)>> {
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ObjectPage<Bytes>> {
+        // Pages in the order of the encoded file names. Each page reads the directory's names
+        // once and keeps only the `limit` smallest after `after` (a bounded heap), so memory
+        // stays one page's worth whatever the directory holds.
+        let prefix = encode_name(prefix);
+        let after = after.map(encode_name);
         let entries = fs::read_dir(&self.dir).map_err(|e| self.io_error("list", "*", e))?;
-        let mut out = Vec::new();
+        let mut smallest: std::collections::BinaryHeap<String> = std::collections::BinaryHeap::new();
+        let mut more = false;
         for entry in entries.flatten() {
             let file_name = entry.file_name();
             // Only lock files end in SUFFIX (temp files end in `.tmp`, the directory lock in
             // `.dirlock`); a name may start with a dot, which `encode_name` keeps, so a hidden
             // file can be a lock (`.deploy` is `.deploy.lock`).
-            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(SUFFIX)).and_then(decode_name) else {
+            let Some(encoded) = file_name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
                 continue;
             };
-            let object = self.load(&name, &entry.path())?;
+            if !encoded.starts_with(&prefix) || after.as_deref().is_some_and(|a| encoded <= a) {
+                continue;
+            }
+            let fits = smallest.len() < limit || smallest.peek().is_some_and(|largest| encoded < largest.as_str());
+            if fits && decode_name(encoded).is_none() {
+                continue;
+            }
+            if smallest.len() < limit {
+                smallest.push(encoded.to_string());
+            } else if smallest.peek().is_some_and(|largest| encoded < largest.as_str()) {
+                smallest.pop();
+                smallest.push(encoded.to_string());
+                more = true;
+            } else {
+                more = true;
+            }
+        }
+        let encoded = smallest.into_sorted_vec();
+        let mut out = Vec::with_capacity(encoded.len());
+        for e in &encoded {
+            let name = decode_name(e).unwrap_or_default();
+            let object = self.load(&name, &self.path(&name))?;
             out.push((name, object));
         }
-        Ok(out)
+        let next = if more { out.last().map(|(n, _)| n.clone()) } else { None };
+        Ok((out, next))
     }
 
     async fn doctor(&self, store: &dyn Store) -> Vec<Check> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use super::whole::{Object, Objects, PutMode, PutOutcome, Whole};
+use super::whole::{Object, ObjectPage, Objects, PutMode, PutOutcome, Whole};
 use super::{Check, Outcome, Store};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
@@ -109,8 +109,16 @@ impl Objects for Memory {
         Ok(PutOutcome::Done(Some(version)))
     }
 
-    async fn list(&self) -> Result<Vec<(String, Option<Object<u64>>)>> {
-        Ok(self.map().iter().map(|(name, o)| (name.clone(), Some(object(o)))).collect())
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ObjectPage<u64>> {
+        let map = self.map();
+        let mut names: Vec<&String> = (map.keys())
+            .filter(|n| n.starts_with(prefix) && after.is_none_or(|a| n.as_str() > a))
+            .collect();
+        names.sort();
+        let more = names.len() > limit;
+        names.truncate(limit);
+        let next = if more { names.last().map(|n| n.to_string()) } else { None };
+        Ok((names.into_iter().map(|n| (n.clone(), Some(object(&map[n])))).collect(), next))
     }
 
     async fn doctor(&self, _store: &dyn Store) -> Vec<Check> {
@@ -158,5 +166,11 @@ mod tests {
         assert!(matches!(store.write(first.clone()).await.unwrap(), Written::Done(_)));
         assert!(matches!(store.write(first).await.unwrap(), Written::Conflict(_)));
         assert_eq!(store.list().await.unwrap().len(), 1);
+        let page = crate::store::ListQuery {
+            prefix: "",
+            after: Some("l"),
+            limit: 1,
+        };
+        assert!(store.list_page(&page).await.unwrap().items.is_empty());
     }
 }

@@ -197,6 +197,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Requests sent to the store so far (for `--output json` and the request-count tests).
     fn requests(&self) -> u64;
 
+    /// Write capacity units the store's successful writes consumed so far, where the store
+    /// says (DynamoDB's ReturnConsumedCapacity); `None` for stores without the notion.
+    fn write_units(&self) -> Option<f64> {
+        None
+    }
+
     /// Reads one record. `consistent` asks for a strongly consistent read (after a lost
     /// reply); polling may read eventually consistently.
     async fn read(&self, lock: &str, consistent: bool) -> Result<Observed>;
@@ -213,8 +219,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// forwards to the store it wraps; `tests/store_contract.rs` checks every store's.
     async fn update_waiters(&self, update: WaiterUpdate<'_>) -> Result<Option<Observed>>;
 
-    /// Every lock record in the store, with its name.
-    async fn list(&self) -> Result<Vec<(String, Observed)>>;
+    /// One page of lock records (see [`ListQuery`] and [`Page`]): at most `limit` records whose
+    /// names start with `prefix`, after the continuation token `after`, in the store's listing
+    /// order (DynamoDB's Scan order; S3's and the file store's key order). Following `next`
+    /// until it is `None` visits every record there exactly once (records written meanwhile
+    /// may or may not be seen). Memory is bounded by the page, not by the number of locks.
+    async fn list_page(&self, query: &ListQuery<'_>) -> Result<Page>;
+
+    /// Every lock record in the store, with its name, sorted by name: every page of
+    /// [`Store::list_page`] collected. Memory grows with the number of locks; `list` on the
+    /// command line streams the pages instead.
+    async fn list(&self) -> Result<Vec<(String, Observed)>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let query = ListQuery {
+                prefix: "",
+                after: after.as_deref(),
+                limit: LIST_PAGE,
+            };
+            let page = self.list_page(&query).await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
 
     /// Operator checks for `doctor`: one line each.
     async fn doctor(&self) -> Vec<Check>;
@@ -249,6 +282,10 @@ impl<H: WriteHook> Store for Hooked<H> {
         self.0.inner().requests()
     }
 
+    fn write_units(&self) -> Option<f64> {
+        self.0.inner().write_units()
+    }
+
     async fn read(&self, lock: &str, consistent: bool) -> Result<Observed> {
         self.0.inner().read(lock, consistent).await
     }
@@ -261,13 +298,40 @@ impl<H: WriteHook> Store for Hooked<H> {
         self.0.inner().update_waiters(update).await
     }
 
-    async fn list(&self) -> Result<Vec<(String, Observed)>> {
-        self.0.inner().list().await
+    async fn list_page(&self, query: &ListQuery<'_>) -> Result<Page> {
+        self.0.inner().list_page(query).await
     }
 
     async fn doctor(&self) -> Vec<Check> {
         self.0.inner().doctor().await
     }
+}
+
+/// The page size `list` asks the stores for: a few hundred records in memory at a time.
+pub const LIST_PAGE: usize = 250;
+
+/// What [`Store::list_page`] asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ListQuery<'a> {
+    /// Only lock names that start with this (empty: every lock). DynamoDB filters the Scan
+    /// with `begins_with(LockID, prefix)`; S3 and the file store list the key prefix.
+    pub prefix: &'a str,
+    /// The continuation token of the previous page (its `next`), or `None` for the first.
+    pub after: Option<&'a str>,
+    /// At most this many records (at least 1).
+    pub limit: usize,
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The records, in the store's listing order, with their names.
+    pub items: Vec<(String, Observed)>,
+    /// The token to pass as `after` for the next page; `None` when this was the last. It is
+    /// a lock name: the last one this page looked at (for DynamoDB, the Scan's
+    /// `LastEvaluatedKey`), so a caller that stops in the middle of a page may resume after
+    /// any name the page returned.
+    pub next: Option<String>,
 }
 
 /// One `doctor` line.

@@ -13,7 +13,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::aws::{self, AwsOptions, Failure, Kind, Meter};
-use super::whole::{MAX_RECORD_BYTES, Object, Objects, PutMode, PutOutcome, Whole};
+use super::whole::{MAX_RECORD_BYTES, Object, ObjectPage, Objects, PutMode, PutOutcome, Whole};
 use super::{Check, Store, decode_name, encode_name};
 
 mod doctor;
@@ -21,6 +21,9 @@ use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 
 const SUFFIX: &str = ".lock";
+
+/// How many object reads one page of `list` runs at once.
+const READS_IN_FLIGHT: usize = 16;
 
 /// How `doctor`'s scratch object names start; `list` skips them (their random tail keeps them
 /// clear of real locks).
@@ -281,22 +284,53 @@ impl Objects for S3Bucket {
         ))
     }
 
-    async fn list(&self) -> Result<Vec<(String, Option<Object<Etag>>)>> {
-        let prefix = list_prefix(&self.prefix);
-        let mut names = Vec::new();
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&prefix).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error(e, "s3:ListBucket", &prefix))?;
-            names.extend(page.contents().iter().filter_map(|o| lock_name(&self.prefix, o.key()?)));
-        }
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            // Deleted between the listing and the read: not a lock any more.
-            if let Some(object) = self.fetch(&name).await? {
-                out.push((name, Some(object)));
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ObjectPage<Etag>> {
+        let list_from = format!("{}{}", list_prefix(&self.prefix), encode_name(prefix));
+        let mut start_after = after.map(|a| self.key(a));
+        let mut continuation: Option<String> = None;
+        let (names, truncated) = loop {
+            let req = (self.client.list_objects_v2().bucket(&self.bucket).prefix(&list_from))
+                .max_keys(limit.min(1000) as i32)
+                .set_start_after(start_after.clone())
+                .set_continuation_token(continuation.take());
+            let page = req.send().await.map_err(|e| self.error(e, "s3:ListBucket", &list_from))?;
+            let names: Vec<String> = (page.contents().iter())
+                .filter_map(|o| lock_name(&self.prefix, o.key()?))
+                .filter(|n| n.starts_with(prefix))
+                .collect();
+            let truncated = page.is_truncated().unwrap_or(false);
+            // A page of foreign keys only (deeper prefixes, doctor scratch objects): on to the next.
+            match page.next_continuation_token() {
+                Some(token) if names.is_empty() && truncated => {
+                    continuation = Some(token.to_string());
+                    start_after = None;
+                }
+                _ => break (names, truncated),
             }
+        };
+        // The reads run concurrently, at most READS_IN_FLIGHT at a time, and come back in the
+        // listing's order.
+        let mut out = Vec::with_capacity(names.len());
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut names = names.into_iter();
+        loop {
+            while in_flight.len() < READS_IN_FLIGHT {
+                let Some(name) = names.next() else { break };
+                let this = self.clone();
+                in_flight.push_back(tokio::spawn(async move {
+                    let object = this.fetch(&name).await;
+                    (name, object)
+                }));
+            }
+            let Some(read) = in_flight.pop_front() else { break };
+            let (name, object) = read
+                .await
+                .map_err(|e| Error::other(format!("{}: a listing read failed", self.url()), e))?;
+            // Deleted between the listing and the read: not a lock any more.
+            out.push((name, object?));
         }
-        Ok(out)
+        let next = if truncated { out.last().map(|(n, _)| n.clone()) } else { None };
+        Ok((out, next))
     }
 
     async fn doctor(&self, _store: &dyn Store) -> Vec<Check> {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-use super::{Check, Expect, Observed, State, Store, Version, WaiterUpdate, Write, Written};
+use super::{Check, Expect, ListQuery, Observed, Page, State, Store, Version, WaiterUpdate, Write, Written};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::{Change, Record};
@@ -49,6 +49,9 @@ pub(crate) enum PutOutcome<T> {
     /// without another request; `None`: read it.
     Refused(Option<Option<Object<T>>>),
 }
+
+/// A page of [`Objects::list_page`]: the objects with their lock names, and where to go on.
+pub(crate) type ObjectPage<T> = (Vec<(String, Option<Object<T>>)>, Option<String>);
 
 /// The object primitives of a whole-record store, one object per lock.
 #[async_trait]
@@ -99,9 +102,11 @@ pub(crate) trait Objects: Send + Sync + Debug {
         Ok(Ok((self.put(lock, body, mode).await?, value)))
     }
 
-    /// Every object with its lock name (a store that reads each one may leave out those that
-    /// vanished since the listing, or keep them as `None`).
-    async fn list(&self) -> Result<Vec<(String, Option<Object<Self::Tag>>)>>;
+    /// One page of objects in key order, with their lock names: at most `limit` of those
+    /// whose names start with `prefix` and whose keys come after `after`'s (a lock name); a
+    /// store that reads each one may leave out those that vanished since the listing, or keep
+    /// them as `None`. The second value is the name to continue after, `None` at the end.
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ObjectPage<Self::Tag>>;
 
     /// Operator checks for `doctor`; `store` is the engine on top of these primitives.
     async fn doctor(&self, store: &dyn Store) -> Vec<Check>;
@@ -363,15 +368,15 @@ impl<P: Objects> Store for Whole<P> {
         }
     }
 
-    async fn list(&self) -> Result<Vec<(String, Observed)>> {
-        let mut out: Vec<(String, Observed)> = (self.objects.list().await?.into_iter())
-            .map(|(name, object)| {
-                let seen = observed(&name, object.as_ref());
-                (name, seen)
+    async fn list_page(&self, q: &ListQuery<'_>) -> Result<Page> {
+        let (objects, next) = self.objects.list_page(q.prefix, q.after, q.limit.max(1)).await?;
+        let items = (objects.into_iter())
+            .filter_map(|(name, object)| {
+                let seen = observed(&name, Some(&object?));
+                Some((name, seen))
             })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        Ok(Page { items, next })
     }
 
     async fn doctor(&self) -> Vec<Check> {

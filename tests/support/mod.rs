@@ -57,7 +57,7 @@ pub fn skip(why: &str) {
     eprintln!("skipped: {why}; `scripts/test` installs and starts the store servers and runs every test");
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap())
 }

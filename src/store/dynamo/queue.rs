@@ -125,10 +125,14 @@ pub(super) async fn update_waiters(store: &DynamoStore, u: WaiterUpdate<'_>) -> 
             .set_expression_attribute_values(Some(plan.values).filter(|v| !v.is_empty()))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
             .send()
             .await;
         match result {
-            Ok(out) => return Ok(Some(store.parse(u.lock, out.attributes()))),
+            Ok(out) => {
+                store.consumed(out.consumed_capacity());
+                return Ok(Some(store.parse(u.lock, out.attributes())));
+            }
             Err(e) => {
                 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
                 match e.as_service_error() {
