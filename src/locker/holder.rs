@@ -159,7 +159,10 @@ impl Locker {
             if taken_from(r, &who.owner).is_some() {
                 return Err(self.lost(lock, who, &obs));
             }
-            if r.is_free() {
+            if r.is_free() || own_release(r, &who.owner) {
+                // Free; or our own release is the last word about us (it landed and its reply
+                // was lost, the retry meeting the next holder): nothing of ours is held, and
+                // the next holder's grant is not "someone else holds ours".
                 return Ok(Released::NotHeld);
             }
             return Ok(Released::HeldByOther {
@@ -277,6 +280,13 @@ impl Locker {
             source: None,
         })
     }
+}
+
+/// Is the last History event about `owner` its own `released` (not a forced one by someone
+/// else)?
+fn own_release(r: &Record, owner: &str) -> bool {
+    let last = r.history.iter().rev().find(|e| e.owner == owner || e.from.as_deref() == Some(owner));
+    last.is_some_and(|e| e.event == EventKind::Released && e.owner == owner && e.by.as_deref().is_none_or(|b| b == owner))
 }
 
 /// The shared hold of `who` in `r`: by its token, else (a later job) by its owner.
