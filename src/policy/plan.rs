@@ -125,21 +125,21 @@ pub fn plan(record: Option<&Record>, asker: &Asker<'_>, judge: &Judge<'_>) -> Pl
         }
         d
     };
+    if r.is_free() && asker.shared {
+        // The shared branch decides a free record as any other: the lowest slot, beside shared
+        // requests queued ahead while slots remain, never past an exclusive one.
+        return plan_shared(r, asker, judge, &ahead, dequeue());
+    }
     if r.is_free() {
-        // A shared request may go beside shared ones queued ahead of it (there is a slot for
-        // each), never past an exclusive one.
-        let may = head || (asker.shared && ahead.iter().all(|(_, w)| w.shared) && ahead.len() < r.slot_count() as usize);
-        if !may {
+        if !head {
             return Plan::Wait;
         }
-        // A shared grant is written on the version read (its fence follows from it).
-        let expect = if asker.shared { Expect::Rvn(r.rvn.clone()) } else { Expect::Vacant };
         return Plan::Grant {
-            expect,
+            expect: Expect::Vacant,
             how: How::Acquired,
             event: acquired(),
             dequeue: dequeue(),
-            slot: asker.shared.then_some(1),
+            slot: None,
             evict: false,
         };
     }
@@ -262,7 +262,7 @@ fn plan_shared(r: &Record, asker: &Asker<'_>, judge: &Judge<'_>, ahead: &[(&Stri
     if ahead.iter().any(|(_, w)| !w.shared) {
         return Plan::Wait;
     }
-    let free = (1..=r.slot_count()).filter(|k| r.hold(*k).is_none()).count();
+    let free = (r.slot_count() as usize).saturating_sub(r.shared.len());
     if let Some(k) = r.free_slot().filter(|_| ahead.len() < free) {
         return Plan::Grant {
             expect: version,

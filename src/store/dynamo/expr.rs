@@ -318,20 +318,25 @@ mod tests {
         assert_eq!(values[":one"], AttributeValue::N("1".into()));
     }
 
-    #[test]
-    fn a_blind_grant_needs_an_empty_queue_and_the_n_it_assumes() {
-        let change = Change {
+    /// A release at store ms 5 (N = 1), with `expires_at`.
+    fn release(expires_at: Option<i64>) -> Change {
+        Change {
             action: Action::Release,
             rvn: "r".into(),
             now: 5,
             lease_expires_at: None,
-            expires_at: None,
+            expires_at,
             fence_floor: 5,
             event: None,
             slots: 1,
             evict: false,
             evicted: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_blind_grant_needs_an_empty_queue_and_the_n_it_assumes() {
+        let change = release(None);
         let blind = Write {
             lock: "l",
             expect: Expect::Vacant,
@@ -372,18 +377,7 @@ mod tests {
                 rvn: "r".into(),
             },
         ];
-        let change = Change {
-            action: Action::Release,
-            rvn: "r".into(),
-            now: 5,
-            lease_expires_at: None,
-            expires_at: None,
-            fence_floor: 5,
-            event: None,
-            slots: 1,
-            evict: false,
-            evicted: Vec::new(),
-        };
+        let change = release(None);
         for expect in holder.iter().chain(&[Expect::Vacant, Expect::Rvn("r".into())]) {
             let mut values = Item::new();
             let w = Write {
@@ -410,18 +404,7 @@ mod tests {
 
     #[test]
     fn release_removes_holder_fields_and_keeps_the_fence() {
-        let change = Change {
-            action: Action::Release,
-            rvn: "r".into(),
-            now: 5,
-            lease_expires_at: None,
-            expires_at: Some(9),
-            fence_floor: 5,
-            event: None,
-            slots: 1,
-            evict: false,
-            evicted: Vec::new(),
-        };
+        let change = release(Some(9));
         let w = Write {
             lock: "l",
             expect: Expect::Owner("o".into()),
