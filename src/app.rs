@@ -11,6 +11,8 @@ use crate::settings::{Acquire, List, Release, Renew, Run, Settings, Status, Task
 use crate::signals::Signals;
 use crate::store::{self, Outcome, State};
 
+mod state;
+
 /// The environment, read once; tests pass their own.
 pub type EnvFn = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -26,6 +28,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
         Task::List(l) => cmd_list(&settings, l).await,
         Task::Doctor => cmd_doctor(&settings).await,
         Task::Run(r) => cmd_run(&settings, r).await,
+        Task::State(t) => state::cmd_state(&settings, t).await,
     }
 }
 

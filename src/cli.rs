@@ -16,7 +16,10 @@ use crate::queue::QueueMode;
 use crate::store::StoreUrl;
 use crate::store::aws::AwsOptions;
 
+mod state;
 mod values;
+
+pub use state::{StateAction, StateArgs, StateGetArgs, StatePutArgs, StateWriteArgs};
 
 use values::positive;
 pub use values::{check_slots, parse_duration, validate_lock, validate_text};
@@ -194,6 +197,8 @@ pub enum Command {
     Doctor,
     /// Hold the lock (job-scoped) around one command: `run [options] -- CMD ARGS...`.
     Run(RunArgs),
+    /// A small value beside the locks, fenced: `state get|put|delete KEY`.
+    State(StateArgs),
 }
 
 /// Options of `run`.

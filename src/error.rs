@@ -70,6 +70,14 @@ pub enum Error {
         /// What was given up.
         message: String,
     },
+    /// `state put` or `state delete` refused: a newer fence or another version is stored.
+    #[error("{message}")]
+    StateRefused {
+        /// Human text: the stored fence or version, who wrote it, and what to do.
+        message: String,
+        /// The state key.
+        key: String,
+    },
     /// Anything else, with its source chain.
     #[error("{message}")]
     Other {
@@ -95,6 +103,7 @@ impl Error {
             Error::LeaseLost { .. } => exit::LEASE_LOST,
             Error::Superseded(_) => exit::SUPERSEDED,
             Error::Interrupted { signal, .. } => exit::after_signal(*signal),
+            Error::StateRefused { .. } => exit::STATE_REFUSED,
             Error::Other { .. } => exit::UNEXPECTED,
         }
     }

@@ -24,6 +24,8 @@ pub const LEASE_LOST: u8 = 76;
 pub const ACCESS_DENIED: u8 = 77;
 /// Configuration: no table/bucket, wrong key schema, bad record, no credentials or region.
 pub const CONFIG: u8 = 78;
+/// `state put`/`state delete`: refused, a newer fence or another version is stored.
+pub const STATE_REFUSED: u8 = 79;
 
 /// Every code with its meaning, for `--help`; `tests/docs.rs` holds the README's table to it.
 pub const TABLE: &[(u8, &str)] = &[
@@ -44,6 +46,7 @@ pub const TABLE: &[(u8, &str)] = &[
         CONFIG,
         "configuration: no table/bucket, wrong key schema, bad record, no credentials or region",
     ),
+    (STATE_REFUSED, "state put/delete refused: a newer fence or another version is stored"),
 ];
 
 /// The shell's convention for a process stopped by signal `sig`: 128 + N (143 for TERM).

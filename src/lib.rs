@@ -31,6 +31,7 @@ pub mod report;
 pub mod run;
 pub mod settings;
 pub mod signals;
+pub mod state;
 pub mod store;
 
 pub use error::{Error, Occupant, Result};

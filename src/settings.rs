@@ -48,6 +48,8 @@ pub enum Task {
     Doctor,
     /// `run -- CMD`.
     Run(Run),
+    /// `state get|put|delete KEY`.
+    State(StateTask),
 }
 
 /// `acquire`: who takes which lock, and how.
@@ -210,6 +212,7 @@ impl Settings {
             Command::List(args) => Task::List(list(args)?),
             Command::Doctor => Task::Doctor,
             Command::Run(args) => Task::Run(low.run(args)?),
+            Command::State(args) => Task::State(low.state(args)?),
         };
         Ok(Settings {
             store,
@@ -352,6 +355,9 @@ fn with_progress(mut opts: AcquireOptions, verbose: u8) -> AcquireOptions {
     }
     opts
 }
+
+mod state;
+pub use state::StateTask;
 
 #[cfg(test)]
 mod tests;

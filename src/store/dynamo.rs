@@ -17,6 +17,7 @@ use crate::record::{Action, HISTORY_LEN, Record, SharedOp};
 mod doctor;
 mod expr;
 mod queue;
+mod state;
 
 use expr::{condition_for, names, update_for, used_names};
 
@@ -293,6 +294,13 @@ impl Store for DynamoStore {
         }
         let out = req.send().await.map_err(|e| self.error(aws::failure(e), "Scan", "*"))?;
         let items = (out.items().iter())
+            // State items share the table (`state.rs`); they are not locks.
+            .filter(|item| {
+                !item
+                    .get("LockID")
+                    .and_then(|v| v.as_s().ok())
+                    .is_some_and(|id| id.starts_with(state::STATE_ID_PREFIX))
+            })
             .map(|item| {
                 let name = item.get("LockID").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
                 let observed = self.parse(&name, Some(item));

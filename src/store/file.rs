@@ -17,6 +17,9 @@ use super::{Check, Expect, Observed, Outcome, State, Store, Version, Write, Writ
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 
+mod state;
+pub(crate) use state::state_file_name;
+
 const DIR_LOCK: &str = ".pipeline-lock.dirlock";
 pub(crate) const SUFFIX: &str = ".lock";
 
@@ -117,17 +120,23 @@ impl FileDir {
 
     /// Writes `body` in place of the lock's file; returns its new version.
     fn replace(&self, lock: &str, body: Vec<u8>) -> Result<Bytes> {
-        let tmp = self.dir.join(format!(".{}.{:016x}.tmp", encode_name(lock), rand::random::<u64>()));
+        self.replace_at(lock, &self.dir, &self.path(lock), body)
+    }
+
+    /// Writes `body` to a fresh file in `dir` and renames it to `path` (in `dir`), so a reader
+    /// sees the old bytes or the new ones, never half; `name` is for messages.
+    fn replace_at(&self, name: &str, dir: &Path, path: &Path, body: Vec<u8>) -> Result<Bytes> {
+        let tmp = dir.join(format!(".{}.{:016x}.tmp", encode_name(name), rand::random::<u64>()));
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(&body)?;
             f.sync_all()?;
-            fs::rename(&tmp, self.path(lock))?;
-            File::open(&self.dir)?.sync_all()
+            fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
-            self.io_error("write", lock, e)
+            self.io_error("write", name, e)
         })?;
         Ok(Bytes(body.into()))
     }

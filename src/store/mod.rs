@@ -18,6 +18,7 @@ pub mod dynamo;
 pub mod file;
 pub mod memory;
 pub mod s3;
+pub(crate) mod state_objects;
 pub(crate) mod url;
 pub mod whole;
 

@@ -17,8 +17,10 @@ use super::whole::{MAX_RECORD_BYTES, Object, ObjectPage, Objects, PutMode, PutOu
 use super::{Check, Store, decode_name, encode_name};
 
 mod doctor;
+mod state;
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
+pub(crate) use state::state_object_key;
 
 const SUFFIX: &str = ".lock";
 
@@ -185,10 +187,14 @@ impl S3Bucket {
         failure.into_error(action, &format!("s3://{}/{what}", self.bucket), &store)
     }
 
-    /// The object's ETag and body (at most `MAX_RECORD_BYTES + 1` bytes), `None` when absent.
+    /// The lock's object (see [`S3Bucket::fetch_key`]).
     async fn fetch(&self, lock: &str) -> Result<Option<Object<Etag>>> {
-        let key = self.key(lock);
-        let out = match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
+        self.fetch_key(&self.key(lock)).await
+    }
+
+    /// The object's ETag and body (at most `MAX_RECORD_BYTES + 1` bytes), `None` when absent.
+    pub(crate) async fn fetch_key(&self, key: &str) -> Result<Option<Object<Etag>>> {
+        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(out) => out,
             Err(e) => {
                 if let SdkError::ServiceError(se) = &e
@@ -196,7 +202,7 @@ impl S3Bucket {
                 {
                     return Ok(None);
                 }
-                return Err(self.error(e, "s3:GetObject", &key));
+                return Err(self.error(e, "s3:GetObject", key));
             }
         };
         let tag = out.e_tag().map(|e| Etag(e.to_string()));
@@ -214,6 +220,40 @@ impl S3Bucket {
         }
         bytes.truncate(MAX_RECORD_BYTES as usize + 1);
         Ok(Some(Object { bytes, tag }))
+    }
+
+    /// Puts `body` at `key` if `mode` holds: the one conditional PutObject (docs/design.md, rule 1).
+    pub(crate) async fn put_key(&self, key: &str, body: Vec<u8>, mode: PutMode<'_, Etag>) -> Result<PutOutcome<Etag>> {
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        let req = match mode {
+            PutMode::Create => req.if_none_match("*"),
+            PutMode::Update(Etag(etag)) => req.if_match(etag),
+        };
+        let e = match req.send().await {
+            Ok(out) => return Ok(PutOutcome::Done(out.e_tag().map(|e| Etag(e.to_string())))),
+            Err(e) => e,
+        };
+        let answer = match &e {
+            SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()),
+            _ => Answer::Other,
+        };
+        match answer {
+            // 412: someone else created or changed it since our read (or our own lost write
+            // landed first): the engine looks at what is there now.
+            Answer::Changed => Ok(PutOutcome::Refused(None)),
+            // 409: a concurrent conditional write; re-read so the caller re-decides on the
+            // winner's record. Never taken to mean "held".
+            Answer::Concurrent => Ok(PutOutcome::Refused(None)),
+            // 404 to If-Match: the object was deleted meanwhile; the read shows it absent.
+            Answer::Gone => Ok(PutOutcome::Refused(None)),
+            _ => Err(self.error(e, "s3:PutObject", key)),
+        }
     }
 }
 
@@ -243,37 +283,7 @@ impl Objects for S3Bucket {
     }
 
     async fn put(&self, lock: &str, body: Vec<u8>, mode: PutMode<'_, Etag>) -> Result<PutOutcome<Etag>> {
-        let key = self.key(lock);
-        let req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        let req = match mode {
-            PutMode::Create => req.if_none_match("*"),
-            PutMode::Update(Etag(etag)) => req.if_match(etag),
-        };
-        let e = match req.send().await {
-            Ok(out) => return Ok(PutOutcome::Done(out.e_tag().map(|e| Etag(e.to_string())))),
-            Err(e) => e,
-        };
-        let answer = match &e {
-            SdkError::ServiceError(se) => classify(se.raw().status().as_u16(), se.err().code().unwrap_or_default()),
-            _ => Answer::Other,
-        };
-        match answer {
-            // 412: someone else created or changed it since our read (or our own lost write
-            // landed first): the engine looks at what is there now.
-            Answer::Changed => Ok(PutOutcome::Refused(None)),
-            // 409: a concurrent conditional write; re-read so the caller re-decides on the
-            // winner's record. Never taken to mean "held".
-            Answer::Concurrent => Ok(PutOutcome::Refused(None)),
-            // 404 to If-Match: the object was deleted meanwhile; the read shows it absent.
-            Answer::Gone => Ok(PutOutcome::Refused(None)),
-            _ => Err(self.error(e, "s3:PutObject", &key)),
-        }
+        self.put_key(&self.key(lock), body, mode).await
     }
 
     fn unversioned(&self, lock: &str) -> Error {
