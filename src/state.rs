@@ -1,4 +1,4 @@
-//! State beside the lock (docs/design.md, "State beside the lock"): small values kept in the
+//! State beside the lock (docs/design.md, "State beside the lock (v2)"): small values kept in the
 //! lock store, each with a version and the fence of its last writer, so that "which commit is
 //! deployed on prod" survives the job that deployed it and a stale holder's late write is
 //! refused. The decision of a write is a pure function of what was read ([`refusal`],

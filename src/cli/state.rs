@@ -1,4 +1,4 @@
-//! Arguments of `state get|put|delete KEY` (docs/design.md, "State beside the lock").
+//! Arguments of `state get|put|delete KEY` (docs/design.md, "State beside the lock (v2)").
 
 use std::path::PathBuf;
 

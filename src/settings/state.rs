@@ -44,7 +44,7 @@ impl Low<'_> {
             key,
             value,
             // A writer without a lock's fence is below every fenced one: it cannot undo what
-            // a holder recorded unless it names that fence (docs/design.md, "State beside the lock").
+            // a holder recorded unless it names that fence (docs/design.md, "State beside the lock (v2)").
             fence: a.fence.unwrap_or(0),
             if_version: a.if_version,
             writer,
