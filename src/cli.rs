@@ -21,8 +21,7 @@ mod values;
 
 pub use state::{StateAction, StateArgs, StateGetArgs, StatePutArgs, StateWriteArgs};
 
-use values::positive;
-pub use values::{check_slots, parse_duration, validate_lock, validate_text};
+pub use values::{check_slots, parse_duration, positive, validate_lock, validate_text};
 
 /// Take a lock in one CI job and give it back in a later one.
 #[derive(Debug, Parser)]
@@ -213,6 +212,10 @@ pub struct RunArgs {
     /// When the lease is lost: time between TERM and KILL for the command.
     #[arg(long, env = "PIPELINE_LOCK_KILL_GRACE", default_value = "10s", allow_hyphen_values = true)]
     pub kill_grace: String,
+    /// Stop the command (TERM, --kill-grace, KILL) after this long even if the lock is
+    /// healthy, release the lock and exit 80 [default: no limit]
+    #[arg(long, env = "PIPELINE_LOCK_MAX_DURATION", value_name = "D", allow_hyphen_values = true)]
+    pub max_duration: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -70,6 +70,9 @@ pub enum Error {
         /// What was given up.
         message: String,
     },
+    /// `run --max-duration`: the command ran too long and was stopped; the lock was released.
+    #[error("{0}")]
+    MaxDuration(String),
     /// `state put` or `state delete` refused: a newer fence or another version is stored.
     #[error("{message}")]
     StateRefused {
@@ -104,6 +107,7 @@ impl Error {
             Error::Superseded(_) => exit::SUPERSEDED,
             Error::Interrupted { signal, .. } => exit::after_signal(*signal),
             Error::StateRefused { .. } => exit::STATE_REFUSED,
+            Error::MaxDuration(_) => exit::MAX_DURATION,
             Error::Other { .. } => exit::UNEXPECTED,
         }
     }

@@ -26,6 +26,10 @@ pub const ACCESS_DENIED: u8 = 77;
 pub const CONFIG: u8 = 78;
 /// `state put`/`state delete`: refused, a newer fence or another version is stored.
 pub const STATE_REFUSED: u8 = 79;
+/// `run --max-duration`: the command ran too long and was stopped (TERM, grace, KILL); the
+/// lock was released. The next code of the tool's own block (69 to 79), not timeout(1)'s 124,
+/// so every code the tool chooses stays in one range a job can tell from its command's.
+pub const MAX_DURATION: u8 = 80;
 
 /// Every code with its meaning, for `--help`; `tests/docs.rs` holds the README's table to it.
 pub const TABLE: &[(u8, &str)] = &[
@@ -47,6 +51,10 @@ pub const TABLE: &[(u8, &str)] = &[
         "configuration: no table/bucket, wrong key schema, bad record, no credentials or region",
     ),
     (STATE_REFUSED, "state put/delete refused: a newer fence or another version is stored"),
+    (
+        MAX_DURATION,
+        "run --max-duration: the command ran too long and was stopped; the lock was released",
+    ),
 ];
 
 /// The shell's convention for a process stopped by signal `sig`: 128 + N (143 for TERM).

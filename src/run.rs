@@ -21,8 +21,11 @@ pub struct RunSpec {
     pub argv: Vec<String>,
     /// Renewal interval (default: a third of the lease).
     pub heartbeat: Option<Duration>,
-    /// Between TERM and KILL when the lease is lost.
+    /// Between TERM and KILL when the lease is lost (or `max_duration` is reached).
     pub kill_grace: Duration,
+    /// `--max-duration`: the command is stopped after this long even if the lock is healthy
+    /// (seed S0's MAX_LOCK_DURATION_SEC), and `run` exits [`crate::exit::MAX_DURATION`].
+    pub max_duration: Option<Duration>,
 }
 
 /// The shell's convention: 128 + signal number for a command killed by a signal.
@@ -90,6 +93,15 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     let lost = lease.lost();
     tokio::pin!(lost);
+    // Counted from the command's start on the monotonic clock: it bounds the protected work,
+    // not the wait for the lock.
+    let too_long = async {
+        match spec.max_duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(too_long);
     let mut interrupts = 0;
     loop {
         tokio::select! {
@@ -122,20 +134,46 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
                 // Dead by the lease end minus the margin (docs/design.md, "Leases in practice (v2)"):
                 // the grace is cut short when that comes sooner, and is none when the lock
                 // is already someone else's.
-                let now = tokio::time::Instant::now();
-                let kill_at = lease.kill_by().map_or(now + spec.kill_grace, |k| k.min(now + spec.kill_grace)).max(now);
-                eprintln!(
-                    "pipeline-lock: {err}; stopping the command (TERM, then KILL after {})",
-                    humantime::format_duration(Duration::from_millis((kill_at - now).as_millis() as u64))
-                );
-                send(pgid, libc::SIGTERM);
-                if tokio::time::timeout_at(kill_at, child.wait()).await.is_err() {
-                    send(pgid, libc::SIGKILL);
-                    let _ = child.wait().await;
-                }
+                stop(&mut child, pgid, kill_at(&lease, spec.kill_grace), &err.to_string()).await;
                 return Err(err);
             }
+            () = &mut too_long => {
+                let limit = humantime::format_duration(spec.max_duration.unwrap_or_default());
+                let why = format!("the command ran for --max-duration {limit}");
+                stop(&mut child, pgid, kill_at(&lease, spec.kill_grace), &why).await;
+                // The lock is still ours and healthy: give it back as after any other end.
+                if let Err(e) = lease.release().await {
+                    eprintln!("pipeline-lock: warning: releasing lock {lock:?} after stopping the command failed: {}; \
+                               it frees itself when its lease ends", crate::report::chain(&e));
+                }
+                return Err(Error::MaxDuration(format!(
+                    "{why} on lock {lock:?} and was stopped; released the lock (exit {})",
+                    crate::exit::MAX_DURATION
+                )));
+            }
         }
+    }
+}
+
+/// When KILL follows TERM: after `grace`, or sooner when the lease end minus the margin
+/// comes first, so the command is dead before anyone may take over.
+fn kill_at(lease: &crate::lease::Lease, grace: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    lease.kill_by().map_or(now + grace, |k| k.min(now + grace)).max(now)
+}
+
+/// Stops the command's process group: TERM, then KILL at `kill_at` if it is still there.
+/// The one stop path of `run`, for a lost lease and for `--max-duration` alike.
+async fn stop(child: &mut tokio::process::Child, pgid: i32, kill_at: tokio::time::Instant, why: &str) {
+    let now = tokio::time::Instant::now();
+    eprintln!(
+        "pipeline-lock: {why}; stopping the command (TERM, then KILL after {})",
+        humantime::format_duration(Duration::from_millis((kill_at - now).as_millis() as u64))
+    );
+    send(pgid, libc::SIGTERM);
+    if tokio::time::timeout_at(kill_at, child.wait()).await.is_err() {
+        send(pgid, libc::SIGKILL);
+        let _ = child.wait().await;
     }
 }
 

@@ -341,6 +341,7 @@ impl Low<'_> {
             argv: args.command,
             heartbeat: args.heartbeat.as_deref().map(|h| cli::parse_duration("--heartbeat", h)).transpose()?,
             kill_grace: cli::parse_duration("--kill-grace", &args.kill_grace)?,
+            max_duration: args.max_duration.as_deref().map(|d| cli::positive("--max-duration", d)).transpose()?,
         };
         crate::lease::check_heartbeat(opts.ttl, spec.heartbeat, opts.clock_margin, spec.kill_grace)?;
         Ok(Run { lock, me, opts, spec })

@@ -25,7 +25,8 @@ pub fn parse_duration(flag: &str, value: &str) -> Result<Duration> {
     }
 }
 
-pub(super) fn positive(flag: &str, value: &str) -> Result<Duration> {
+/// Parses a duration of `flag` that must be longer than 0.
+pub fn positive(flag: &str, value: &str) -> Result<Duration> {
     let d = parse_duration(flag, value)?;
     if d.is_zero() {
         return Err(Error::Usage(format!("{flag} must be longer than 0")));
