@@ -150,7 +150,8 @@ impl<'a> Waiting<'a> {
                 token: random_hex::<16>(),
                 entry: None,
                 written: None,
-                window: queue::prune_window(opts.retry_interval, opts.prune_floor),
+                // A backed-off waiter polls as seldom as its cap: its entry lives that long.
+                window: queue::prune_window(crate::backoff::longest(opts.retry_interval, opts.backoff.as_ref()), opts.prune_floor),
             },
             asked: None,
             api_failed: false,

@@ -242,6 +242,19 @@ pub struct AcquireArgs {
     /// Time between polls, jittered.
     #[arg(long, env = "PIPELINE_LOCK_RETRY_INTERVAL", default_value = "2s", allow_hyphen_values = true)]
     pub retry_interval: String,
+    /// Exponential backoff: each pause between polls is the last one times COEF (e.g. 2),
+    /// from --retry-interval up to --backoff-cap [default: even pauses]
+    #[arg(long, env = "PIPELINE_LOCK_BACKOFF", value_name = "COEF")]
+    pub backoff: Option<f64>,
+    /// The longest pause of --backoff.
+    #[arg(
+        long,
+        env = "PIPELINE_LOCK_BACKOFF_CAP",
+        value_name = "D",
+        default_value = "30s",
+        allow_hyphen_values = true
+    )]
+    pub backoff_cap: String,
     /// Give up after this many polls (exit 75).
     #[arg(long, env = "PIPELINE_LOCK_MAX_RETRIES")]
     pub max_retries: Option<u32>,
@@ -419,11 +432,21 @@ impl AcquireArgs {
             (true, None) => return Err(Error::Usage("--force needs --reason TEXT".into())),
             _ => None,
         };
+        let retry_interval = positive("--retry-interval", &self.retry_interval)?;
+        let backoff = match self.backoff {
+            Some(coef) => Some(crate::backoff::Backoff::new(
+                coef,
+                positive("--backoff-cap", &self.backoff_cap)?,
+                retry_interval,
+            )?),
+            None => None,
+        };
         Ok(crate::AcquireOptions {
+            backoff,
             ttl: lease(self.ttl.as_deref(), self.disable_ttl, given, Some(default_ttl))?,
             force_after: self.force_after.as_deref().map(|v| positive("--force-after", v)).transpose()?,
             wait,
-            retry_interval: positive("--retry-interval", &self.retry_interval)?,
+            retry_interval,
             max_retries: self.max_retries,
             force,
             reason: self.reason.as_deref().map(|r| validate_text("reason (--reason)", r)).transpose()?,

@@ -15,6 +15,7 @@
 
 pub mod acquire;
 pub mod app;
+pub mod backoff;
 pub mod ci;
 pub mod ciapi;
 pub mod cli;

@@ -77,7 +77,8 @@ impl Waiting<'_> {
     pub(super) fn poll_pause(&self, r: &Record, ahead: usize, head: bool) -> Duration {
         let judge = self.judge(false);
         let takeover_at = self.takeover_at(r, &judge);
-        let mut pause = poll_pause(self.opts.retry_interval, ahead);
+        let base = crate::backoff::pause_base(self.opts.retry_interval, self.opts.backoff.as_ref(), self.polls);
+        let mut pause = poll_pause(base, ahead);
         if let (Some(at), true) = (takeover_at, head) {
             pause = pause.min(Duration::from_millis((at - judge.now).max(0) as u64 + 50));
         }

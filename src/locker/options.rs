@@ -73,6 +73,8 @@ pub struct AcquireOptions {
     pub slots: u32,
     /// A shared hold (`--shared`), beside other shared ones up to N; else exclusive.
     pub shared: bool,
+    /// `--backoff`: pauses that grow from `retry_interval` up to a cap; `None`: even pauses.
+    pub backoff: Option<crate::backoff::Backoff>,
 }
 
 impl Default for AcquireOptions {
@@ -99,6 +101,7 @@ impl Default for AcquireOptions {
             cancel: None,
             slots: 1,
             shared: false,
+            backoff: None,
         }
     }
 }
