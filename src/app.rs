@@ -20,15 +20,32 @@ pub type EnvFn = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
     // Validate everything the command needs before connecting to anything.
     let settings = Settings::build(cli, &env)?;
+    let result = dispatch(&settings, &env).await;
+    if let Some(n) = &settings.notify {
+        if let Err(Error::LeaseLost { message, occupant }) = &result {
+            n.send(crate::notify::Event {
+                event: crate::notify::Kind::LeaseLost,
+                holder: occupant.owner.clone(),
+                why: Some(message.clone()),
+                ..crate::notify::base(&occupant.lock, &settings.store.to_string(), settings.owner().unwrap_or_default())
+            });
+        }
+        // Bounded: a receiver that hangs costs at most notify::BOUND, never the exit code.
+        n.finish().await;
+    }
+    result
+}
+
+async fn dispatch(settings: &Settings, env: &EnvFn) -> Result<u8> {
     match &settings.command {
-        Task::Acquire(a) => cmd_acquire(&settings, a, &env).await,
-        Task::Release(r) => cmd_release(&settings, r).await,
-        Task::Renew(r) => cmd_renew(&settings, r).await,
-        Task::Status(s) => cmd_status(&settings, s).await,
-        Task::List(l) => cmd_list(&settings, l).await,
-        Task::Doctor => cmd_doctor(&settings).await,
-        Task::Run(r) => cmd_run(&settings, r).await,
-        Task::State(t) => state::cmd_state(&settings, t).await,
+        Task::Acquire(a) => cmd_acquire(settings, a, env).await,
+        Task::Release(r) => cmd_release(settings, r).await,
+        Task::Renew(r) => cmd_renew(settings, r).await,
+        Task::Status(s) => cmd_status(settings, s).await,
+        Task::List(l) => cmd_list(settings, l).await,
+        Task::Doctor => cmd_doctor(settings).await,
+        Task::Run(r) => cmd_run(settings, r).await,
+        Task::State(t) => state::cmd_state(settings, t).await,
     }
 }
 
@@ -41,11 +58,13 @@ async fn cmd_acquire(s: &Settings, a: &Acquire, env: &EnvFn) -> Result<u8> {
     let locker = connect(s).await?;
     let mut signals = Signals::install()?;
     let (cancel, cancelled) = tokio::sync::watch::channel(None);
-    let opts = crate::AcquireOptions {
+    let (opts, seen) = crate::notify::watch_progress(crate::AcquireOptions {
         cancel: Some(cancelled.clone()),
         ..a.opts.clone()
-    };
-    let grant = signals.during(locker.acquire(lock, &a.me, &opts), &cancel).await?;
+    });
+    let wait = signals.during(locker.acquire(lock, &a.me, &opts), &cancel);
+    let base = crate::notify::base(lock, &url.to_string(), &a.me.owner);
+    let grant = crate::notify::while_waiting(s.notify.as_ref(), base, &seen, wait).await?;
     if let Some(sig) = *cancelled.borrow() {
         // Granted just as we were told to stop: a job that is going away must not
         // leave the lock held until its lease ends.
@@ -61,6 +80,7 @@ async fn cmd_acquire(s: &Settings, a: &Acquire, env: &EnvFn) -> Result<u8> {
             ),
         });
     }
+    crate::notify::on_grant(s.notify.as_ref(), &grant, a.opts.force.is_some());
     print_grant(&grant, s.output, locker.store().requests(), locker.store().write_units())?;
     export_github(env, &grant)?;
     Ok(exit::OK)
@@ -232,5 +252,9 @@ async fn cmd_doctor(s: &Settings) -> Result<u8> {
 
 async fn cmd_run(s: &Settings, r: &Run) -> Result<u8> {
     let locker = connect(s).await?;
-    crate::run::run(&locker, &r.lock, &r.me, &r.opts, &r.spec).await
+    let spec = crate::run::RunSpec {
+        notify: s.notify.clone(),
+        ..r.spec.clone()
+    };
+    crate::run::run(&locker, &r.lock, &r.me, &r.opts, &spec).await
 }

@@ -174,6 +174,27 @@ pub struct Global {
         allow_hyphen_values = true
     )]
     pub clock_margin: String,
+    /// POST a JSON event (Slack-compatible `text`) here on takeovers, forced takeovers, lost
+    /// leases and long waits (repeatable; the variable takes URLs separated by spaces).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Notify options",
+        env = "PIPELINE_LOCK_NOTIFY",
+        value_name = "URL",
+        value_delimiter = ' '
+    )]
+    pub notify: Vec<String>,
+    /// Notify when a wait lasts longer than this [default: 10m]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Notify options",
+        env = "PIPELINE_LOCK_NOTIFY_AFTER",
+        value_name = "D",
+        allow_hyphen_values = true
+    )]
+    pub notify_after: Option<String>,
     /// More detail: progress on every poll (-v), debug logs (-vv).
     #[arg(short, long, global = true, help_heading = "Lock options", action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -24,6 +24,7 @@ pub mod error;
 pub mod exit;
 pub mod lease;
 pub mod locker;
+pub mod notify;
 pub mod output;
 pub mod policy;
 pub mod queue;

@@ -26,6 +26,8 @@ pub struct RunSpec {
     /// `--max-duration`: the command is stopped after this long even if the lock is healthy
     /// (seed S0's MAX_LOCK_DURATION_SEC), and `run` exits [`crate::exit::MAX_DURATION`].
     pub max_duration: Option<Duration>,
+    /// `--notify`: takeovers and long waits are announced there (a lost lease by the caller).
+    pub notify: Option<std::sync::Arc<crate::notify::Notifier>>,
 }
 
 /// The shell's convention: 128 + signal number for a command killed by a signal.
@@ -48,13 +50,13 @@ fn send(pgid: i32, sig: i32) {
 pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOptions, spec: &RunSpec) -> Result<u8> {
     let mut signals = Signals::install()?;
     let (cancel, cancelled) = watch::channel(None);
-    let opts = AcquireOptions {
+    let (opts, seen) = crate::notify::watch_progress(AcquireOptions {
         cancel: Some(cancelled.clone()),
         ..opts.clone()
-    };
-    let mut lease = signals
-        .during(locker.lease(lock, who, &opts, spec.heartbeat, spec.kill_grace), &cancel)
-        .await?;
+    });
+    let wait = signals.during(locker.lease(lock, who, &opts, spec.heartbeat, spec.kill_grace), &cancel);
+    let base = crate::notify::base(lock, &locker.store().url(), &who.owner);
+    let mut lease = crate::notify::while_waiting(spec.notify.as_ref(), base, &seen, wait).await?;
     if let Some(sig) = *cancelled.borrow() {
         // Granted just as we were told to stop: give it straight back, run nothing.
         lease.release().await?;
@@ -64,6 +66,7 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
         });
     }
     let grant = lease.grant().clone();
+    crate::notify::on_grant(spec.notify.as_ref(), &grant, opts.force.is_some());
     let mut cmd = tokio::process::Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
         .env("PIPELINE_LOCK_NAME", &grant.lock)

@@ -28,6 +28,8 @@ pub struct Settings {
     pub scope: Scope,
     /// How results are printed.
     pub output: Output,
+    /// `--notify`: where events go, if anywhere.
+    pub notify: Option<Arc<crate::notify::Notifier>>,
     /// The command, with its own options checked.
     pub command: Task,
 }
@@ -178,6 +180,17 @@ fn list(args: cli::ListArgs) -> Result<List> {
 }
 
 impl Settings {
+    /// Who the command acts as, for events (none for the commands that hold nothing).
+    pub fn owner(&self) -> Option<&str> {
+        match &self.command {
+            Task::Acquire(a) => Some(&a.me.owner),
+            Task::Run(r) => Some(&r.me.owner),
+            Task::Release(r) => Some(&r.who.owner),
+            Task::Renew(r) => Some(&r.who.owner),
+            _ => None,
+        }
+    }
+
     /// Checks `cli` against the environment `env`. Errors are usage errors (exit 2), found
     /// in the order the flags are read: store, margin, lock name, owner, the command's own.
     pub fn build(cli: Cli, env: Env<'_>) -> Result<Settings> {
@@ -191,6 +204,11 @@ impl Settings {
             Scope::Pipeline
         };
         let scope = global.scope.unwrap_or(default_scope);
+        let after = match global.notify_after.as_deref() {
+            Some(d) => cli::positive("--notify-after", d)?,
+            None => crate::notify::DEFAULT_AFTER,
+        };
+        let notify = crate::notify::Notifier::new(&global.notify, after)?;
         let low = Low {
             g: &global,
             given: &given,
@@ -220,6 +238,7 @@ impl Settings {
             clock_margin,
             scope,
             output: global.output,
+            notify,
             command: task,
         })
     }
@@ -342,6 +361,7 @@ impl Low<'_> {
             heartbeat: args.heartbeat.as_deref().map(|h| cli::parse_duration("--heartbeat", h)).transpose()?,
             kill_grace: cli::parse_duration("--kill-grace", &args.kill_grace)?,
             max_duration: args.max_duration.as_deref().map(|d| cli::positive("--max-duration", d)).transpose()?,
+            notify: None,
         };
         crate::lease::check_heartbeat(opts.ttl, spec.heartbeat, opts.clock_margin, spec.kill_grace)?;
         Ok(Run { lock, me, opts, spec })
