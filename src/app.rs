@@ -21,6 +21,11 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
     // Validate everything the command needs before connecting to anything.
     let settings = Settings::build(cli, &env)?;
     let result = dispatch(&settings, &env).await;
+    // A wait that ended in an error: its GitLab section closes before the error line.
+    settings.ci.end_wait();
+    if let Err(Error::LeaseLost { message, occupant }) = &result {
+        settings.ci.lease_lost(&occupant.lock, settings.owner().unwrap_or_default(), message);
+    }
     if let Some(n) = &settings.notify {
         if let Err(Error::LeaseLost { message, occupant }) = &result {
             n.send(crate::notify::Event {
@@ -58,13 +63,18 @@ async fn cmd_acquire(s: &Settings, a: &Acquire, env: &EnvFn) -> Result<u8> {
     let locker = connect(s).await?;
     let mut signals = Signals::install()?;
     let (cancel, cancelled) = tokio::sync::watch::channel(None);
-    let (opts, seen) = crate::notify::watch_progress(crate::AcquireOptions {
-        cancel: Some(cancelled.clone()),
-        ..a.opts.clone()
-    });
+    let (opts, seen) = crate::notify::watch_progress(s.ci.around_progress(
+        crate::AcquireOptions {
+            cancel: Some(cancelled.clone()),
+            ..a.opts.clone()
+        },
+        lock,
+    ));
     let wait = signals.during(locker.acquire(lock, &a.me, &opts), &cancel);
     let base = crate::notify::base(lock, &url.to_string(), &a.me.owner);
-    let grant = crate::notify::while_waiting(s.notify.as_ref(), base, &seen, wait).await?;
+    let waited = crate::notify::while_waiting(s.notify.as_ref(), base, &seen, wait).await;
+    s.ci.end_wait();
+    let grant = waited?;
     if let Some(sig) = *cancelled.borrow() {
         // Granted just as we were told to stop: a job that is going away must not
         // leave the lock held until its lease ends.
@@ -81,6 +91,7 @@ async fn cmd_acquire(s: &Settings, a: &Acquire, env: &EnvFn) -> Result<u8> {
         });
     }
     crate::notify::on_grant(s.notify.as_ref(), &grant, a.opts.force.is_some());
+    s.ci.granted(&grant, crate::notify::queued(&seen), a.opts.force.is_some());
     print_grant(&grant, s.output, locker.store().requests(), locker.store().write_units())?;
     export_github(env, &grant)?;
     Ok(exit::OK)
@@ -113,6 +124,11 @@ async fn cmd_release(s: &Settings, r: &Release) -> Result<u8> {
             msg
         }
     };
+    let fence = match &result {
+        Released::Released { fence } => Some(*fence),
+        _ => None,
+    };
+    s.ci.released(lock, &r.who.owner, fence, &text);
     let mut json = serde_json::json!({"lock": lock, "store": url.to_string(), "release": result, "requests": requests});
     if let Some(units) = locker.store().write_units() {
         json["write_units"] = units.into();
@@ -254,6 +270,7 @@ async fn cmd_run(s: &Settings, r: &Run) -> Result<u8> {
     let locker = connect(s).await?;
     let spec = crate::run::RunSpec {
         notify: s.notify.clone(),
+        ci: Some(s.ci.clone()),
         ..r.spec.clone()
     };
     crate::run::run(&locker, &r.lock, &r.me, &r.opts, &spec).await

@@ -17,6 +17,7 @@ pub mod acquire;
 pub mod app;
 pub mod backoff;
 pub mod ci;
+pub mod ci_report;
 pub mod ciapi;
 pub mod cli;
 pub mod clock;

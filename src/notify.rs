@@ -265,6 +265,11 @@ pub struct Seen {
 /// Where a wait's last report is kept, for notifications and CI reports.
 pub type SeenCell = Arc<Mutex<Option<Seen>>>;
 
+/// How many waited (us included) at the wait's last report; 1 when it never waited.
+pub fn queued(seen: &SeenCell) -> usize {
+    seen.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(1, |s| s.queued)
+}
+
 /// `opts` with its progress reports also kept in the returned cell.
 pub fn watch_progress(mut opts: crate::AcquireOptions) -> (crate::AcquireOptions, SeenCell) {
     let cell: SeenCell = Arc::default();

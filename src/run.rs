@@ -28,6 +28,8 @@ pub struct RunSpec {
     pub max_duration: Option<Duration>,
     /// `--notify`: takeovers and long waits are announced there (a lost lease by the caller).
     pub notify: Option<std::sync::Arc<crate::notify::Notifier>>,
+    /// The CI's own reports: the wait in a GitLab section, the grant in GitHub's summary.
+    pub ci: Option<std::sync::Arc<crate::ci_report::CiReport>>,
 }
 
 /// The shell's convention: 128 + signal number for a command killed by a signal.
@@ -50,13 +52,19 @@ fn send(pgid: i32, sig: i32) {
 pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOptions, spec: &RunSpec) -> Result<u8> {
     let mut signals = Signals::install()?;
     let (cancel, cancelled) = watch::channel(None);
-    let (opts, seen) = crate::notify::watch_progress(AcquireOptions {
-        cancel: Some(cancelled.clone()),
-        ..opts.clone()
-    });
+    let ci = spec.ci.clone().unwrap_or_default();
+    let (opts, seen) = crate::notify::watch_progress(ci.around_progress(
+        AcquireOptions {
+            cancel: Some(cancelled.clone()),
+            ..opts.clone()
+        },
+        lock,
+    ));
     let wait = signals.during(locker.lease(lock, who, &opts, spec.heartbeat, spec.kill_grace), &cancel);
     let base = crate::notify::base(lock, &locker.store().url(), &who.owner);
-    let mut lease = crate::notify::while_waiting(spec.notify.as_ref(), base, &seen, wait).await?;
+    let waited = crate::notify::while_waiting(spec.notify.as_ref(), base, &seen, wait).await;
+    ci.end_wait();
+    let mut lease = waited?;
     if let Some(sig) = *cancelled.borrow() {
         // Granted just as we were told to stop: give it straight back, run nothing.
         lease.release().await?;
@@ -67,6 +75,7 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
     }
     let grant = lease.grant().clone();
     crate::notify::on_grant(spec.notify.as_ref(), &grant, opts.force.is_some());
+    ci.granted(&grant, crate::notify::queued(&seen), opts.force.is_some());
     let mut cmd = tokio::process::Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
         .env("PIPELINE_LOCK_NAME", &grant.lock)

@@ -30,6 +30,8 @@ pub struct Settings {
     pub output: Output,
     /// `--notify`: where events go, if anywhere.
     pub notify: Option<Arc<crate::notify::Notifier>>,
+    /// What this job's CI shows natively (step summary, annotations, log sections).
+    pub ci: Arc<crate::ci_report::CiReport>,
     /// The command, with its own options checked.
     pub command: Task,
 }
@@ -239,6 +241,7 @@ impl Settings {
             scope,
             output: global.output,
             notify,
+            ci: crate::ci_report::CiReport::from_env(env),
             command: task,
         })
     }
@@ -362,6 +365,7 @@ impl Low<'_> {
             kill_grace: cli::parse_duration("--kill-grace", &args.kill_grace)?,
             max_duration: args.max_duration.as_deref().map(|d| cli::positive("--max-duration", d)).transpose()?,
             notify: None,
+            ci: None,
         };
         crate::lease::check_heartbeat(opts.ttl, spec.heartbeat, opts.clock_margin, spec.kill_grace)?;
         Ok(Run { lock, me, opts, spec })
