@@ -205,6 +205,30 @@ fn gitlab_puts_the_progress_of_a_wait_in_a_collapsed_section_and_the_last_line_o
     let m = markers(&stderr(&out));
     assert_eq!(m.iter().map(|m| m.0).collect::<Vec<_>>(), ["start", "end"], "{:?}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("acquired lock"));
+    // run's wait is folded the same way.
+    let holder = e.lock("run");
+    assert_code(&e.run("holder", &holder, &["acquire", "--ttl", "1s"]), 0);
+    let out = gitlab(&e, "12")
+        .args([
+            "--lock",
+            &holder,
+            "run",
+            "--retry-interval",
+            "200ms",
+            "--clock-margin",
+            "200ms",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    assert_eq!(
+        markers(&stderr(&out)).iter().map(|m| m.0).collect::<Vec<_>>(),
+        ["start", "end"],
+        "{:?}",
+        stderr(&out)
+    );
     // Nothing is waited for, nothing is folded.
     let quick = gitlab(&e, "11").args(["--lock", &e.lock("free"), "acquire"]).output().unwrap();
     assert_code(&quick, 0);

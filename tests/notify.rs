@@ -241,3 +241,35 @@ fn a_url_that_is_not_http_is_a_usage_error_that_does_not_show_it() {
     assert_code(&out, 2);
     assert!(!stderr(&out).contains("s3cr3t"), "{}", stderr(&out));
 }
+
+#[test]
+fn run_announces_its_takeover_and_the_lease_it_loses() {
+    let (e, hook) = (file_env("notify-run"), Receiver::start(Answer::Ok));
+    let lock = e.lock("l");
+    assert_code(&e.run("old", &lock, &["acquire", "--ttl", "1s"]), 0);
+    // run takes the stale lock over, then someone forces it away while the command runs.
+    let args = [
+        "run",
+        "--ttl",
+        "3s",
+        "--clock-margin",
+        "200ms",
+        "--kill-grace",
+        "200ms",
+        "--heartbeat",
+        "500ms",
+        "--retry-interval",
+        "200ms",
+        "--notify",
+        &hook.url,
+        "--",
+        "sleep",
+        "20",
+    ];
+    let runner = e.spawn("runner", &lock, &args);
+    support::wait_until("run's grant", Duration::from_secs(10), || hook.events() == ["taken-over"]);
+    assert_code(&e.run("breaker", &lock, &["acquire", "--force", "--reason", "r"]), 0);
+    let out = runner.wait_with_output().unwrap();
+    assert_code(&out, 76);
+    assert_eq!(hook.events(), ["taken-over", "lease-lost"]);
+}
