@@ -129,6 +129,21 @@ async fn cmd_release(s: &Settings, r: &Release) -> Result<u8> {
         _ => None,
     };
     s.ci.released(lock, &r.who.owner, fence, &text);
+    if let (Some(reason), Some(fence)) = (&r.opts.force, fence) {
+        // Break-glass: whoever held it lost it, and should hear so.
+        s.ci.warning(
+            "lock force-released",
+            &format!("{} force-released lock {lock:?} (fence {fence}): {reason}", r.who.owner),
+        );
+        if let Some(n) = &s.notify {
+            n.send(crate::notify::Event {
+                event: crate::notify::Kind::Forced,
+                fence: Some(fence),
+                why: Some(format!("force-released: {reason}")),
+                ..crate::notify::base(lock, &url.to_string(), &r.who.owner)
+            });
+        }
+    }
     let mut json = serde_json::json!({"lock": lock, "store": url.to_string(), "release": result, "requests": requests});
     if let Some(units) = locker.store().write_units() {
         json["write_units"] = units.into();

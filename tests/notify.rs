@@ -149,11 +149,22 @@ fn a_forced_takeover_and_the_lost_lease_it_causes_are_announced_once_each() {
     assert_code(&lost, 76);
     assert_eq!(hook.events(), ["forced", "lease-lost"]);
     assert_eq!(hook.body(1)["event"]["owner"], "old");
+    // A break-glass release is announced as forced too.
+    assert_code(
+        &e.run("operator", &lock, &["release", "--force", "--reason", "cleanup", "--notify", &hook.url]),
+        0,
+    );
+    assert_eq!(hook.events(), ["forced", "lease-lost", "forced"]);
+    assert!(
+        hook.body(2)["event"]["why"].as_str().is_some_and(|w| w.contains("cleanup")),
+        "{}",
+        hook.body(2)
+    );
     // A plain acquire and release announce nothing.
     let other = e.lock("quiet");
     assert_code(&e.run("a", &other, &["acquire", "--notify", &hook.url]), 0);
     assert_code(&e.run("a", &other, &["release", "--notify", &hook.url]), 0);
-    assert_eq!(hook.events().len(), 2);
+    assert_eq!(hook.events().len(), 3);
 }
 
 #[test]
