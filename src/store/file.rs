@@ -23,6 +23,11 @@ pub(crate) use state::state_file_name;
 const DIR_LOCK: &str = ".pipeline-lock.dirlock";
 pub(crate) const SUFFIX: &str = ".lock";
 
+/// How messages name a lock.
+fn lock_subject(lock: &str) -> String {
+    format!("lock {lock:?}")
+}
+
 /// Locks in one local directory.
 pub type FileStore = Whole<FileDir>;
 
@@ -74,8 +79,9 @@ impl FileDir {
         self.dir.join(format!("{}{SUFFIX}", encode_name(lock)))
     }
 
-    fn io_error(&self, what: &str, lock: &str, e: std::io::Error) -> Error {
-        let message = format!("{}: cannot {what} lock {lock:?}: {e}", self.url());
+    /// `subject` names what failed: `lock "deploy"` ([`lock_subject`]), `state "deployed"`.
+    fn io_error(&self, what: &str, subject: &str, e: std::io::Error) -> Error {
+        let message = format!("{}: cannot {what} {subject}: {e}", self.url());
         match e.kind() {
             ErrorKind::PermissionDenied => Error::AccessDenied {
                 message: format!("{message}; fix the directory's permissions"),
@@ -93,7 +99,7 @@ impl FileDir {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| self.io_error("open the directory lock for", "*", e))?;
+            .map_err(|e| self.io_error("open the directory lock for", "every lock", e))?;
         file.lock().map_err(|e| {
             Error::Config(format!(
                 "{}: flock does not work on this filesystem ({e}); use a local directory",
@@ -103,29 +109,30 @@ impl FileDir {
         Ok(file)
     }
 
-    fn load(&self, lock: &str, path: &Path) -> Result<Option<Object<Bytes>>> {
+    fn load(&self, subject: &str, path: &Path) -> Result<Option<Object<Bytes>>> {
         self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io_error("read", lock, e)),
+            Err(e) => return Err(self.io_error("read", subject, e)),
         };
         let mut bytes = Vec::new();
         file.take(MAX_RECORD_BYTES + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| self.io_error("read", lock, e))?;
+            .map_err(|e| self.io_error("read", subject, e))?;
         let tag = Some(Bytes(bytes.as_slice().into()));
         Ok(Some(Object { bytes, tag }))
     }
 
     /// Writes `body` in place of the lock's file; returns its new version.
     fn replace(&self, lock: &str, body: Vec<u8>) -> Result<Bytes> {
-        self.replace_at(lock, &self.dir, &self.path(lock), body)
+        self.replace_at(lock, &lock_subject(lock), &self.dir, &self.path(lock), body)
     }
 
     /// Writes `body` to a fresh file in `dir` and renames it to `path` (in `dir`), so a reader
-    /// sees the old bytes or the new ones, never half; `name` is for messages.
-    fn replace_at(&self, name: &str, dir: &Path, path: &Path, body: Vec<u8>) -> Result<Bytes> {
+    /// sees the old bytes or the new ones, never half; `name` names the temporary file,
+    /// `subject` the messages.
+    fn replace_at(&self, name: &str, subject: &str, dir: &Path, path: &Path, body: Vec<u8>) -> Result<Bytes> {
         let tmp = dir.join(format!(".{}.{:016x}.tmp", encode_name(name), rand::random::<u64>()));
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -136,7 +143,7 @@ impl FileDir {
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
-            self.io_error("write", name, e)
+            self.io_error("write", subject, e)
         })?;
         Ok(Bytes(body.into()))
     }
@@ -164,12 +171,12 @@ impl Objects for FileDir {
 
     async fn get(&self, lock: &str) -> Result<Option<Object<Bytes>>> {
         // rename() is atomic, so a read needs no directory lock.
-        self.load(lock, &self.path(lock))
+        self.load(&lock_subject(lock), &self.path(lock))
     }
 
     async fn put(&self, lock: &str, body: Vec<u8>, mode: PutMode<'_, Bytes>) -> Result<PutOutcome<Bytes>> {
         let _guard = self.lock_dir()?;
-        let current = self.load(lock, &self.path(lock))?;
+        let current = self.load(&lock_subject(lock), &self.path(lock))?;
         let holds = match (mode, &current) {
             (PutMode::Create, None) => true,
             (PutMode::Update(tag), Some(o)) => o.tag.as_ref() == Some(tag),
@@ -190,7 +197,7 @@ impl Objects for FileDir {
     {
         // The read, the decision and the write under one flock, so the write is never refused.
         let _guard = self.lock_dir()?;
-        let current = self.load(lock, &self.path(lock))?;
+        let current = self.load(&lock_subject(lock), &self.path(lock))?;
         Ok(match decide(current.as_ref())? {
             Ok((body, value)) => Ok((PutOutcome::Done(Some(self.replace(lock, body)?)), value)),
             Err(kept) => Err(kept),
@@ -208,7 +215,7 @@ impl Objects for FileDir {
         // stays one page's worth whatever the directory holds.
         let prefix = encode_name(prefix);
         let after = after.map(encode_name);
-        let entries = fs::read_dir(&self.dir).map_err(|e| self.io_error("list", "*", e))?;
+        let entries = fs::read_dir(&self.dir).map_err(|e| self.io_error("list", "the locks", e))?;
         let mut smallest: std::collections::BinaryHeap<String> = std::collections::BinaryHeap::new();
         let mut more = false;
         for entry in entries.flatten() {
@@ -240,7 +247,7 @@ impl Objects for FileDir {
         let mut out = Vec::with_capacity(encoded.len());
         for e in &encoded {
             let name = decode_name(e).unwrap_or_default();
-            let object = self.load(&name, &self.path(&name))?;
+            let object = self.load(&lock_subject(&name), &self.path(&name))?;
             out.push((name, object));
         }
         let next = if more { out.last().map(|(n, _)| n.clone()) } else { None };

@@ -18,6 +18,11 @@ pub(crate) fn state_file_name(key: &str) -> String {
     format!("{}{STATE_SUFFIX}", encode_name(key))
 }
 
+/// How messages name a state key.
+fn state_subject(key: &str) -> String {
+    format!("state {key:?}")
+}
+
 impl FileDir {
     fn state_dir(&self) -> PathBuf {
         self.dir.join(STATE_DIR)
@@ -32,15 +37,15 @@ impl FileDir {
 impl StateObjects for FileDir {
     async fn get_state(&self, key: &str) -> Result<Option<Object<Bytes>>> {
         // rename() is atomic, so a read needs no directory lock.
-        self.load(key, &self.state_path(key))
+        self.load(&state_subject(key), &self.state_path(key))
     }
 
     async fn put_state(&self, key: &str, body: Vec<u8>, mode: PutMode<'_, Bytes>) -> Result<PutOutcome<Bytes>> {
         let _guard = self.lock_dir()?;
         let dir = self.state_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| self.io_error("create the state directory for", key, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| self.io_error("create the state directory for", &state_subject(key), e))?;
         let path = self.state_path(key);
-        let current = self.load(key, &path)?;
+        let current = self.load(&state_subject(key), &path)?;
         let holds = match (mode, &current) {
             (PutMode::Create, None) => true,
             (PutMode::Update(tag), Some(o)) => o.tag.as_ref() == Some(tag),
@@ -50,7 +55,7 @@ impl StateObjects for FileDir {
             // What we read under the flock is what is there: no second look needed.
             return Ok(PutOutcome::Refused(Some(current)));
         }
-        Ok(PutOutcome::Done(Some(self.replace_at(key, &dir, &path, body)?)))
+        Ok(PutOutcome::Done(Some(self.replace_at(key, &state_subject(key), &dir, &path, body)?)))
     }
 
     fn state_location(&self, key: &str) -> String {
