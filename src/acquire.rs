@@ -124,12 +124,19 @@ struct Waiting<'a> {
     cancel: Cancel,
 }
 
+/// The holder details a grant for `who` writes: its CI identity, with `--reason` and
+/// `--ordinal` over what the CI said.
+pub(crate) fn holder_of(who: &Identity, opts: &AcquireOptions) -> Holder {
+    let mut holder = who.holder.clone();
+    holder.reason = opts.reason.clone().or(holder.reason);
+    holder.ordinal = opts.ordinal.or(holder.ordinal);
+    holder
+}
+
 impl<'a> Waiting<'a> {
     fn new(locker: &'a Locker, lock: &'a str, who: &'a Identity, opts: &'a AcquireOptions) -> Waiting<'a> {
         let started = Instant::now();
-        let mut holder = who.holder.clone();
-        holder.reason = opts.reason.clone().or(holder.reason);
-        holder.ordinal = opts.ordinal.or(holder.ordinal);
+        let holder = holder_of(who, opts);
         Waiting {
             locker,
             lock,

@@ -41,16 +41,18 @@ fn send(pgid: i32, sig: i32) {
     }
 }
 
-/// Acquires, runs the command, releases, and returns the command's exit code.
-pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOptions, spec: &RunSpec) -> Result<u8> {
+/// Acquires (every lock of `locks`, all or none), runs the command, releases, and returns
+/// the command's exit code.
+pub async fn run(locker: &Locker, locks: &[String], who: &Identity, opts: &AcquireOptions, spec: &RunSpec) -> Result<u8> {
     let mut signals = Signals::install()?;
     let (cancel, cancelled) = watch::channel(None);
     let opts = AcquireOptions {
         cancel: Some(cancelled.clone()),
         ..opts.clone()
     };
+    let lock = locks.join(", ");
     let mut lease = signals
-        .during(locker.lease(lock, who, &opts, spec.heartbeat, spec.kill_grace), &cancel)
+        .during(locker.leases(locks, who, &opts, spec.heartbeat, spec.kill_grace), &cancel)
         .await?;
     if let Some(sig) = *cancelled.borrow() {
         // Granted just as we were told to stop: give it straight back, run nothing.
@@ -60,16 +62,31 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
             message: format!("got the lock {lock:?} but signal {sig} arrived meanwhile; released it, ran nothing"),
         });
     }
-    let grant = lease.grant().clone();
     let mut cmd = tokio::process::Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..])
-        .env("PIPELINE_LOCK_NAME", &grant.lock)
-        .env("PIPELINE_LOCK_OWNER", &grant.owner)
-        .env("PIPELINE_LOCK_TOKEN", &grant.token)
-        .env("PIPELINE_LOCK_FENCE", grant.fence.to_string())
-        .env("PIPELINE_LOCK_SLOT", grant.slot.to_string())
-        .process_group(0)
-        .kill_on_drop(false);
+    cmd.args(&spec.argv[1..]);
+    match lease.grants().as_slice() {
+        [grant] => {
+            cmd.env("PIPELINE_LOCK_NAME", &grant.lock)
+                .env("PIPELINE_LOCK_OWNER", &grant.owner)
+                .env("PIPELINE_LOCK_TOKEN", &grant.token)
+                .env("PIPELINE_LOCK_FENCE", grant.fence.to_string())
+                .env("PIPELINE_LOCK_SLOT", grant.slot.to_string())
+                // An inherited list of an earlier multi-lock grant would name other locks.
+                .env_remove("PIPELINE_LOCK_NAMES")
+                .env_remove("PIPELINE_LOCK_FENCES");
+        }
+        grants => {
+            let grants: Vec<_> = grants.iter().map(|g| (*g).clone()).collect();
+            let (names, fences) = crate::output::names_and_fences(&grants)?;
+            cmd.env("PIPELINE_LOCK_NAMES", names)
+                .env("PIPELINE_LOCK_OWNER", grants.first().map(|g| g.owner.as_str()).unwrap_or_default())
+                .env("PIPELINE_LOCK_FENCES", fences);
+            for single in ["PIPELINE_LOCK_NAME", "PIPELINE_LOCK_TOKEN", "PIPELINE_LOCK_FENCE", "PIPELINE_LOCK_SLOT"] {
+                cmd.env_remove(single);
+            }
+        }
+    }
+    cmd.process_group(0).kill_on_drop(false);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to send SIGTERM to the
     // command if we die (SIGKILL included), so an orphan does not go on without the lock.
     unsafe {
