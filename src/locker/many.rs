@@ -1,5 +1,5 @@
-//! Several locks at once (`--lock A --lock B`): all or none (docs/design.md, "Several locks
-//! at once (v2)").
+//! Several locks at once (`--lock A --lock B`): all or none
+//! (docs/design.md, "Several locks at once (v2)").
 //!
 //! Deadlock needs a holder that waits while it holds. A multi-lock request never does: it
 //! only ever *waits* for one lock while holding nothing it took in this call, and tries the
