@@ -138,19 +138,16 @@ fn file_pool_is_safe_under_faults() {
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn dynamodb_local_pool_is_safe_under_faults() {
     pool_safe_under_faults(Backend::DynamoLocal, false);
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn moto_dynamodb_pool_is_safe_under_faults() {
     pool_safe_under_faults(Backend::MotoDynamo, false);
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn moto_s3_pool_is_safe_under_faults() {
     pool_safe_under_faults(Backend::MotoS3, false);
 }
@@ -161,19 +158,16 @@ fn file_mixed_is_safe_under_faults() {
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn dynamodb_local_mixed_is_safe_under_faults() {
     pool_safe_under_faults(Backend::DynamoLocal, true);
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn moto_dynamodb_mixed_is_safe_under_faults() {
     pool_safe_under_faults(Backend::MotoDynamo, true);
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn moto_s3_mixed_is_safe_under_faults() {
     pool_safe_under_faults(Backend::MotoS3, true);
 }
