@@ -37,7 +37,7 @@ struct Place {
     window: Duration,
 }
 
-/// The CI server's last answer: about which holder token, when, what.
+/// The CI server's last answer about one holder: its token, when, what.
 struct Asked {
     token: String,
     at: Instant,
@@ -112,7 +112,8 @@ struct Waiting<'a> {
     eager: u32,
     last_report: Option<Instant>,
     place: Place,
-    asked: Option<Asked>,
+    /// The CI server's last answer about each holder it was asked about.
+    asked: Vec<Asked>,
     /// Has asking the CI API failed once (warned about)?
     api_failed: bool,
     /// Grant writes that got no answer, by token and how: if the record shows one, the
@@ -124,12 +125,19 @@ struct Waiting<'a> {
     cancel: Cancel,
 }
 
+/// The holder details a grant for `who` writes: its CI identity, with `--reason` and
+/// `--ordinal` over what the CI said.
+pub(crate) fn holder_of(who: &Identity, opts: &AcquireOptions) -> Holder {
+    let mut holder = who.holder.clone();
+    holder.reason = opts.reason.clone().or(holder.reason);
+    holder.ordinal = opts.ordinal.or(holder.ordinal);
+    holder
+}
+
 impl<'a> Waiting<'a> {
     fn new(locker: &'a Locker, lock: &'a str, who: &'a Identity, opts: &'a AcquireOptions) -> Waiting<'a> {
         let started = Instant::now();
-        let mut holder = who.holder.clone();
-        holder.reason = opts.reason.clone().or(holder.reason);
-        holder.ordinal = opts.ordinal.or(holder.ordinal);
+        let holder = holder_of(who, opts);
         Waiting {
             locker,
             lock,
@@ -153,7 +161,7 @@ impl<'a> Waiting<'a> {
                 // A backed-off waiter polls as seldom as its cap: its entry lives that long.
                 window: queue::prune_window(crate::backoff::longest(opts.retry_interval, opts.backoff.as_ref()), opts.prune_floor),
             },
-            asked: None,
+            asked: Vec::new(),
             api_failed: false,
             in_doubt: Vec::new(),
             failures: 0,
@@ -268,24 +276,20 @@ impl<'a> Waiting<'a> {
             force: if force { self.opts.force.as_deref() } else { None },
             watch: self.watch.as_ref(),
             mono_now: Instant::now(),
-            pipeline_ended: None,
+            pipeline_ended: &[],
         }
     }
 
     /// This round's decision (pure, see [`crate::policy::plan`]).
     fn plan(&self, record: Option<&Record>, entry: &Waiter, now: i64, window: Duration) -> Plan {
-        // The CI server's verdict counts only for the Token it was asked about.
-        let ended = match (&self.asked, record) {
-            (
-                Some(Asked {
-                    token,
-                    verdict: Verdict::Ended(s),
-                    ..
-                }),
-                Some(r),
-            ) if r.token.as_ref() == Some(token) => Some(s.as_str()),
-            _ => None,
-        };
+        // The CI server's verdicts count only for the Tokens they were about (the judge
+        // matches them to the holder, or to each shared hold).
+        let ended: Vec<(String, String)> = (self.asked.iter())
+            .filter_map(|a| match &a.verdict {
+                Verdict::Ended(s) => Some((a.token.clone(), s.clone())),
+                _ => None,
+            })
+            .collect();
         let asker = Asker {
             owner: &self.who.owner,
             me: Me {
@@ -304,23 +308,30 @@ impl<'a> Waiting<'a> {
             shared: self.opts.shared,
         };
         let mut judge = self.judge(true);
-        judge.pipeline_ended = ended;
+        judge.pipeline_ended = &ended;
         policy::plan(record, &asker, &judge)
     }
 
-    /// The head asks its CI server about a holder that no other rule lets it take yet, at
-    /// most every `CI_RECHECK` per holder token. Returns whether it asked.
+    /// The head asks its CI server about a holder that no other rule lets it take yet (the
+    /// exclusive one, or the first such shared hold), at most every `CI_RECHECK` per holder
+    /// token. Returns whether it asked.
     async fn ask_ci(&mut self, record: Option<&Record>, head: bool) -> bool {
-        let (Some(api), Some(r), true) = (&self.opts.ci_api, record, head) else {
+        let (Some(api), Some(r), true) = (self.opts.ci_api.clone(), record, head) else {
             return false;
         };
-        let other = !r.is_free() && r.owner.as_deref() != Some(self.who.owner.as_str());
-        let token = r.token.clone().unwrap_or_default();
-        let due = (self.asked.as_ref()).is_none_or(|a| a.token != token || a.at.elapsed() >= CI_RECHECK);
-        if !other || !due || self.judge(false).takeover(r).is_some() {
+        let holders: Vec<Record> = match r.owner {
+            Some(_) => vec![r.clone()],
+            None => r.holds().iter().filter_map(|(k, _)| r.view_of(*k)).collect(),
+        };
+        let judge = self.judge(false);
+        let asked = &self.asked;
+        let due = |token: &str| asked.iter().find(|a| a.token == token).is_none_or(|a| a.at.elapsed() >= CI_RECHECK);
+        let Some(holder) = holders.into_iter().find(|h| {
+            h.owner.as_deref() != Some(self.who.owner.as_str()) && due(h.token.as_deref().unwrap_or_default()) && judge.takeover(h).is_none()
+        }) else {
             return false;
-        }
-        let owner = r.owner.clone().unwrap_or_default();
+        };
+        let (owner, token) = (holder.owner.clone().unwrap_or_default(), holder.token.clone().unwrap_or_default());
         let verdict = api.pipeline_state(&owner).await;
         match &verdict {
             Verdict::Ended(s) => tracing::info!("the pipeline of {owner} has ended ({s}) per the CI API"),
@@ -333,7 +344,12 @@ impl<'a> Waiting<'a> {
             }
             Verdict::Failed(why) => tracing::debug!("CI API: {why}"),
         }
-        self.asked = Some(Asked {
+        // Verdicts about holders no longer there are forgotten.
+        let live: Vec<&str> = std::iter::once(r.token.as_deref().unwrap_or_default())
+            .chain(r.shared.values().map(|h| h.token.as_str()))
+            .collect();
+        self.asked.retain(|a| a.token != token && live.contains(&a.token.as_str()));
+        self.asked.push(Asked {
             token,
             at: Instant::now(),
             verdict,

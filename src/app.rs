@@ -6,7 +6,7 @@ use crate::cli::Cli;
 use crate::error::{Error, Occupant, Result};
 use crate::exit;
 use crate::locker::{Holding, Locker, RETENTION, ReleaseOptions, Released, RenewOptions};
-use crate::output::{emit, export_github, print_grant, queue_json, status_json, status_text, summary};
+use crate::output::{emit, export_github, export_github_all, print_grant, print_grants, queue_json, status_json, status_text, summary};
 use crate::settings::{Acquire, List, Release, Renew, Run, Settings, Status, Task};
 use crate::signals::Signals;
 use crate::store::{self, Outcome, State};
@@ -59,145 +59,214 @@ async fn connect(s: &Settings) -> Result<Locker> {
 }
 
 async fn cmd_acquire(s: &Settings, a: &Acquire, env: &EnvFn) -> Result<u8> {
-    let (lock, url) = (&a.lock, &s.store);
+    let url = &s.store;
     let locker = connect(s).await?;
     let mut signals = Signals::install()?;
     let (cancel, cancelled) = tokio::sync::watch::channel(None);
+    let names = a.locks.join(", ");
     let (opts, seen) = crate::notify::watch_progress(s.ci.around_progress(
         crate::AcquireOptions {
             cancel: Some(cancelled.clone()),
             ..a.opts.clone()
         },
-        lock,
+        &names,
     ));
-    let wait = signals.during(locker.acquire(lock, &a.me, &opts), &cancel);
-    let base = crate::notify::base(lock, &url.to_string(), &a.me.owner);
+    let wait = signals.during(locker.acquire_all(&a.locks, &a.me, &opts), &cancel);
+    let base = crate::notify::base(&names, &url.to_string(), &a.me.owner);
     let waited = crate::notify::while_waiting(s.notify.as_ref(), base, &seen, wait).await;
     s.ci.end_wait();
-    let grant = waited?;
+    let grants = waited?;
     if let Some(sig) = *cancelled.borrow() {
         // Granted just as we were told to stop: a job that is going away must not
         // leave the lock held until its lease ends.
-        let released = locker.release(lock, &Holding::grant(&grant), &ReleaseOptions::default()).await;
+        let mut failed = Vec::new();
+        for g in &grants {
+            if let Err(e) = locker.release(&g.lock, &Holding::grant(g), &ReleaseOptions::default()).await {
+                failed.push(format!("releasing {:?} failed ({e})", g.lock));
+            }
+        }
         return Err(Error::Interrupted {
             signal: sig,
             message: format!(
-                "got lock {lock:?} in {url} but signal {sig} arrived meanwhile; {}",
-                match released {
-                    Ok(_) => "released it again".to_string(),
-                    Err(e) => format!("releasing it failed ({e}); it frees itself when its lease ends"),
+                "got lock {names} in {url} but signal {sig} arrived meanwhile; {}",
+                match failed.is_empty() {
+                    true => "released it again".to_string(),
+                    false => format!("{}; it frees itself when its lease ends", failed.join("; ")),
                 }
             ),
         });
     }
-    crate::notify::on_grant(s.notify.as_ref(), &grant, a.opts.force.is_some());
-    s.ci.granted(&grant, crate::notify::queued(&seen), a.opts.force.is_some());
-    print_grant(&grant, s.output, locker.store().requests(), locker.store().write_units())?;
-    export_github(env, &grant)?;
+    for grant in &grants {
+        crate::notify::on_grant(s.notify.as_ref(), grant, a.opts.force.is_some());
+        s.ci.granted(grant, crate::notify::queued(&seen), a.opts.force.is_some());
+    }
+    let (requests, units) = (locker.store().requests(), locker.store().write_units());
+    match grants.as_slice() {
+        [grant] => {
+            print_grant(grant, s.output, requests, units)?;
+            export_github(env, grant)?;
+        }
+        _ => {
+            print_grants(&grants, s.output, requests, units)?;
+            export_github_all(env, &grants)?;
+        }
+    }
     Ok(exit::OK)
+}
+
+/// Runs `one` for each lock in `locks` (release, renew), all of them even when some fail:
+/// one lock's result is printed as before; several print a line each (JSON: `locks`). The
+/// first error is the command's; the others are printed as they happen.
+async fn each_lock<F, Fut>(s: &Settings, locker: &Locker, locks: &[String], one: F) -> Result<u8>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(String, serde_json::Value)>>,
+{
+    let (mut texts, mut items, mut first) = (Vec::new(), Vec::new(), None);
+    for lock in locks {
+        match one(lock.clone()).await {
+            Ok((text, json)) => {
+                texts.push(text);
+                items.push(json);
+            }
+            Err(e) if first.is_none() => first = Some(e),
+            Err(e) => eprintln!("pipeline-lock: {}", crate::report::chain(&e)),
+        }
+    }
+    let requests = locker.store().requests();
+    let mut json = match items.as_slice() {
+        [one] if locks.len() == 1 => one.clone(),
+        _ => serde_json::json!({"store": s.store.to_string(), "locks": items}),
+    };
+    if !texts.is_empty() {
+        json["requests"] = requests.into();
+        if let Some(units) = locker.store().write_units() {
+            json["write_units"] = units.into();
+        }
+        emit(s.output, &texts.join("\n"), &json)?;
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(exit::OK),
+    }
 }
 
 async fn cmd_release(s: &Settings, r: &Release) -> Result<u8> {
-    let (lock, url) = (&r.lock, &s.store);
+    let url = &s.store;
     let locker = connect(s).await?;
-    let result = locker.release(lock, &r.who, &r.opts).await?;
-    let requests = locker.store().requests();
-    let text = match &result {
-        Released::Released { fence } => format!("released lock {lock:?} in {url} (fence {fence})"),
-        Released::NotHeld => format!("lock {lock:?} in {url} was not held; nothing to release"),
-        Released::HeldByOther { owner, fence } => {
-            let msg = format!(
-                "lock {lock:?} in {url} is held by {owner} (fence {fence}), not by {}; left alone",
-                r.who.owner
-            );
-            if r.strict {
-                return Err(Error::HeldByOther {
-                    message: format!("{msg} (--strict)"),
-                    occupant: Occupant {
-                        lock: lock.to_string(),
-                        owner: Some(owner.clone()),
-                        fence: Some(*fence),
-                    },
-                });
+    each_lock(s, &locker, &r.locks, |lock| {
+        let locker = &locker;
+        async move {
+            let result = locker.release(&lock, &r.who, &r.opts).await?;
+            let text = match &result {
+                Released::Released { fence } => format!("released lock {lock:?} in {url} (fence {fence})"),
+                Released::NotHeld => format!("lock {lock:?} in {url} was not held; nothing to release"),
+                Released::HeldByOther { owner, fence } => {
+                    let msg = format!(
+                        "lock {lock:?} in {url} is held by {owner} (fence {fence}), not by {}; left alone",
+                        r.who.owner
+                    );
+                    if r.strict {
+                        return Err(Error::HeldByOther {
+                            message: format!("{msg} (--strict)"),
+                            occupant: Occupant {
+                                lock: lock.to_string(),
+                                owner: Some(owner.clone()),
+                                fence: Some(*fence),
+                            },
+                        });
+                    }
+                    eprintln!("pipeline-lock: warning: {msg}");
+                    msg
+                }
+            };
+            let fence = match &result {
+                Released::Released { fence } => Some(*fence),
+                _ => None,
+            };
+            s.ci.released(&lock, &r.who.owner, fence, &text);
+            if let (Some(reason), Some(fence)) = (&r.opts.force, fence) {
+                // Break-glass: whoever held it lost it, and should hear so.
+                s.ci.warning(
+                    "lock force-released",
+                    &format!("{} force-released lock {lock:?} (fence {fence}): {reason}", r.who.owner),
+                );
+                if let Some(n) = &s.notify {
+                    n.send(crate::notify::Event {
+                        event: crate::notify::Kind::Forced,
+                        fence: Some(fence),
+                        why: Some(format!("force-released: {reason}")),
+                        ..crate::notify::base(&lock, &url.to_string(), &r.who.owner)
+                    });
+                }
             }
-            eprintln!("pipeline-lock: warning: {msg}");
-            msg
+            let json = serde_json::json!({"lock": lock, "store": url.to_string(), "release": result});
+            Ok((text, json))
         }
-    };
-    let fence = match &result {
-        Released::Released { fence } => Some(*fence),
-        _ => None,
-    };
-    s.ci.released(lock, &r.who.owner, fence, &text);
-    if let (Some(reason), Some(fence)) = (&r.opts.force, fence) {
-        // Break-glass: whoever held it lost it, and should hear so.
-        s.ci.warning(
-            "lock force-released",
-            &format!("{} force-released lock {lock:?} (fence {fence}): {reason}", r.who.owner),
-        );
-        if let Some(n) = &s.notify {
-            n.send(crate::notify::Event {
-                event: crate::notify::Kind::Forced,
-                fence: Some(fence),
-                why: Some(format!("force-released: {reason}")),
-                ..crate::notify::base(lock, &url.to_string(), &r.who.owner)
-            });
-        }
-    }
-    let mut json = serde_json::json!({"lock": lock, "store": url.to_string(), "release": result, "requests": requests});
-    if let Some(units) = locker.store().write_units() {
-        json["write_units"] = units.into();
-    }
-    emit(s.output, &text, &json)?;
-    Ok(exit::OK)
+    })
+    .await
 }
 
 async fn cmd_renew(s: &Settings, r: &Renew) -> Result<u8> {
-    let (lock, url) = (&r.lock, &s.store);
+    let url = &s.store;
     let locker = connect(s).await?;
-    let grant = locker
-        .renew(
-            lock,
-            &r.who,
-            RenewOptions {
+    each_lock(s, &locker, &r.locks, |lock| {
+        let locker = &locker;
+        async move {
+            let options = RenewOptions {
                 ttl: r.ttl,
                 retention: RETENTION,
                 in_history: true,
-            },
-        )
-        .await?;
-    let lease = grant
-        .lease_expires_at
-        .map(|t| format!("lease until {}", crate::clock::rfc3339(t)))
-        .unwrap_or_else(|| "no lease end".into());
-    let text = format!("renewed lock {lock:?} in {url} for {}: fence {}, {lease}", grant.owner, grant.fence);
-    let mut json = serde_json::to_value(&grant).map_err(|e| Error::other("cannot encode the grant", e))?;
-    json["requests"] = locker.store().requests().into();
-    emit(s.output, &text, &json)?;
-    Ok(exit::OK)
+            };
+            let grant = locker.renew(&lock, &r.who, options).await?;
+            let lease = grant
+                .lease_expires_at
+                .map(|t| format!("lease until {}", crate::clock::rfc3339(t)))
+                .unwrap_or_else(|| "no lease end".into());
+            let text = format!("renewed lock {lock:?} in {url} for {}: fence {}, {lease}", grant.owner, grant.fence);
+            let json = serde_json::to_value(&grant).map_err(|e| Error::other("cannot encode the grant", e))?;
+            Ok((text, json))
+        }
+    })
+    .await
 }
 
 async fn cmd_status(s: &Settings, st: &Status) -> Result<u8> {
-    let lock = &st.lock;
     let locker = connect(s).await?;
-    let observed = locker.status(lock).await?;
-    if let (Some(want), Some(r)) = (st.slots, observed.record())
-        && r.slot_count() != want
-    {
-        return Err(Error::Config(format!(
-            "lock {lock:?} in {} has {} slot(s), fixed when its record was created, not --slots {want}",
-            s.store,
-            r.slot_count()
-        )));
+    let (mut texts, mut items, mut corrupt) = (Vec::new(), Vec::new(), None);
+    for lock in &st.locks {
+        let observed = locker.status(lock).await?;
+        if let (Some(want), Some(r)) = (st.slots, observed.record())
+            && r.slot_count() != want
+        {
+            return Err(Error::Config(format!(
+                "lock {lock:?} in {} has {} slot(s), fixed when its record was created, not --slots {want}",
+                s.store,
+                r.slot_count()
+            )));
+        }
+        let now = locker.store().clock().now_ms();
+        let mut json = status_json(lock, &observed, now, 0);
+        json["queue"] = queue_json(&observed, now, st.queue);
+        texts.push(status_text(lock, &s.store.to_string(), &observed, now, st.queue));
+        items.push(json);
+        if let (State::Corrupt(why), None) = (&observed.state, &corrupt) {
+            corrupt = Some(locker.corrupt(lock, why));
+        }
     }
-    let now = locker.store().clock().now_ms();
-    let mut json = status_json(lock, &observed, now, locker.store().requests());
-    json["queue"] = queue_json(&observed, now, st.queue);
-    emit(s.output, &status_text(lock, &s.store.to_string(), &observed, now, st.queue), &json)?;
-    if let State::Corrupt(why) = &observed.state {
-        return Err(locker.corrupt(lock, why));
+    let requests = locker.store().requests();
+    let json = match items.as_mut_slice() {
+        [one] => {
+            one["requests"] = requests.into();
+            one.clone()
+        }
+        _ => serde_json::json!({"store": s.store.to_string(), "locks": items, "requests": requests}),
+    };
+    emit(s.output, &texts.join("\n\n"), &json)?;
+    match corrupt {
+        Some(e) => Err(e),
+        None => Ok(exit::OK),
     }
-    Ok(exit::OK)
 }
 
 async fn cmd_list(s: &Settings, l: &List) -> Result<u8> {
@@ -288,5 +357,5 @@ async fn cmd_run(s: &Settings, r: &Run) -> Result<u8> {
         ci: Some(s.ci.clone()),
         ..r.spec.clone()
     };
-    crate::run::run(&locker, &r.lock, &r.me, &r.opts, &spec).await
+    crate::run::run(&locker, &r.locks, &r.me, &r.opts, &spec).await
 }

@@ -145,9 +145,10 @@ pub struct Global {
     /// Path-style S3 addressing (MinIO-like stores, emulators).
     #[arg(long, global = true, help_heading = "Store options", env = "PIPELINE_LOCK_S3_FORCE_PATH_STYLE", value_parser = FalseyValueParser::new(), default_value_t = false)]
     pub s3_force_path_style: bool,
-    /// Lock name [default: the CI project path]
-    #[arg(long, global = true, help_heading = "Lock options", env = "PIPELINE_LOCK_NAME")]
-    pub lock: Option<String>,
+    /// Lock name [default: the CI project path]; repeat it to take several locks, all or
+    /// none (acquire, run, release, renew, status)
+    #[arg(long, global = true, help_heading = "Lock options", env = "PIPELINE_LOCK_NAME", action = clap::ArgAction::Append)]
+    pub lock: Vec<String>,
     /// Owner outside CI (in CI it comes from the pipeline).
     #[arg(long, global = true, help_heading = "Lock options", env = "PIPELINE_LOCK_OWNER")]
     pub owner: Option<String>,

@@ -15,6 +15,10 @@ use crate::ci::Identity;
 use crate::error::{Error, Occupant, Result};
 use crate::locker::{AcquireOptions, Grant, Holding, Locker, ReleaseOptions, Released, RenewOptions, Ttl};
 
+mod set;
+
+pub use set::Leases;
+
 /// Where a lease stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseState {
@@ -88,6 +92,30 @@ impl Locker {
     pub async fn lease(&self, lock: &str, who: &Identity, opts: &AcquireOptions, heartbeat: Option<Duration>, grace: Duration) -> Result<Lease> {
         let heartbeat = check_heartbeat(opts.ttl, heartbeat, opts.clock_margin, grace)?;
         let grant = self.acquire(lock, who, opts).await?;
+        Ok(self.hold(grant, opts, heartbeat, grace))
+    }
+
+    /// [`Locker::lease`] for several locks, taken all or none ([`Locker::acquire_all`]), each
+    /// with its own heartbeat.
+    pub async fn leases(
+        &self,
+        locks: &[String],
+        who: &Identity,
+        opts: &AcquireOptions,
+        heartbeat: Option<Duration>,
+        grace: Duration,
+    ) -> Result<Leases> {
+        let heartbeat = check_heartbeat(opts.ttl, heartbeat, opts.clock_margin, grace)?;
+        let grants = self.acquire_all(locks, who, opts).await?;
+        Ok(Leases::new(grants.into_iter().map(|g| self.hold(g, opts, heartbeat, grace)).collect()))
+    }
+
+    /// A lease on `grant`, renewed every `heartbeat` (checked by the caller). Its end is
+    /// counted from the lease end the store holds, so a grant made a while ago (the first
+    /// locks of a multi-lock request) is not judged younger than it is.
+    fn hold(&self, grant: Grant, opts: &AcquireOptions, heartbeat: Option<Duration>, grace: Duration) -> Lease {
+        let lock = grant.lock.clone();
+        let lock = lock.as_str();
         let (state_tx, state) = watch::channel(LeaseState::Held);
         let (stop, stop_rx) = watch::channel(false);
         let valid_until = opts
@@ -109,7 +137,7 @@ impl Locker {
             };
             tokio::spawn(beat.run(valid_until, state_tx, kill_tx, stop_rx))
         });
-        Ok(Lease {
+        Lease {
             locker: self.clone(),
             grant,
             state,
@@ -117,7 +145,7 @@ impl Locker {
             stop,
             task,
             retention: opts.retention,
-        })
+        }
     }
 
     /// When the lease that the store says ends at `end` (store ms) ends on our monotonic

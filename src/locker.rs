@@ -10,9 +10,11 @@ use crate::record::{Action, Change, Event, EventKind, Record, SharedOp};
 use crate::store::{Expect, Observed, State, Store, Write, Written};
 
 mod holder;
+mod many;
 mod options;
 
 pub use holder::taken_from;
+pub use many::{MAX_LOCKS, sorted_locks};
 pub(crate) use options::Wrote;
 pub use options::{AcquireOptions, Grant, Holding, How, ProgressFn, ReleaseOptions, Released, RenewOptions, Ttl, Wait, WaitReport};
 

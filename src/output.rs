@@ -39,8 +39,8 @@ fn slot_text(g: &Grant) -> String {
     }
 }
 
-/// Prints a grant: a line, its JSON (with the request count), or its dotenv lines.
-pub(crate) fn print_grant(g: &Grant, output: Output, requests: u64, write_units: Option<f64>) -> Result<()> {
+/// `acquired lock "x" in file:///d as alice: fence 3, lease until ...`.
+fn grant_text(g: &Grant) -> String {
     let how = match &g.how {
         How::Acquired => String::new(),
         How::Reentered => " (already ours: lease renewed, same fence)".into(),
@@ -50,14 +50,19 @@ pub(crate) fn print_grant(g: &Grant, output: Output, requests: u64, write_units:
         Some(t) => format!("lease until {}", rfc3339(t)),
         None => "no lease end (--disable-ttl)".into(),
     };
-    let text = format!(
+    format!(
         "acquired lock {:?} in {} as {}: fence {}{}, {lease}{how}",
         g.lock,
         g.store,
         g.owner,
         g.fence,
         slot_text(g)
-    );
+    )
+}
+
+/// Prints a grant: a line, its JSON (with the request count), or its dotenv lines.
+pub(crate) fn print_grant(g: &Grant, output: Output, requests: u64, write_units: Option<f64>) -> Result<()> {
+    let text = grant_text(g);
     match output {
         Output::Env => {
             print!("{}", env_lines(g));
@@ -80,7 +85,60 @@ pub(crate) fn export_github(env: Env<'_>, g: &Grant) -> Result<()> {
         "name={}\nowner={}\ntoken={}\nfence={}\nslot={}\n",
         g.lock, g.owner, g.token, g.fence, g.slot
     );
-    for (var, text) in [("GITHUB_ENV", env_lines(g)), ("GITHUB_OUTPUT", outputs)] {
+    append_github(env, &[("GITHUB_ENV", env_lines(g)), ("GITHUB_OUTPUT", outputs)])
+}
+
+/// What a grant of several locks exports (dotenv lines, `$GITHUB_ENV`): the names as a JSON
+/// list (`PIPELINE_LOCK_NAMES`, which later commands read as their `--lock` list), the owner,
+/// and each lock's fence as a JSON object (`PIPELINE_LOCK_FENCES`). No token: each lock has
+/// its own, and later jobs find their grants by owner. JSON keeps names with any character
+/// but the control characters (refused in names) on one line.
+pub(crate) fn env_lines_all(grants: &[Grant]) -> Result<String> {
+    let (names, fences) = names_and_fences(grants)?;
+    let owner = grants.first().map(|g| g.owner.as_str()).unwrap_or_default();
+    Ok(format!(
+        "PIPELINE_LOCK_NAMES={names}\nPIPELINE_LOCK_OWNER={owner}\nPIPELINE_LOCK_FENCES={fences}\n"
+    ))
+}
+
+/// The names as a JSON list and the fences as a JSON object, each on one line.
+pub(crate) fn names_and_fences(grants: &[Grant]) -> Result<(String, String)> {
+    let names: Vec<&str> = grants.iter().map(|g| g.lock.as_str()).collect();
+    let fences: serde_json::Map<String, serde_json::Value> = grants.iter().map(|g| (g.lock.clone(), g.fence.into())).collect();
+    let enc = |e| Error::other("cannot encode the lock names", e);
+    Ok((serde_json::to_string(&names).map_err(enc)?, serde_json::to_string(&fences).map_err(enc)?))
+}
+
+/// Prints a grant of several locks: a line each, one JSON document (`locks`: each grant), or
+/// the dotenv lines of [`env_lines_all`].
+pub(crate) fn print_grants(grants: &[Grant], output: Output, requests: u64, write_units: Option<f64>) -> Result<()> {
+    if output == Output::Env {
+        print!("{}", env_lines_all(grants)?);
+        return Ok(());
+    }
+    let text: Vec<String> = grants.iter().map(grant_text).collect();
+    let mut json = serde_json::json!({
+        "locks": grants,
+        "store": grants.first().map(|g| g.store.clone()),
+        "requests": requests,
+    });
+    if let Some(units) = write_units {
+        json["write_units"] = units.into();
+    }
+    emit(output, &text.join("\n"), &json)
+}
+
+/// Appends a grant of several locks to `$GITHUB_ENV` ([`env_lines_all`]) and `$GITHUB_OUTPUT`
+/// (`names`, `owner`, `fences`) when they are set.
+pub(crate) fn export_github_all(env: Env<'_>, grants: &[Grant]) -> Result<()> {
+    let (names, fences) = names_and_fences(grants)?;
+    let owner = grants.first().map(|g| g.owner.as_str()).unwrap_or_default();
+    let outputs = format!("names={names}\nowner={owner}\nfences={fences}\n");
+    append_github(env, &[("GITHUB_ENV", env_lines_all(grants)?), ("GITHUB_OUTPUT", outputs)])
+}
+
+fn append_github(env: Env<'_>, files: &[(&str, String)]) -> Result<()> {
+    for (var, text) in files {
         if let Some(path) = env(var).filter(|p| !p.is_empty()) {
             std::fs::OpenOptions::new()
                 .append(true)

@@ -4,6 +4,7 @@
 //! tested under a paused clock.
 
 use crate::clock::ms;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -43,22 +44,29 @@ impl Takeover {
     }
 }
 
-/// How long we have watched one record version stay the same.
-#[derive(Debug, Clone)]
+/// How long we have watched versions stay the same: the record's `Rvn` (the exclusive
+/// holder's), and each shared hold's own `Rvn`, which only that hold's writes change, so a
+/// shared holder that stopped renewing shows as one unchanged version beside the others.
+#[derive(Debug, Clone, Default)]
 pub struct Watch {
-    rvn: String,
-    since: Instant,
+    since: BTreeMap<String, Instant>,
 }
 
 impl Watch {
-    /// Notes a read of `record` that returned at `at`: a new version restarts the watch.
+    /// Notes a read of `record` that returned at `at`: a version seen for the first time
+    /// starts its watch; versions no longer there are forgotten.
     pub fn observe(watch: &mut Option<Watch>, record: &Record, at: Instant) {
-        if watch.as_ref().is_none_or(|w| w.rvn != record.rvn) {
-            *watch = Some(Watch {
-                rvn: record.rvn.clone(),
-                since: at,
-            });
+        let w = watch.get_or_insert_with(Watch::default);
+        let seen: Vec<&String> = std::iter::once(&record.rvn).chain(record.shared.values().map(|h| &h.rvn)).collect();
+        w.since.retain(|rvn, _| seen.contains(&rvn));
+        for rvn in seen {
+            w.since.entry(rvn.clone()).or_insert(at);
         }
+    }
+
+    /// Since when version `rvn` has been seen unchanged.
+    fn since(&self, rvn: &str) -> Option<Instant> {
+        self.since.get(rvn).copied()
     }
 }
 
@@ -73,13 +81,13 @@ pub struct Judge<'a> {
     pub force_after: Option<Duration>,
     /// `--force` with its reason.
     pub force: Option<&'a str>,
-    /// Our watch of the record version.
+    /// Our watch of the record's versions.
     pub watch: Option<&'a Watch>,
     /// Monotonic now.
     pub mono_now: Instant,
-    /// The status our CI server gave for the holder's pipeline, when it said it has ended.
-    /// Only ever set for the Token it was asked about.
-    pub pipeline_ended: Option<&'a str>,
+    /// The holders whose pipelines our CI server said have ended: (Token asked about,
+    /// status). A verdict counts only for a holder (or shared hold) with that Token.
+    pub pipeline_ended: &'a [(String, String)],
 }
 
 /// The record's lease length: LeaseExpiresAt - RenewedAt.
@@ -119,13 +127,15 @@ impl Judge<'_> {
         {
             return Some(Takeover::ForceAfter);
         }
-        if let (Some(lease), Some(w)) = (lease_len(record), self.watch)
-            && w.rvn == record.rvn
-            && self.mono_now.saturating_duration_since(w.since) > lease + self.margin
+        if let (Some(lease), Some(since)) = (lease_len(record), self.watch.and_then(|w| w.since(&record.rvn)))
+            && self.mono_now.saturating_duration_since(since) > lease + self.margin
         {
             return Some(Takeover::Unrenewed);
         }
-        self.pipeline_ended.map(|status| Takeover::PipelineEnded(status.to_string()))
+        let token = record.token.as_deref()?;
+        (self.pipeline_ended.iter())
+            .find(|(t, _)| t == token)
+            .map(|(_, status)| Takeover::PipelineEnded(status.clone()))
     }
 
     /// Store-clock time at which a takeover becomes possible, if the record stays as it is.
@@ -133,10 +143,12 @@ impl Judge<'_> {
         let m = ms(self.margin);
         let by_lease = record.lease_expires_at.map(|end| end + m + 1);
         let by_age = self.force_after.zip(last_sign_of_life(record)).map(|(fa, a)| a + ms(fa) + m + 1);
-        let by_watch = lease_len(record).zip(self.watch).filter(|(_, w)| w.rvn == record.rvn).map(|(lease, w)| {
-            let left = (lease + self.margin).saturating_sub(self.mono_now.saturating_duration_since(w.since));
-            self.now + ms(left) + 1
-        });
+        let by_watch = lease_len(record)
+            .zip(self.watch.and_then(|w| w.since(&record.rvn)))
+            .map(|(lease, since)| {
+                let left = (lease + self.margin).saturating_sub(self.mono_now.saturating_duration_since(since));
+                self.now + ms(left) + 1
+            });
         [by_lease, by_age, by_watch].into_iter().flatten().min()
     }
 }
@@ -172,7 +184,7 @@ pub(crate) mod tests {
             force: None,
             watch: None,
             mono_now: Instant::now(),
-            pipeline_ended: None,
+            pipeline_ended: &[],
         }
     }
 
@@ -241,9 +253,49 @@ pub(crate) mod tests {
         let r = held(0, 0, Some(i64::MAX / 2));
         let mut j = judge(0);
         assert_eq!(j.takeover(&r), None);
-        j.pipeline_ended = Some("canceled");
+        let ended = [("t".to_string(), "canceled".to_string())];
+        j.pipeline_ended = &ended;
         assert_eq!(j.takeover(&r), Some(Takeover::PipelineEnded("canceled".into())));
         assert!(j.takeover(&r).unwrap().why().contains("canceled"));
+        // The verdict was about token "t": a holder under another token is not taken.
+        let mut other = r.clone();
+        other.token = Some("u".into());
+        assert_eq!(j.takeover(&other), None);
+    }
+
+    #[test]
+    fn a_shared_hold_unrenewed_is_watched_on_its_own_version() {
+        use crate::record::Hold;
+        let hold = |owner: &str, rvn: &str| Hold {
+            owner: owner.into(),
+            token: format!("tok-{owner}"),
+            fence: 1,
+            rvn: rvn.into(),
+            acquired_at: 0,
+            renewed_at: 0,
+            lease_expires_at: Some(10_000),
+            holder: None,
+        };
+        let mut r = Record::vacant("l");
+        r.slots = Some(3);
+        r.rvn = "b1".into();
+        r.shared.insert("1".into(), hold("a", "a1"));
+        r.shared.insert("2".into(), hold("b", "b1"));
+        let start = Instant::now();
+        let mut watch = None;
+        Watch::observe(&mut watch, &r, start);
+        // 6 s later b renews (its version and the record's change); a does not.
+        let mut later = r.clone();
+        later.rvn = "b2".into();
+        later.shared.get_mut("2").unwrap().rvn = "b2".into();
+        Watch::observe(&mut watch, &later, start + Duration::from_secs(6));
+        let mut j = judge(0);
+        j.watch = watch.as_ref();
+        j.mono_now = start + Duration::from_millis(12_001);
+        let (a, b) = (later.view_of(1).unwrap(), later.view_of(2).unwrap());
+        assert_eq!(j.takeover(&a), Some(Takeover::Unrenewed));
+        assert_eq!(j.takeover(&b), None);
+        assert!(j.takeover_at(&b).is_some_and(|t| t > 0));
     }
 
     #[test]

@@ -48,20 +48,22 @@ fn send(pgid: i32, sig: i32) {
     }
 }
 
-/// Acquires, runs the command, releases, and returns the command's exit code.
-pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOptions, spec: &RunSpec) -> Result<u8> {
+/// Acquires (every lock of `locks`, all or none), runs the command, releases, and returns
+/// the command's exit code.
+pub async fn run(locker: &Locker, locks: &[String], who: &Identity, opts: &AcquireOptions, spec: &RunSpec) -> Result<u8> {
     let mut signals = Signals::install()?;
     let (cancel, cancelled) = watch::channel(None);
     let ci = spec.ci.clone().unwrap_or_default();
+    let lock = locks.join(", ");
     let (opts, seen) = crate::notify::watch_progress(ci.around_progress(
         AcquireOptions {
             cancel: Some(cancelled.clone()),
             ..opts.clone()
         },
-        lock,
+        &lock,
     ));
-    let wait = signals.during(locker.lease(lock, who, &opts, spec.heartbeat, spec.kill_grace), &cancel);
-    let base = crate::notify::base(lock, &locker.store().url(), &who.owner);
+    let wait = signals.during(locker.leases(locks, who, &opts, spec.heartbeat, spec.kill_grace), &cancel);
+    let base = crate::notify::base(&lock, &locker.store().url(), &who.owner);
     let waited = crate::notify::while_waiting(spec.notify.as_ref(), base, &seen, wait).await;
     ci.end_wait();
     let mut lease = waited?;
@@ -73,18 +75,35 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
             message: format!("got the lock {lock:?} but signal {sig} arrived meanwhile; released it, ran nothing"),
         });
     }
-    let grant = lease.grant().clone();
-    crate::notify::on_grant(spec.notify.as_ref(), &grant, opts.force.is_some());
-    ci.granted(&grant, crate::notify::queued(&seen), opts.force.is_some());
+    for grant in lease.grants() {
+        crate::notify::on_grant(spec.notify.as_ref(), grant, opts.force.is_some());
+        ci.granted(grant, crate::notify::queued(&seen), opts.force.is_some());
+    }
     let mut cmd = tokio::process::Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..])
-        .env("PIPELINE_LOCK_NAME", &grant.lock)
-        .env("PIPELINE_LOCK_OWNER", &grant.owner)
-        .env("PIPELINE_LOCK_TOKEN", &grant.token)
-        .env("PIPELINE_LOCK_FENCE", grant.fence.to_string())
-        .env("PIPELINE_LOCK_SLOT", grant.slot.to_string())
-        .process_group(0)
-        .kill_on_drop(false);
+    cmd.args(&spec.argv[1..]);
+    match lease.grants().as_slice() {
+        [grant] => {
+            cmd.env("PIPELINE_LOCK_NAME", &grant.lock)
+                .env("PIPELINE_LOCK_OWNER", &grant.owner)
+                .env("PIPELINE_LOCK_TOKEN", &grant.token)
+                .env("PIPELINE_LOCK_FENCE", grant.fence.to_string())
+                .env("PIPELINE_LOCK_SLOT", grant.slot.to_string())
+                // An inherited list of an earlier multi-lock grant would name other locks.
+                .env_remove("PIPELINE_LOCK_NAMES")
+                .env_remove("PIPELINE_LOCK_FENCES");
+        }
+        grants => {
+            let grants: Vec<_> = grants.iter().map(|g| (*g).clone()).collect();
+            let (names, fences) = crate::output::names_and_fences(&grants)?;
+            cmd.env("PIPELINE_LOCK_NAMES", names)
+                .env("PIPELINE_LOCK_OWNER", grants.first().map(|g| g.owner.as_str()).unwrap_or_default())
+                .env("PIPELINE_LOCK_FENCES", fences);
+            for single in ["PIPELINE_LOCK_NAME", "PIPELINE_LOCK_TOKEN", "PIPELINE_LOCK_FENCE", "PIPELINE_LOCK_SLOT"] {
+                cmd.env_remove(single);
+            }
+        }
+    }
+    cmd.process_group(0).kill_on_drop(false);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to send SIGTERM to the
     // command if we die (SIGKILL included), so an orphan does not go on without the lock.
     unsafe {
@@ -146,13 +165,13 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
                 // Dead by the lease end minus the margin (docs/design.md, "Leases in practice (v2)"):
                 // the grace is cut short when that comes sooner, and is none when the lock
                 // is already someone else's.
-                stop(&mut child, pgid, kill_at(&lease, spec.kill_grace), &err.to_string()).await;
+                stop(&mut child, pgid, kill_at(lease.kill_by(), spec.kill_grace), &err.to_string()).await;
                 return Err(err);
             }
             () = &mut too_long => {
                 let limit = humantime::format_duration(spec.max_duration.unwrap_or_default());
                 let why = format!("the command ran for --max-duration {limit}");
-                stop(&mut child, pgid, kill_at(&lease, spec.kill_grace), &why).await;
+                stop(&mut child, pgid, kill_at(lease.kill_by(), spec.kill_grace), &why).await;
                 // The lock is still ours and healthy: give it back as after any other end.
                 if let Err(e) = lease.release().await {
                     eprintln!("pipeline-lock: warning: releasing lock {lock:?} after stopping the command failed: {}; \
@@ -168,10 +187,10 @@ pub async fn run(locker: &Locker, lock: &str, who: &Identity, opts: &AcquireOpti
 }
 
 /// When KILL follows TERM: after `grace`, or sooner when the lease end minus the margin
-/// comes first, so the command is dead before anyone may take over.
-fn kill_at(lease: &crate::lease::Lease, grace: Duration) -> tokio::time::Instant {
+/// (`kill_by`, the earliest of the leases held) comes first, so the command is dead before anyone may take over.
+fn kill_at(kill_by: Option<tokio::time::Instant>, grace: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
-    lease.kill_by().map_or(now + grace, |k| k.min(now + grace)).max(now)
+    kill_by.map_or(now + grace, |k| k.min(now + grace)).max(now)
 }
 
 /// Stops the command's process group: TERM, then KILL at `kill_at` if it is still there.

@@ -58,8 +58,8 @@ pub enum Task {
 
 /// `acquire`: who takes which lock, and how.
 pub struct Acquire {
-    /// The lock name, valid for the store.
-    pub lock: String,
+    /// The lock names, valid for the store: one, or several taken all or none (sorted).
+    pub locks: Vec<String>,
     /// Who we are.
     pub me: Identity,
     /// How to wait and take over, with progress lines and the CI server to ask.
@@ -68,8 +68,8 @@ pub struct Acquire {
 
 /// `release`: which grant to give back.
 pub struct Release {
-    /// The lock name, valid for the store.
-    pub lock: String,
+    /// The lock names, valid for the store: one, or several taken all or none (sorted).
+    pub locks: Vec<String>,
     /// This pipeline, and the grant's token if we have it.
     pub who: Holding,
     /// Break-glass and retention.
@@ -80,8 +80,8 @@ pub struct Release {
 
 /// `renew`: which grant, for how long.
 pub struct Renew {
-    /// The lock name, valid for the store.
-    pub lock: String,
+    /// The lock names, valid for the store: one, or several taken all or none (sorted).
+    pub locks: Vec<String>,
     /// This pipeline, and the grant's token if we have it.
     pub who: Holding,
     /// The new lease.
@@ -90,8 +90,8 @@ pub struct Renew {
 
 /// `status`: which lock, and the queue order to show.
 pub struct Status {
-    /// The lock name, valid for the store.
-    pub lock: String,
+    /// The lock names, valid for the store: one, or several taken all or none (sorted).
+    pub locks: Vec<String>,
     /// The order to show the queue in.
     pub queue: QueueMode,
     /// `--slots`: the N the lock must have.
@@ -117,8 +117,8 @@ pub struct List {
 
 /// `run -- CMD`: a job-scoped grant around one command.
 pub struct Run {
-    /// The lock name, valid for the store.
-    pub lock: String,
+    /// The lock names, valid for the store: one, or several taken all or none (sorted).
+    pub locks: Vec<String>,
     /// Who we are (`Holder.Via = "run"`).
     pub me: Identity,
     /// How to wait; no re-entry, and our own pipeline's owners to refuse at once.
@@ -225,7 +225,7 @@ impl Settings {
             Command::Release(args) => Task::Release(low.release(&args)?),
             Command::Renew(args) => Task::Renew(low.renew(&args)?),
             Command::Status(args) => Task::Status(Status {
-                lock: low.lock()?,
+                locks: low.locks()?,
                 queue: args.queue,
                 slots: args.slots.map(crate::cli::check_slots).transpose()?,
             }),
@@ -266,18 +266,34 @@ struct Low<'a> {
 }
 
 impl Low<'_> {
-    /// The lock name: `--lock`, else the CI project path; valid, and one the store can hold.
-    fn lock(&self) -> Result<String> {
-        let name = match self.g.lock.clone().or_else(|| ci::default_lock(self.env)) {
-            Some(l) => cli::validate_lock(&l)?,
-            None => {
-                return Err(Error::Usage(
-                    "no lock name: pass --lock NAME (in CI it defaults to the project path)".into(),
-                ));
-            }
+    /// The lock names: `--lock` (repeatable), else the list a multi-lock acquire exported
+    /// (`PIPELINE_LOCK_NAMES`), else `PIPELINE_LOCK_NAME`, else the CI project path; each
+    /// valid and one the store can hold, sorted, none twice.
+    fn locks(&self) -> Result<Vec<String>> {
+        let exported = (self.env)("PIPELINE_LOCK_NAMES").filter(|v| !v.is_empty());
+        let names = match (&exported, self.g.lock.as_slice()) {
+            (Some(list), _) if !self.given.has("lock") => serde_json::from_str::<Vec<String>>(list).map_err(|e| {
+                Error::Usage(format!(
+                    "PIPELINE_LOCK_NAMES is not a JSON list of lock names ({e}): {list:?}; pass --lock NAME for each lock instead"
+                ))
+            })?,
+            (_, []) => match ci::default_lock(self.env) {
+                Some(l) => vec![l],
+                None => {
+                    return Err(Error::Usage(
+                        "no lock name: pass --lock NAME (in CI it defaults to the project path)".into(),
+                    ));
+                }
+            },
+            (_, given) => given.to_vec(),
         };
-        self.store.check_lock_name(&name)?;
-        Ok(name)
+        let mut checked = Vec::with_capacity(names.len());
+        for name in &names {
+            let name = cli::validate_lock(name)?;
+            self.store.check_lock_name(&name)?;
+            checked.push(name);
+        }
+        crate::locker::sorted_locks(&checked)
     }
 
     /// `PIPELINE_LOCK_OWNER` came from the environment, not from `--owner`.
@@ -316,13 +332,13 @@ impl Low<'_> {
     }
 
     fn acquire(&self, args: &AcquireArgs) -> Result<Acquire> {
-        let (lock, me) = (self.lock()?, self.identity()?);
+        let (locks, me) = (self.locks()?, self.identity()?);
         let opts = self.acquire_options(args, &me, cli::ACQUIRE_TTL)?;
-        Ok(Acquire { lock, me, opts })
+        Ok(Acquire { locks, me, opts })
     }
 
     fn release(&self, args: &ReleaseArgs) -> Result<Release> {
-        let (lock, me) = (self.lock()?, self.identity()?);
+        let (locks, me) = (self.locks()?, self.identity()?);
         let reason = args.reason.as_deref().map(|r| cli::validate_text("reason (--reason)", r)).transpose()?;
         let opts = ReleaseOptions {
             force: args.force.then(|| reason.unwrap_or_default()),
@@ -330,7 +346,7 @@ impl Low<'_> {
         };
         let who = Holding::pipeline(&me.owner, args.token.clone());
         Ok(Release {
-            lock,
+            locks,
             who,
             opts,
             strict: args.strict,
@@ -338,18 +354,18 @@ impl Low<'_> {
     }
 
     fn renew(&self, args: &RenewArgs) -> Result<Renew> {
-        let (lock, me) = (self.lock()?, self.identity()?);
+        let (locks, me) = (self.locks()?, self.identity()?);
         let ttl = match cli::lease(args.ttl.as_deref(), args.disable_ttl, self.given, None)? {
             Some(d) => Ttl::For(d),
             None if args.ttl.is_some() || args.disable_ttl => Ttl::NoEnd,
             None => Ttl::Keep,
         };
         let who = Holding::pipeline(&me.owner, args.token.clone());
-        Ok(Renew { lock, who, ttl })
+        Ok(Renew { locks, who, ttl })
     }
 
     fn run(&self, args: RunArgs) -> Result<Run> {
-        let (lock, mut me) = (self.lock()?, self.identity()?);
+        let (locks, mut me) = (self.locks()?, self.identity()?);
         me.holder.via = Some("run".into());
         let mut opts = self.acquire_options(&args.acquire, &me, cli::RUN_TTL)?;
         opts.reenter = self.old_owner_rule;
@@ -368,7 +384,7 @@ impl Low<'_> {
             ci: None,
         };
         crate::lease::check_heartbeat(opts.ttl, spec.heartbeat, opts.clock_margin, spec.kill_grace)?;
-        Ok(Run { lock, me, opts, spec })
+        Ok(Run { locks, me, opts, spec })
     }
 }
 

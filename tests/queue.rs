@@ -250,6 +250,37 @@ fn ended_pipeline_is_taken_over_at_once(b: Backend) {
     assert!(requests[0].contains("job-token: job-secret"), "{}", requests[0]);
 }
 
+/// In a full pool, the shared hold of a pipeline that has ended is taken over at once, and
+/// alone: the live holder beside it keeps its slot, byte for byte.
+fn ended_pipelines_shared_hold_is_taken_over_alone(b: Backend) {
+    let Some(e) = Env::try_new(b, "ci-ended-shared") else { return };
+    let lock = e.lock("l");
+    let ci = FakeCi::start(vec![(PIPELINE_PATH.into(), 200, r#"{"id":100,"iid":10,"status":"canceled"}"#.into())]);
+    let pool = ["--slots", "2", "--shared", "--ttl", "1h"];
+    assert_code(&e.run(HOLDER, &lock, &[&["acquire"][..], &pool].concat()), 0);
+    assert_code(&e.run("live-holder", &lock, &[&["acquire"][..], &pool].concat()), 0);
+    let live_before = e.record(&lock)["Shared"]["2"].clone();
+    let start = Instant::now();
+    let out = gitlab_waiter(
+        &e,
+        &ci,
+        &lock,
+        &["acquire", "--slots", "2", "--shared", "--wait", "30s", "--output", "json"],
+    )
+    .output()
+    .unwrap();
+    assert_code(&out, 0);
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((g["how"]["kind"].as_str(), g["slot"].as_u64()), (Some("took-over"), Some(1)), "{g}");
+    assert!(g["how"]["why"].as_str().unwrap().contains("canceled"), "{g}");
+    let r = e.record(&lock);
+    assert_eq!(r["Shared"]["2"], live_before, "the live holder's hold is untouched");
+    // Asked about the ended pipeline only: the live holder is no pipeline of this server.
+    let requests = ci.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+}
+
 fn running_pipeline_is_not_taken(b: Backend) {
     let Some(e) = Env::try_new(b, "ci-running") else { return };
     let lock = e.lock("l");
@@ -391,6 +422,7 @@ on_every_store!(
     a_killed_waiter_stops_blocking_after_the_prune_window,
     supersede_skips_the_older_pipeline,
     ended_pipeline_is_taken_over_at_once,
+    ended_pipelines_shared_hold_is_taken_over_alone,
     running_pipeline_is_not_taken,
     api_errors_take_nothing,
     holder_on_another_host_is_never_asked_about,

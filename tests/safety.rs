@@ -138,19 +138,16 @@ fn file_pool_is_safe_under_faults() {
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn dynamodb_local_pool_is_safe_under_faults() {
     pool_safe_under_faults(Backend::DynamoLocal, false);
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn moto_dynamodb_pool_is_safe_under_faults() {
     pool_safe_under_faults(Backend::MotoDynamo, false);
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn moto_s3_pool_is_safe_under_faults() {
     pool_safe_under_faults(Backend::MotoS3, false);
 }
@@ -161,19 +158,16 @@ fn file_mixed_is_safe_under_faults() {
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn dynamodb_local_mixed_is_safe_under_faults() {
     pool_safe_under_faults(Backend::DynamoLocal, true);
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn moto_dynamodb_mixed_is_safe_under_faults() {
     pool_safe_under_faults(Backend::MotoDynamo, true);
 }
 
 #[test]
-#[ignore = "open in issue 12: under heavy load a run that took a pool lock over can exit 0 with its hold left behind (a liveness fault, no overlap seen); run it with scripts/safety --long pool-STORE or mixed-STORE"]
 fn moto_s3_mixed_is_safe_under_faults() {
     pool_safe_under_faults(Backend::MotoS3, true);
 }
@@ -198,6 +192,75 @@ fn negative_control_pool_moto_dynamodb() {
 #[ignore = "long run: scripts/safety --long"]
 fn negative_control_pool_moto_s3() {
     negative_control_pool(Backend::MotoS3);
+}
+
+/// Several locks at once on `kind`: holders of A and B beside holders of A only and of B
+/// only, under the same faults; the witness has a register per lock (see `Config::multi`).
+fn multi_safe_under_faults(kind: Backend) {
+    if !servers::available(kind) {
+        return;
+    }
+    let outcome = harness::run(&Config::multi(kind));
+    assert!(outcome.report.violations.is_empty(), "the checker found violations:\n{}", outcome.text);
+}
+
+/// The multi-lock workload with takeovers that ignore their condition: the checker, judging
+/// each lock as a register, must find two holders of one lock.
+fn negative_control_multi(kind: Backend) {
+    if !servers::available(kind) {
+        return;
+    }
+    let mut cfg = Config::multi(kind);
+    cfg.broken = Some("unconditional-takeover");
+    cfg.queue = Some("none");
+    cfg.prune_floor = "1h";
+    cfg.iterations = 3;
+    cfg.faults = vec![Fault::PauseAll; 12];
+    cfg.budget = Duration::ZERO;
+    let outcome = harness::run(&cfg);
+    let safety = [
+        "same fence",
+        "granted to",
+        "were accepted",
+        "lost update",
+        "went backwards",
+        "in one slot",
+    ];
+    assert!(
+        outcome.report.violations.iter().any(|v| safety.iter().any(|s| v.contains(s))),
+        "the checker passed several locks whose takeovers are unconditional; it proves nothing:\n{}",
+        outcome.text
+    );
+}
+
+#[test]
+fn file_multi_is_safe_under_faults() {
+    multi_safe_under_faults(Backend::File);
+}
+
+#[test]
+fn dynamodb_local_multi_is_safe_under_faults() {
+    multi_safe_under_faults(Backend::DynamoLocal);
+}
+
+#[test]
+fn moto_dynamodb_multi_is_safe_under_faults() {
+    multi_safe_under_faults(Backend::MotoDynamo);
+}
+
+#[test]
+fn moto_s3_multi_is_safe_under_faults() {
+    multi_safe_under_faults(Backend::MotoS3);
+}
+
+#[test]
+fn negative_control_multi_file() {
+    negative_control_multi(Backend::File);
+}
+
+#[test]
+fn negative_control_multi_dynamodb_local() {
+    negative_control_multi(Backend::DynamoLocal);
 }
 
 /// The CI-shaped scenarios (`safety/pipelines.rs`), all at once, each on its own lock.

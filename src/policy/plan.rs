@@ -450,7 +450,8 @@ mod tests {
         assert_eq!(plan_at(Some(&r), &judge(62_001), 10, |_| {}), Plan::Wait);
         // An ended pipeline (per the CI API) is taken before its lease ends.
         let mut j = judge(0);
-        j.pipeline_ended = Some("failed");
+        let ended = [(r.token.clone().unwrap(), "failed".to_string())];
+        j.pipeline_ended = &ended;
         r.waiters.clear();
         assert!(matches!(plan_at(Some(&r), &j, 0, |_| {}), Plan::Grant { .. }));
     }

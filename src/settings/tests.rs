@@ -69,7 +69,7 @@ fn each_command_checks_only_what_it_needs() {
     let Task::Status(s) = Settings::build(status, &env).unwrap().command else {
         panic!("not status")
     };
-    assert_eq!((s.lock.as_str(), s.queue), ("x", QueueMode::Newest));
+    assert_eq!((s.locks.as_slice(), s.queue), (&["x".to_string()][..], QueueMode::Newest));
     assert!(usage(parse(&["pipeline-lock", "status"]), &env).contains("no lock name"));
     assert!(usage(parse(&["pipeline-lock", "release", "--lock", "x"]), &env).contains("no owner"));
     let too_long = parse(&["pipeline-lock", "--store", "file:///tmp/x", "status", "--lock", &"x".repeat(300)]);

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::aws::{self, AwsOptions, Failure, Kind, Meter};
-use super::{Check, ListQuery, Observed, Page, State, Store, Version, WaiterUpdate, Write, Written};
+use super::{Check, ListQuery, Observed, Page, State, Store, Version, WaiterUpdate, Write, Written, WrittenAll};
 use crate::clock::StoreClock;
 use crate::error::{Error, Result};
 use crate::record::{Action, HISTORY_LEN, Record, SharedOp};
@@ -18,6 +18,9 @@ mod doctor;
 mod expr;
 mod queue;
 mod state;
+mod transact;
+
+pub use transact::MAX_ITEMS;
 
 use expr::{condition_for, names, update_for, used_names};
 
@@ -272,6 +275,10 @@ impl Store for DynamoStore {
             return self.update(&w, false).await?.map_err(|f| self.error(f, "UpdateItem", w.lock));
         }
         Err(self.error(failure, "UpdateItem", w.lock))
+    }
+
+    async fn write_all(&self, writes: &[Write<'_>]) -> Result<Option<WrittenAll>> {
+        self.transact(writes).await
     }
 
     async fn update_waiters(&self, u: WaiterUpdate<'_>) -> Result<Option<Observed>> {

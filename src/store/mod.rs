@@ -186,6 +186,16 @@ pub enum Written {
     Conflict(Observed),
 }
 
+/// The answer to [`Store::write_all`].
+#[derive(Debug, Clone)]
+pub enum WrittenAll {
+    /// Every write happened; the records as they are now, in the order of the writes.
+    Done(Vec<Record>),
+    /// Nothing was written: some condition did not hold. What the store holds for each lock
+    /// whose condition failed, in the order of the writes (`None`: that one's held).
+    Conflict(Vec<Option<Observed>>),
+}
+
 /// Compare-and-set primitives over lock records.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -211,6 +221,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Writes conditionally. Errors are only for failures to get an answer, or answers that
     /// are not about the condition; the caller treats a transient error as "may have landed".
     async fn write(&self, write: Write<'_>) -> Result<Written>;
+
+    /// Writes several locks at once, all or none (several locks at once, `--lock A --lock B`):
+    /// `None` where the store has no such write (S3, file: the locker then takes them one by
+    /// one in sorted order, see [`crate::locker::Locker::acquire_all`]). Each write is one
+    /// that [`Store::write`] would make alone, for a different lock.
+    async fn write_all(&self, writes: &[Write<'_>]) -> Result<Option<WrittenAll>> {
+        let _ = writes;
+        Ok(None)
+    }
 
     /// Waiter bookkeeping (see [`WaiterUpdate`]). Nothing is written when the record is absent,
     /// free of the entry to remove, or unreadable. Returns the record as it is afterwards when

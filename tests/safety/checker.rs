@@ -93,6 +93,9 @@ pub struct Interval {
     pub shared: bool,
     /// Its slot (shared holds).
     pub slot: u32,
+    /// One lock of several (`mode=lock`): its slot is its lock, whose fences are its own, so
+    /// fences are unique per slot, not across them as in a pool.
+    pub own_fences: bool,
 }
 
 impl Interval {
@@ -131,7 +134,8 @@ pub fn intervals(events: &[Event]) -> Vec<Interval> {
             ended: false,
             writes: Vec::new(),
             write_regs: Vec::new(),
-            shared: e.mode == "shared",
+            shared: e.mode == "shared" || e.mode == "lock",
+            own_fences: e.mode == "lock",
             slot: e.slot,
         });
         iv.close = e.seq;
@@ -240,11 +244,12 @@ pub fn history(events: &[Event], fenced: bool, r: &mut Report) {
 
     // 2. Fences: unique per epoch, increasing in begin order unless fenced off, and the
     //    accepted writes' fences never go back.
-    let mut owners_of: BTreeMap<(u64, u64), Vec<&str>> = BTreeMap::new();
+    let mut owners_of: BTreeMap<(u64, u64, u32), Vec<&str>> = BTreeMap::new();
     for iv in &ivs {
-        owners_of.entry((iv.epoch, iv.fence)).or_default().push(&iv.owner);
+        let space = if iv.own_fences { iv.slot } else { 0 };
+        owners_of.entry((iv.epoch, iv.fence, space)).or_default().push(&iv.owner);
     }
-    for ((epoch, fence), owners) in &owners_of {
+    for ((epoch, fence, _), owners) in &owners_of {
         if owners.len() > 1 {
             r.violations.push(format!(
                 "fence {fence} (epoch {epoch}) was granted to {} holders: {}",
@@ -400,7 +405,9 @@ pub fn check(input: &Input) -> Report {
     let mut worst = 0;
     for m in events.iter().filter(|e| e.kind == "mark" && e.text.starts_with("kill-holder ")) {
         let victim = m.text.trim_start_matches("kill-holder ").trim();
-        let next = events.iter().find(|e| e.seq > m.seq && e.kind == "begin" && e.owner != victim);
+        let next = events
+            .iter()
+            .find(|e| e.seq > m.seq && e.kind == "begin" && crate::helpers::run_of(&e.owner) != victim);
         match next {
             Some(n) if n.t - m.t <= input.takeover_bound_ms => worst = worst.max(n.t - m.t),
             Some(n) => r.violations.push(format!(
@@ -661,6 +668,47 @@ pub(crate) mod tests {
             pool_slots: 3,
             ..Input::default()
         }
+    }
+
+    /// Several locks at once: a holder of A and B (two clients, `x@1` and `x@2`), then a holder
+    /// of A and one of B beside each other. Each lock counts its fences on its own, so the
+    /// same fence on two locks is no violation; two holders of one lock at once are.
+    fn multi_history() -> Vec<Event> {
+        let l = "lock";
+        vec![
+            pe(0, "begin", "x@1", 7, 0, true, (l, 1)),
+            pe(1, "begin", "x@2", 7, 0, true, (l, 2)),
+            pe(2, "write", "x@1", 7, 1, true, ("", 1)),
+            pe(3, "write", "x@2", 7, 1, true, ("", 2)),
+            pe(4, "end", "x@1", 7, 0, true, ("", 0)),
+            pe(5, "end", "x@2", 7, 0, true, ("", 0)),
+            pe(6, "begin", "a", 8, 0, true, (l, 1)),
+            pe(7, "begin", "b", 8, 0, true, (l, 2)),
+            pe(8, "write", "a", 8, 2, true, ("", 1)),
+            pe(9, "write", "b", 8, 2, true, ("", 2)),
+            pe(10, "end", "a", 8, 0, true, ("", 0)),
+            pe(11, "end", "b", 8, 0, true, ("", 0)),
+        ]
+    }
+
+    #[test]
+    fn several_locks_count_fences_per_lock_and_fail_on_two_holders_of_one() {
+        let input = |events| Input {
+            pool_slots: 2,
+            ..pool_input(events)
+        };
+        let r = check(&input(multi_history()));
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.stats["most holders inside at once"], 2);
+        // The holder of B begins while x still holds both: two holders of lock B.
+        let mut h = multi_history();
+        let b = h.remove(7);
+        h.insert(1, Event { seq: 1, ..b });
+        for (i, e) in h.iter_mut().enumerate() {
+            e.seq = i as u64;
+        }
+        let all = check(&input(h)).violations.join("\n");
+        assert!(all.contains("held slot 2 at once"), "{all}");
     }
 
     #[test]

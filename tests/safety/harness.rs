@@ -46,6 +46,8 @@ pub struct Config {
     pub slots: u32,
     /// In a pool, how many contenders take exclusive holds; the others are `--shared`.
     pub exclusive: usize,
+    /// Several locks at once (see [`Invocation::multi`]).
+    pub multi: bool,
 }
 
 impl Config {
@@ -67,7 +69,20 @@ impl Config {
             seed: seed(),
             slots: 0,
             exclusive: 0,
+            multi: false,
         }
+    }
+
+    /// Several locks at once: 6 contenders on two locks A and B, two of them taking both
+    /// (`run --lock A --lock B`), two only A, two only B. The witness has a register per lock
+    /// and judges it as a pool of two slots where each holder uses its lock's register: a
+    /// holder of A and B beside another holder of either is two in one slot.
+    pub fn multi(kind: Backend) -> Config {
+        let mut c = Config::pool(kind);
+        c.contenders = 6;
+        c.slots = 0;
+        c.multi = true;
+        c
     }
 
     /// The pool workload: 6 contenders sharing a pool of 3 (`run --slots 3 --shared`), twice
@@ -92,6 +107,9 @@ impl Config {
 
     /// What the run is called in reports and replay lines.
     pub fn workload(&self) -> String {
+        if self.multi {
+            return "several locks at once (A+B beside A and B)".into();
+        }
         match (self.slots, self.exclusive) {
             (0, _) => "mutex".into(),
             (n, 0) => format!("pool of {n}"),
@@ -146,6 +164,8 @@ pub fn run(cfg: &Config) -> Outcome {
     let started = Instant::now();
     let name = cfg.kind.name();
     let which = match (cfg.broken.is_some(), cfg.slots, cfg.exclusive) {
+        (true, _, _) if cfg.multi => "negative-control-multi".to_string(),
+        (false, _, _) if cfg.multi => format!("multi-{name}"),
         (true, 0, _) => "negative-control".to_string(),
         (true, _, _) => "negative-control-pool".to_string(),
         (false, 0, _) => name.to_string(),
@@ -155,6 +175,7 @@ pub fn run(cfg: &Config) -> Outcome {
     let replay = format!("PIPELINE_LOCK_SAFETY_SEED={} scripts/safety {which}", cfg.seed);
     println!("safety run on {name}: seed {} (replay the fault schedule: {replay})", cfg.seed);
     let tag = match (cfg.slots, cfg.exclusive) {
+        _ if cfg.multi => "multi-",
         (0, _) => "",
         (_, 0) => "pool-",
         _ => "mixed-",
@@ -171,6 +192,13 @@ pub fn run(cfg: &Config) -> Outcome {
     let prefix = format!("safety-{:08x}", rand::random::<u32>());
     let store = server.store_url(&prefix);
     let lock_name = "safety/deploy".to_string();
+    let multi: Vec<String> = if cfg.multi {
+        vec!["safety/db".into(), "safety/cache".into()]
+    } else {
+        Vec::new()
+    };
+    // The witness judges several locks as a pool of two registers, one per lock.
+    let pool_slots = if cfg.multi { 2 } else { cfg.slots };
     let inv = Invocation {
         store: store.clone(),
         endpoint: proxy.as_ref().map(Proxy::url),
@@ -187,6 +215,7 @@ pub fn run(cfg: &Config) -> Outcome {
         prune_floor: cfg.prune_floor.to_string(),
         slots: cfg.slots,
         exclusive: cfg.exclusive,
+        multi: multi.clone(),
     };
     // Generous: the contenders must finish, but a hang must end the run, not the suite.
     let deadline = Instant::now() + cfg.budget + Duration::from_secs(150);
@@ -202,7 +231,7 @@ pub fn run(cfg: &Config) -> Outcome {
         epoch,
         stale_after,
         stop_on_violation: cfg.broken.is_some(),
-        pool_slots: cfg.slots,
+        pool_slots,
         log: Default::default(),
     };
     nemesis.run(&cfg.faults, cfg.budget);
@@ -219,7 +248,16 @@ pub fn run(cfg: &Config) -> Outcome {
     }
 
     let events = witness.dump();
-    let (final_state, final_owners) = final_status(&bin, &server, &store, &lock_name);
+    // With several locks: held if any is, by the holders of all.
+    let (mut final_state, mut final_owners) = ("absent".to_string(), Vec::new());
+    for name in if multi.is_empty() { vec![lock_name.clone()] } else { multi.clone() } {
+        let (state, owners) = final_status(&bin, &server, &store, &name);
+        let rank = |s: &str| ["absent", "free", "held"].iter().position(|k| *k == s).unwrap_or(3);
+        if rank(&state) > rank(&final_state) {
+            final_state = state;
+        }
+        final_owners.extend(owners);
+    }
     let runs = lock(&records).clone();
     let input = Input {
         events,
@@ -247,7 +285,7 @@ pub fn run(cfg: &Config) -> Outcome {
         // Lease, then the takers' margin, then a poll, a Date-header clock's uncertainty
         // and starting the next command.
         takeover_bound_ms: cfg.ttl_ms + CLOCK_MARGIN_MS + 2000,
-        pool_slots: cfg.slots,
+        pool_slots,
     };
     let report = checker::check(&input);
     // The pinned binary keeps a replaced build alive on disk: let it go.

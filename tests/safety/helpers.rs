@@ -48,7 +48,8 @@ impl Witness {
         let line = self.ask("open");
         line.split_whitespace()
             .skip(1)
-            .filter_map(|w| w.rsplit_once(':').map(|(o, p)| (o.to_string(), p.parse().unwrap_or(0))))
+            // `c1-r2@1`: one of the clients of a multi-lock holder, named for its lock.
+            .filter_map(|w| w.rsplit_once(':').map(|(o, p)| (run_of(o).to_string(), p.parse().unwrap_or(0))))
             .collect()
     }
 
@@ -113,4 +114,9 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The run a witness name belongs to: a multi-lock holder's clients are `RUN@LOCK`.
+pub fn run_of(witness_name: &str) -> &str {
+    witness_name.split('@').next().unwrap_or(witness_name)
 }

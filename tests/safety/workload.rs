@@ -38,6 +38,47 @@ pub struct Invocation {
     pub slots: u32,
     /// In a pool, contenders `0..exclusive` take exclusive holds and the others `--shared`.
     pub exclusive: usize,
+    /// Several locks at once: these two locks (empty: one lock, `lock`). Contender `id % 3`
+    /// 0 takes both (`--lock A --lock B`), 1 only A, 2 only B. Each lock is a witness register
+    /// (slot 1, 2): a holder of both runs one client per lock.
+    pub multi: Vec<String>,
+}
+
+/// The locks contender `id` takes, with each one's witness register.
+fn locks_of(inv: &Invocation, id: usize) -> Vec<(&str, u32)> {
+    match inv.multi.as_slice() {
+        [a, b] => match id % 3 {
+            0 => vec![(a.as_str(), 1), (b.as_str(), 2)],
+            1 => vec![(a.as_str(), 1)],
+            _ => vec![(b.as_str(), 2)],
+        },
+        _ => vec![(inv.lock.as_str(), 0)],
+    }
+}
+
+/// The guarded command of a multi-lock contender: one witness client per lock, each with its
+/// lock's fence, together; the exit code is the first failure's.
+fn multi_command(inv: &Invocation, locks: &[(&str, u32)], gap: u64) -> Vec<String> {
+    let clients: Vec<String> = locks
+        .iter()
+        .map(|(lock, reg)| {
+            let fence = if locks.len() > 1 {
+                format!("--fence-of '{lock}'")
+            } else {
+                String::new()
+            };
+            format!(
+                "'{}' client '{}' --as \"$PIPELINE_LOCK_OWNER@{reg}\" --mode lock --slots 2 --slot {reg} --gap {gap} {fence}",
+                inv.witness_bin, inv.witness
+            )
+        })
+        .collect();
+    let script = match clients.as_slice() {
+        [one] => one.clone(),
+        [a, b] => format!("{a} & first=$!; {b}; second=$?; wait $first; first=$?; [ $first -ne 0 ] && exit $first; exit $second"),
+        _ => unreachable!("a contender takes one lock or two"),
+    };
+    vec!["sh".into(), "-c".into(), script]
 }
 
 /// The run in progress in one slot.
@@ -189,7 +230,12 @@ fn contend(
         if inv.s3 {
             cmd.arg("--s3-force-path-style");
         }
-        cmd.args(["--owner", &owner, "--lock", &inv.lock, "run"]);
+        let locks = locks_of(inv, id);
+        cmd.args(["--owner", &owner]);
+        for (lock, _) in &locks {
+            cmd.args(["--lock", lock]);
+        }
+        cmd.arg("run");
         let shared = id >= inv.exclusive;
         if inv.slots > 0 {
             cmd.args(["--slots", &inv.slots.to_string()]);
@@ -205,8 +251,12 @@ fn contend(
                 "--kill-grace",
                 &format!("{KILL_GRACE_MS}ms"),
                 "--",
-            ])
-            .args([&inv.witness_bin, "client", &inv.witness]);
+            ]);
+        if !inv.multi.is_empty() {
+            cmd.args(multi_command(inv, &locks, rng.range(50, 250)));
+        } else {
+            cmd.args([&inv.witness_bin, "client", &inv.witness]);
+        }
         if inv.slots > 0 {
             let mode = if shared { "shared" } else { "exclusive" };
             cmd.args(["--mode", mode, "--slots", &inv.slots.to_string()]);

@@ -22,6 +22,10 @@
 //! - `--mode shared|exclusive` and `--slots N`, for pools (`run --slots N [--shared]`): the
 //!   `begin` says the mode and the slot (`PIPELINE_LOCK_SLOT`); a shared holder reads and
 //!   writes the register of its slot, an exclusive one each of the N registers in turn.
+//! - `--mode lock`, `--slot K` (instead of `PIPELINE_LOCK_SLOT`) and `--fence-of LOCK` (that
+//!   lock's fence in `PIPELINE_LOCK_FENCES`, instead of `PIPELINE_LOCK_FENCE`), for several
+//!   locks at once: each lock is a register with fences of its own, so a holder of A and B
+//!   runs one client per lock, and two holders of one lock show as two in one slot.
 //!
 //! Protocol, one line per request and one per answer:
 //! `begin OWNER FENCE PID [LOCK_OWNER] [mode=shared|exclusive] [slot=K]`,
@@ -154,7 +158,8 @@ impl State {
                         began,
                     },
                 );
-                if mode == "shared" {
+                // A shared hold, or one lock of several (`lock`): its own register's.
+                if mode == "shared" || mode == "lock" {
                     self.see(slot, (epoch, fence));
                 } else if self.fenced {
                     // Exclusive (or a plain mutex): every register's.
@@ -287,6 +292,10 @@ struct ClientOptions {
     mode: Option<String>,
     /// `--slots`: the pool's N (an exclusive holder writes every slot's register).
     slots: u32,
+    /// `--slot`: the register, instead of `PIPELINE_LOCK_SLOT`.
+    slot: Option<u32>,
+    /// `--fence-of`: the lock whose fence (in `PIPELINE_LOCK_FENCES`) to write with.
+    fence_of: Option<String>,
 }
 
 impl ClientOptions {
@@ -305,6 +314,8 @@ impl ClientOptions {
                 "--trap-term" => o.trap_term = true,
                 "--mode" => o.mode = Some(value()?),
                 "--slots" => o.slots = value()?.parse().context("witness client: --slots N")?,
+                "--slot" => o.slot = Some(value()?.parse().context("witness client: --slot K")?),
+                "--fence-of" => o.fence_of = Some(value()?),
                 other => anyhow::bail!("witness client: unknown option {other}"),
             }
         }
@@ -315,7 +326,15 @@ impl ClientOptions {
 fn client(addr: &str, opts: &ClientOptions) -> i32 {
     let lock_owner = std::env::var("PIPELINE_LOCK_OWNER").unwrap_or_default();
     let owner = opts.name.clone().unwrap_or_else(|| lock_owner.clone());
-    let fence = std::env::var("PIPELINE_LOCK_FENCE").unwrap_or_default();
+    let fence = match &opts.fence_of {
+        Some(lock) => std::env::var("PIPELINE_LOCK_FENCES")
+            .ok()
+            .and_then(|all| serde_json::from_str::<serde_json::Value>(&all).ok())
+            .and_then(|all| all[lock.as_str()].as_u64())
+            .map(|f| f.to_string())
+            .unwrap_or_default(),
+        None => std::env::var("PIPELINE_LOCK_FENCE").unwrap_or_default(),
+    };
     if opts.trap_term {
         // SAFETY: setting a signal's disposition to SIG_IGN touches no memory of ours.
         unsafe {
@@ -337,9 +356,12 @@ fn client(addr: &str, opts: &ClientOptions) -> i32 {
         // A pool holder's registers: its slot's (shared), or every slot's (exclusive).
         let mut regs = vec![0];
         if let Some(mode) = &opts.mode {
-            let slot: u32 = std::env::var("PIPELINE_LOCK_SLOT").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let slot: u32 = opts
+                .slot
+                .or_else(|| std::env::var("PIPELINE_LOCK_SLOT").ok().and_then(|s| s.parse().ok()))
+                .unwrap_or(0);
             extra.push_str(&format!(" mode={mode} slot={slot}"));
-            regs = if mode == "shared" {
+            regs = if mode == "shared" || mode == "lock" {
                 vec![slot]
             } else {
                 (1..=opts.slots.max(1)).collect()
