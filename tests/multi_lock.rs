@@ -270,7 +270,27 @@ fn a_bad_list_is_refused_before_any_request(b: Backend) {
     assert_eq!(e.json("observer", &many[0], &["status"]).1["state"], "absent");
 }
 
+fn a_shared_request_takes_a_slot_of_each_pool(b: Backend) {
+    let Some(e) = Env::try_new(b, "multi-shared") else { return };
+    let locks = names(&e, &["r1", "r2"]);
+    for owner in ["a", "b"] {
+        let (code, v) = multi_json(&e, owner, &locks, &["acquire", "--slots", "2", "--shared", "--no-wait"]);
+        assert_eq!(code, 0, "{v}");
+        assert!(v["locks"].as_array().unwrap().iter().all(|g| g["shared"] == true), "{v}");
+    }
+    // Both pools are full: a third shared request takes neither.
+    let out = multi(&e, "c", &locks, &["acquire", "--slots", "2", "--shared", "--no-wait"]);
+    assert_code(&out, 73);
+    for lock in &locks {
+        let r = e.record(lock);
+        let mut owners: Vec<&str> = r["Shared"].as_object().unwrap().values().map(|h| h["Owner"].as_str().unwrap()).collect();
+        owners.sort();
+        assert_eq!(owners, ["a", "b"], "{r}");
+    }
+}
+
 on_every_store!(
+    a_shared_request_takes_a_slot_of_each_pool,
     takes_every_lock_in_one_request_where_the_store_can,
     one_busy_lock_means_none_is_taken,
     a_lock_already_ours_is_not_given_back,

@@ -45,7 +45,7 @@ mod workload;
 
 use std::time::Duration;
 
-use harness::Config;
+use harness::{Config, Outcome};
 use nemesis::Fault;
 use servers::Backend;
 
@@ -57,33 +57,46 @@ fn safe_under_faults(kind: Backend) {
     assert!(outcome.report.violations.is_empty(), "the checker found violations:\n{}", outcome.text);
 }
 
-/// The protocol with takeovers that ignore their Token+Rvn condition, under a nemesis that
-/// wakes every waiter at once on a stale record: the checker must say it is broken.
-fn negative_control(kind: Backend) {
-    if !servers::available(kind) {
-        return;
-    }
-    let mut cfg = Config::for_store(kind);
-    cfg.broken = Some("unconditional-takeover");
+/// The violations that show a broken lock, whatever the workload.
+const BROKEN: &[&str] = &["same fence", "granted to", "were accepted", "lost update", "went backwards"];
+
+/// A negative control's run: `cfg` with `broken` switched on, under a nemesis that wakes every
+/// waiter at once on a stale record, until the violation shows.
+fn racing(mut cfg: Config, broken: &'static str) -> Outcome {
+    cfg.broken = Some(broken);
     // Without a queue every waiter races for the stale record, as takers do once a queue's
     // entries have been pruned. A long prune window keeps waiters from refreshing their entry
     // right after the pause: the file store serialises those writes, which would order the
     // takers' reads behind the first takeover.
     cfg.queue = Some("none");
     cfg.prune_floor = "1h";
-    cfg.contenders = 5;
     cfg.iterations = 3;
     // Pause everyone until the violation shows (the nemesis stops there), at most twelve times.
     cfg.faults = vec![Fault::PauseAll; 12];
     cfg.budget = Duration::ZERO;
-    let outcome = harness::run(&cfg);
-    // A safety verdict, not a side effect such as a contender that did not finish.
-    let safety = ["same fence", "granted to", "were accepted", "lost update", "went backwards"];
+    harness::run(&cfg)
+}
+
+/// A safety verdict (one of [`BROKEN`] or `also`), not a side effect such as a contender that
+/// did not finish: a checker that passes a broken lock proves nothing.
+fn assert_caught(outcome: &Outcome, also: &[&str], what: &str) {
+    let found = |v: &String| BROKEN.iter().chain(also).any(|s| v.contains(s));
     assert!(
-        outcome.report.violations.iter().any(|v| safety.iter().any(|s| v.contains(s))),
-        "the checker passed a lock whose takeovers are unconditional; it proves nothing:\n{}",
+        outcome.report.violations.iter().any(found),
+        "the checker passed {what}; it proves nothing:\n{}",
         outcome.text
     );
+}
+
+/// The protocol with takeovers that ignore their Token+Rvn condition: the checker must say it
+/// is broken.
+fn negative_control(kind: Backend) {
+    if !servers::available(kind) {
+        return;
+    }
+    let mut cfg = Config::for_store(kind);
+    cfg.contenders = 5;
+    assert_caught(&racing(cfg, "unconditional-takeover"), &[], "a lock whose takeovers are unconditional");
 }
 
 /// A pool workload on `kind`: the pool of 3 with shared holders only, or the mixed one
@@ -107,28 +120,11 @@ fn negative_control_pool(kind: Backend) {
     if !servers::available(kind) {
         return;
     }
-    let mut cfg = Config::pool(kind);
-    cfg.broken = Some("slot-count");
-    // As `negative_control`: every waiter races (no queue), and none refreshes its entry.
-    cfg.queue = Some("none");
-    cfg.prune_floor = "1h";
-    cfg.iterations = 3;
-    cfg.faults = vec![Fault::PauseAll; 12];
-    cfg.budget = Duration::ZERO;
-    let outcome = harness::run(&cfg);
-    let safety = [
-        "same fence",
-        "granted to",
-        "were accepted",
-        "lost update",
-        "went backwards",
-        "holders inside at once",
-        "in one slot",
-    ];
-    assert!(
-        outcome.report.violations.iter().any(|v| safety.iter().any(|s| v.contains(s))),
-        "the checker passed a pool whose shared grants are unconditional; it proves nothing:\n{}",
-        outcome.text
+    let outcome = racing(Config::pool(kind), "slot-count");
+    assert_caught(
+        &outcome,
+        &["holders inside at once", "in one slot"],
+        "a pool whose shared grants are unconditional",
     );
 }
 
@@ -210,27 +206,8 @@ fn negative_control_multi(kind: Backend) {
     if !servers::available(kind) {
         return;
     }
-    let mut cfg = Config::multi(kind);
-    cfg.broken = Some("unconditional-takeover");
-    cfg.queue = Some("none");
-    cfg.prune_floor = "1h";
-    cfg.iterations = 3;
-    cfg.faults = vec![Fault::PauseAll; 12];
-    cfg.budget = Duration::ZERO;
-    let outcome = harness::run(&cfg);
-    let safety = [
-        "same fence",
-        "granted to",
-        "were accepted",
-        "lost update",
-        "went backwards",
-        "in one slot",
-    ];
-    assert!(
-        outcome.report.violations.iter().any(|v| safety.iter().any(|s| v.contains(s))),
-        "the checker passed several locks whose takeovers are unconditional; it proves nothing:\n{}",
-        outcome.text
-    );
+    let outcome = racing(Config::multi(kind), "unconditional-takeover");
+    assert_caught(&outcome, &["in one slot"], "several locks whose takeovers are unconditional");
 }
 
 #[test]
