@@ -46,6 +46,8 @@ __all__ = [
     "LeaseLost",
     "AccessDenied",
     "ConfigError",
+    "StateRefused",
+    "MaxDurationExceeded",
     "EXIT_CODES",
 ]
 
@@ -123,10 +125,34 @@ class ConfigError(LockError):
     exit_code = 78
 
 
+class StateRefused(LockError):
+    """79: ``state put``/``state delete`` refused: a newer fence or another version is stored."""
+
+    exit_code = 79
+
+
+class MaxDurationExceeded(LockError):
+    """80: ``run --max-duration``: the command ran too long and was stopped; the lock was released."""
+
+    exit_code = 80
+
+
 #: Exit code -> exception class; the codes are those of the binary (src/exit.rs).
 EXIT_CODES: Dict[int, type] = {
     cls.exit_code: cls
-    for cls in (UsageError, StoreUnavailable, HeldByOther, LockHeld, Superseded, LockTimeout, LeaseLost, AccessDenied, ConfigError)
+    for cls in (
+        UsageError,
+        StoreUnavailable,
+        HeldByOther,
+        LockHeld,
+        Superseded,
+        LockTimeout,
+        LeaseLost,
+        AccessDenied,
+        ConfigError,
+        StateRefused,
+        MaxDurationExceeded,
+    )
 }
 
 _EXE = "pipeline-lock.exe" if os.name == "nt" else "pipeline-lock"
