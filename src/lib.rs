@@ -29,6 +29,7 @@ pub mod queue;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod settings;
 pub mod signals;
 pub mod store;

@@ -48,6 +48,8 @@ pub enum Task {
     Doctor,
     /// `run -- CMD`.
     Run(Run),
+    /// `serve`.
+    Serve(crate::serve::Config),
 }
 
 /// `acquire`: who takes which lock, and how.
@@ -210,6 +212,7 @@ impl Settings {
             Command::List(args) => Task::List(list(args)?),
             Command::Doctor => Task::Doctor,
             Command::Run(args) => Task::Run(low.run(args)?),
+            Command::Serve(args) => Task::Serve(crate::serve::Config::build(&args, clock_margin)?),
         };
         Ok(Settings {
             store,

@@ -1,0 +1,164 @@
+//! `pipeline-lock serve`: the store behind HTTP (docs/design.md, "The lock service: serve").
+//! Tracker's lock API ([`tracker`]), the native JSON API ([`api`]) and the live page
+//! ([`page`]), all on the same [`Locker`] calls as the CLI: nothing of the lock protocol is
+//! re-implemented here. Auth is [`auth`]; errors and their HTTP statuses are [`error`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use tokio::sync::watch;
+
+use crate::cli::{ServeArgs, parse_duration};
+use crate::error::{Error, Result};
+use crate::exit;
+use crate::locker::Locker;
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod page;
+pub mod tracker;
+
+/// The largest request body accepted: an acquire with every text at its 1024-byte limit is
+/// well under 16 KiB; anything bigger is refused (413) before it is parsed.
+pub const MAX_BODY: usize = 16 * 1024;
+/// How long a client may take to send its request body. A slow client only holds its own
+/// connection (every connection is its own task), and is cut off after this.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `serve`'s checked options.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The bearer token; `None`: read-only service.
+    pub token: Option<auth::Token>,
+    /// Reads need no token.
+    pub public_read: bool,
+    /// Lease of grants made through Tracker's API.
+    pub ttl: Duration,
+    /// The longest wait an acquire may ask for.
+    pub max_wait: Duration,
+    /// `--clock-margin`.
+    pub clock_margin: Duration,
+}
+
+impl Config {
+    /// Checks `serve`'s flags, reading the token file, before anything connects.
+    pub fn build(args: &ServeArgs, clock_margin: Duration) -> Result<Config> {
+        let listen: SocketAddr = args.listen.parse().map_err(|e| {
+            Error::Usage(format!(
+                "--listen {:?} is not an address ({e}); give IP:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
+                args.listen
+            ))
+        })?;
+        let token = args.token_file.as_deref().map(auth::Token::from_file).transpose()?;
+        let ttl = parse_duration("--ttl", &args.ttl)?;
+        if ttl.is_zero() {
+            return Err(Error::Usage("--ttl must be longer than 0".into()));
+        }
+        Ok(Config {
+            listen,
+            token,
+            public_read: args.public_read,
+            ttl,
+            max_wait: parse_duration("--max-wait", &args.max_wait)?,
+            clock_margin,
+        })
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The lock operations.
+    pub locker: Locker,
+    /// The options.
+    pub config: Arc<Config>,
+    /// Becomes `Some(signal)` when the server is told to stop: waiting acquires give up
+    /// (and leave the queue) instead of holding the shutdown back.
+    pub stopping: watch::Receiver<Option<i32>>,
+}
+
+/// The whole HTTP service on `shared`.
+pub fn router(shared: Shared) -> Router {
+    let reads = Router::new()
+        .merge(api::reads())
+        .merge(tracker::reads())
+        .merge(page::data())
+        .route_layer(middleware::from_fn_with_state(shared.clone(), auth::reads));
+    let writes = Router::new()
+        .merge(api::writes())
+        .merge(tracker::writes())
+        .route_layer(middleware::from_fn_with_state(shared.clone(), auth::writes));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(page::shell())
+        .merge(reads)
+        .merge(writes)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+        .layer(middleware::from_fn(access_log))
+        .with_state(shared)
+}
+
+/// One line per request: method, path (never the query or headers, where a token could
+/// be), status and time taken.
+async fn access_log(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let start = std::time::Instant::now();
+    let response = next.run(req).await;
+    tracing::info!(
+        target: "access",
+        %method,
+        path = %path.chars().take(200).collect::<String>(),
+        status = response.status().as_u16(),
+        ms = start.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
+}
+
+/// Runs the service until SIGTERM or SIGINT, then finishes the requests in flight.
+pub async fn serve(locker: Locker, config: &Config) -> Result<u8> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", config.listen)))?;
+    let bound = listener.local_addr().map_err(|e| Error::other("cannot read the bound address", e))?;
+    let (stop, stopping) = watch::channel(None);
+    let shared = Shared {
+        locker: locker.clone(),
+        config: Arc::new(config.clone()),
+        stopping: stopping.clone(),
+    };
+    if !bound.ip().is_loopback() && config.token.is_none() && config.public_read {
+        tracing::warn!("serving {bound} beyond loopback, read-only and without a token: anyone who reaches it sees every lock");
+    }
+    // The first line on stdout is the address, so a script (or a test) that asked for port 0
+    // learns which port it got.
+    println!("serving {} on http://{bound}", locker.store().url());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::other("cannot install the SIGTERM handler", e))?;
+    let shutdown = async move {
+        let sig = tokio::select! {
+            _ = term.recv() => libc::SIGTERM,
+            _ = tokio::signal::ctrl_c() => libc::SIGINT,
+        };
+        tracing::warn!("signal {sig}: finishing the requests in flight, then stopping");
+        let _ = stop.send(Some(sig));
+    };
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::other("the HTTP server failed", e))?;
+    Ok(exit::OK)
+}
