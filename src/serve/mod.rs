@@ -22,6 +22,7 @@ use crate::locker::Locker;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod listen;
 pub mod page;
 pub mod tracker;
 
@@ -156,9 +157,6 @@ pub async fn serve(locker: Locker, config: &Config) -> Result<u8> {
         tracing::warn!("signal {sig}: finishing the requests in flight, then stopping");
         let _ = stop.send(Some(sig));
     };
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::other("the HTTP server failed", e))?;
+    listen::run(listener, router(shared), shutdown).await;
     Ok(exit::OK)
 }
