@@ -204,6 +204,9 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the bound address is printed first).
     #[arg(long, env = "PIPELINE_LOCK_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Also serve Tracker's gRPC LockService on this address.
+    #[arg(long, env = "PIPELINE_LOCK_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
     /// File holding the bearer token that writes (and reads, without --public-read) need;
     /// without it the service is read-only.
     #[arg(long, env = "PIPELINE_LOCK_TOKEN_FILE", value_name = "F")]

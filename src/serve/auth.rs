@@ -50,8 +50,8 @@ impl Token {
     }
 }
 
-/// Why a request is refused.
-fn check(shared: &Shared, req: &Request) -> std::result::Result<(), ApiError> {
+/// Why a request with this `Authorization` value is refused, if it is (HTTP and gRPC alike).
+pub fn check_header(shared: &Shared, header: Option<&[u8]>) -> std::result::Result<(), ApiError> {
     let Some(token) = &shared.config.token else {
         return Err(ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
@@ -60,18 +60,18 @@ fn check(shared: &Shared, req: &Request) -> std::result::Result<(), ApiError> {
         ));
     };
     let unauthorized = |why: &str| ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "unauthorized", why);
-    let header = req
-        .headers()
-        .get(AUTHORIZATION)
-        .ok_or_else(|| unauthorized("this needs the service's token: send Authorization: Bearer TOKEN"))?;
+    let header = header.ok_or_else(|| unauthorized("this needs the service's token: send Authorization: Bearer TOKEN"))?;
     let given = header
-        .as_bytes()
         .strip_prefix(b"Bearer ")
         .ok_or_else(|| unauthorized("malformed Authorization header: send Authorization: Bearer TOKEN"))?;
     if !token.matches(given) {
         return Err(unauthorized("wrong token"));
     }
     Ok(())
+}
+
+fn check(shared: &Shared, req: &Request) -> std::result::Result<(), ApiError> {
+    check_header(shared, req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
 }
 
 /// Middleware of the read routes.

@@ -22,6 +22,7 @@ use crate::locker::Locker;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod grpc;
 pub mod listen;
 pub mod page;
 pub mod tracker;
@@ -38,6 +39,8 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Where Tracker's gRPC service listens, if anywhere.
+    pub grpc_listen: Option<SocketAddr>,
     /// The bearer token; `None`: read-only service.
     pub token: Option<auth::Token>,
     /// Reads need no token.
@@ -53,12 +56,15 @@ pub struct Config {
 impl Config {
     /// Checks `serve`'s flags, reading the token file, before anything connects.
     pub fn build(args: &ServeArgs, clock_margin: Duration) -> Result<Config> {
-        let listen: SocketAddr = args.listen.parse().map_err(|e| {
-            Error::Usage(format!(
-                "--listen {:?} is not an address ({e}); give IP:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
-                args.listen
-            ))
-        })?;
+        let address = |flag: &str, v: &str| -> Result<SocketAddr> {
+            v.parse().map_err(|e| {
+                Error::Usage(format!(
+                    "{flag} {v:?} is not an address ({e}); give IP:PORT, e.g. 127.0.0.1:8080 or 0.0.0.0:8080"
+                ))
+            })
+        };
+        let listen = address("--listen", &args.listen)?;
+        let grpc_listen = args.grpc_listen.as_deref().map(|v| address("--grpc-listen", v)).transpose()?;
         let token = args.token_file.as_deref().map(auth::Token::from_file).transpose()?;
         let ttl = parse_duration("--ttl", &args.ttl)?;
         if ttl.is_zero() {
@@ -66,6 +72,7 @@ impl Config {
         }
         Ok(Config {
             listen,
+            grpc_listen,
             token,
             public_read: args.public_read,
             ttl,
@@ -146,6 +153,20 @@ pub async fn serve(locker: Locker, config: &Config) -> Result<u8> {
     }
     // The first line on stdout is the address, so a script (or a test) that asked for port 0
     // learns which port it got.
+    let grpc = match config.grpc_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Usage(format!("cannot listen on {addr} (--grpc-listen): {e}")))?;
+            let at = l.local_addr().map_err(|e| Error::other("cannot read the bound address", e))?;
+            Some((at, tokio::spawn(grpc::run(l, shared.clone()))))
+        }
+        None => None,
+    };
+    if let Some((at, _)) = &grpc {
+        // Before the HTTP line: a reader of the first line then knows both.
+        println!("gRPC tracker.lock.v1alpha1.LockService on {at}");
+    }
     println!("serving {} on http://{bound}", locker.store().url());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::other("cannot install the SIGTERM handler", e))?;
@@ -158,5 +179,11 @@ pub async fn serve(locker: Locker, config: &Config) -> Result<u8> {
         let _ = stop.send(Some(sig));
     };
     listen::run(listener, router(shared), shutdown).await;
+    if let Some((_, task)) = grpc {
+        match task.await {
+            Ok(result) => result?,
+            Err(e) => return Err(Error::other("the gRPC server stopped", e)),
+        }
+    }
     Ok(exit::OK)
 }

@@ -47,7 +47,7 @@ pub fn reads() -> Router<Shared> {
 pub fn writes() -> Router<Shared> {
     Router::new()
         .route("/api/v1alpha1/lock", post(create_lock))
-        .route("/api/v1alpha1/unlock/{id}", get(unlock))
+        .route("/api/v1alpha1/unlock/{id}", get(unlock_lock))
 }
 
 /// The id of the grant of `token` on `lock`.
@@ -72,19 +72,43 @@ pub fn parse_id(id: &str) -> Option<(String, String)> {
     Some((lock, token.to_string()))
 }
 
-/// Tracker's `Lock`.
-pub fn lock_json(lock: &str, owner: &str, token: &str, acquired_at: i64) -> Value {
-    json!({"id": grant_id(lock, token), "service": lock, "who": owner, "createdAt": rfc3339(acquired_at)})
+/// Tracker's `Lock`: one grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackerLock {
+    /// The grant's id ([`grant_id`]).
+    pub id: String,
+    /// The lock name.
+    pub service: String,
+    /// The owner.
+    pub who: String,
+    /// When it was granted, store ms.
+    pub created_at: i64,
+}
+
+impl TrackerLock {
+    fn new(lock: &str, owner: &str, token: &str, acquired_at: i64) -> TrackerLock {
+        TrackerLock {
+            id: grant_id(lock, token),
+            service: lock.to_string(),
+            who: owner.to_string(),
+            created_at: acquired_at,
+        }
+    }
+
+    /// As Tracker's REST API shows it.
+    pub fn json(&self) -> Value {
+        json!({"id": self.id, "service": self.service, "who": self.who, "createdAt": rfc3339(self.created_at)})
+    }
 }
 
 /// Every grant in `r`, as Tracker's locks: the exclusive holder, or each shared hold.
-fn grants(lock: &str, r: &Record) -> Vec<Value> {
+fn grants(lock: &str, r: &Record) -> Vec<TrackerLock> {
     if let (Some(owner), Some(token)) = (&r.owner, &r.token) {
-        return vec![lock_json(lock, owner, token, r.acquired_at.unwrap_or_default())];
+        return vec![TrackerLock::new(lock, owner, token, r.acquired_at.unwrap_or_default())];
     }
     r.holds()
         .into_iter()
-        .map(|(_, h)| lock_json(lock, &h.owner, &h.token, h.acquired_at))
+        .map(|(_, h)| TrackerLock::new(lock, &h.owner, &h.token, h.acquired_at))
         .collect()
 }
 
@@ -99,12 +123,12 @@ fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("lock not found: no grant with id {id:?}"))
 }
 
-/// `POST /api/v1alpha1/lock` {service, who}: 201 with the lock, or 409 with `existingLock`.
-async fn create_lock(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
-    let req: CreateLock = parse_body(&body)?;
-    let lock = crate::cli::validate_lock(&req.service)?;
-    let who = identity(&req.who, None)?;
-    super::api::check_name(&s, &lock)?;
+/// Takes `service` for `who`, never waiting: the grant, or the grant that holds it
+/// (`None` when it is free but others wait in its queue).
+pub async fn create(s: &Shared, service: &str, who: &str) -> Result<Result<TrackerLock, Option<TrackerLock>>, ApiError> {
+    let lock = crate::cli::validate_lock(service)?;
+    super::api::check_name(s, &lock)?;
+    let who = identity(who, None)?;
     let opts = AcquireOptions {
         ttl: Some(s.config.ttl),
         wait: Wait::No,
@@ -113,22 +137,96 @@ async fn create_lock(State(s): State<Shared>, body: Bytes) -> Result<Response, A
         ..AcquireOptions::default()
     };
     match s.locker.acquire(&lock, &who, &opts).await {
-        Ok(g) => Ok((StatusCode::CREATED, axum::Json(lock_json(&lock, &g.owner, &g.token, g.acquired_at))).into_response()),
-        Err(e @ (Error::Held { .. } | Error::Superseded(_))) => {
-            let existing = match s.locker.status(&lock).await?.state {
-                Found::Valid(r) => grants(&lock, &r).into_iter().next(),
-                _ => None,
-            };
+        Ok(g) => Ok(Ok(TrackerLock::new(&lock, &g.owner, &g.token, g.acquired_at))),
+        Err(Error::Held { .. } | Error::Superseded(_)) => Ok(Err(match s.locker.status(&lock).await?.state {
+            Found::Valid(r) => grants(&lock, &r).into_iter().next(),
+            _ => None,
+        })),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The grant `id`, while it is held.
+pub async fn find(s: &Shared, id: &str) -> Result<Option<TrackerLock>, ApiError> {
+    let Some((lock, _)) = parse_id(id) else { return Ok(None) };
+    Ok(match s.locker.status(&lock).await?.state {
+        Found::Valid(r) => grants(&lock, &r).into_iter().find(|g| g.id == id),
+        _ => None,
+    })
+}
+
+/// Releases the grant `id` and no other; `false` when it is not held (any more).
+pub async fn unlock(s: &Shared, id: &str) -> Result<bool, ApiError> {
+    let Some((lock, token)) = parse_id(id) else { return Ok(false) };
+    // The owner only words the messages: the release is conditional on the token.
+    let observed = s.locker.status(&lock).await?;
+    let Some(r) = observed.record() else { return Ok(false) };
+    let Some(grant) = grants(&lock, r).into_iter().find(|g| g.id == id) else {
+        return Ok(false);
+    };
+    let who = Holding {
+        owner: grant.who,
+        token: Some(token),
+        by_owner: false,
+        shared: r.owner.is_none(),
+    };
+    Ok(matches!(
+        s.locker.release(&lock, &who, &ReleaseOptions::default()).await?,
+        Released::Released { .. }
+    ))
+}
+
+/// Page `page` (from 1) of `per_page` held locks in name order, and how many are held.
+pub async fn page(s: &Shared, per_page: Option<u32>, page: Option<u32>) -> Result<(Vec<TrackerLock>, usize, u32, u32), ApiError> {
+    let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
+    if per_page == 0 || per_page > MAX_PER_PAGE {
+        return Err(ApiError::bad_request(format!("per_page must be 1 to {MAX_PER_PAGE}")));
+    }
+    let page = page.unwrap_or(1).max(1);
+    let held = all_grants(s).await?;
+    let total = held.len();
+    let start = (page as usize - 1).saturating_mul(per_page as usize);
+    Ok((held.into_iter().skip(start).take(per_page as usize).collect(), total, page, per_page))
+}
+
+/// Every grant in the store, page by page (memory holds the grants, not the records).
+async fn all_grants(s: &Shared) -> Result<Vec<TrackerLock>, ApiError> {
+    let store = s.locker.store();
+    let (mut after, mut held) = (None::<String>, Vec::new());
+    loop {
+        let query = store::ListQuery {
+            prefix: "",
+            after: after.as_deref(),
+            limit: store::LIST_PAGE,
+        };
+        let page = store.list_page(&query).await?;
+        for (name, o) in &page.items {
+            if let Some(r) = o.record() {
+                held.extend(grants(name, r));
+            }
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(held),
+        }
+    }
+}
+
+/// `POST /api/v1alpha1/lock` {service, who}: 201 with the lock, or 409 with `existingLock`.
+async fn create_lock(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateLock = parse_body(&body)?;
+    Ok(match create(&s, &req.service, &req.who).await? {
+        Ok(lock) => (StatusCode::CREATED, axum::Json(lock.json())).into_response(),
+        Err(existing) => {
             let body = json!({
                 "error": "lock already exists",
                 "code": "held",
-                "exit": e.exit_code(),
-                "existingLock": existing,
+                "exit": crate::exit::HELD,
+                "existingLock": existing.map(|l| l.json()),
             });
-            Ok((StatusCode::CONFLICT, axum::Json(body)).into_response())
+            (StatusCode::CONFLICT, axum::Json(body)).into_response()
         }
-        Err(e) => Err(e.into()),
-    }
+    })
 }
 
 /// Who `owner` is, for a grant made through the service.
@@ -149,43 +247,17 @@ pub fn identity(owner: &str, url: Option<String>) -> Result<Identity, ApiError> 
 
 /// `GET /api/v1alpha1/lock/{id}`: the grant, while it is held.
 async fn get_lock(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let (lock, _) = parse_id(&id).ok_or_else(|| not_found(&id))?;
-    let found = match s.locker.status(&lock).await?.state {
-        Found::Valid(r) => grants(&lock, &r).into_iter().find(|g| g["id"] == id.as_str()),
-        _ => None,
-    };
-    found.map(|g| axum::Json(g).into_response()).ok_or_else(|| not_found(&id))
+    let found = find(&s, &id).await?.ok_or_else(|| not_found(&id))?;
+    Ok(axum::Json(found.json()).into_response())
 }
 
 /// `GET /api/v1alpha1/unlock/{id}`: releases that grant and no other.
-async fn unlock(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let (lock, token) = parse_id(&id).ok_or_else(|| not_found(&id))?;
-    // The owner only words the messages: the release is conditional on the token.
-    let observed = s.locker.status(&lock).await?;
-    let owner = observed
-        .record()
-        .and_then(|r| grants(&lock, r).into_iter().find(|g| g["id"] == id.as_str()))
-        .and_then(|g| g["who"].as_str().map(str::to_string));
-    let Some(owner) = owner else {
+async fn unlock_lock(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if !unlock(&s, &id).await? {
         return Err(not_found(&id));
-    };
-    let shared = observed.record().is_some_and(|r| r.owner.is_none());
-    let who = Holding {
-        owner,
-        token: Some(token),
-        by_owner: false,
-        shared,
-    };
-    match s.locker.release(&lock, &who, &ReleaseOptions::default()).await? {
-        Released::Released { .. } => Ok(axum::Json(json!({
-            "success": true,
-            "message": "Lock released successfully",
-            "id": id,
-            "count": 1,
-        }))
-        .into_response()),
-        Released::NotHeld | Released::HeldByOther { .. } => Err(not_found(&id)),
     }
+    let body = json!({"success": true, "message": "Lock released successfully", "id": id, "count": 1});
+    Ok(axum::Json(body).into_response())
 }
 
 #[derive(Deserialize)]
@@ -194,42 +266,11 @@ struct ListQuery {
     page: Option<u32>,
 }
 
-/// `GET /api/v1alpha1/locks/list?per_page=&page=`: the held locks, `total` of them, in
-/// name order, pages counted from 1.
+/// `GET /api/v1alpha1/locks/list?per_page=&page=`: the held locks, `total` of them.
 async fn list_locks(State(s): State<Shared>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
-    let per_page = q.per_page.unwrap_or(DEFAULT_PER_PAGE);
-    if per_page == 0 || per_page > MAX_PER_PAGE {
-        return Err(ApiError::bad_request(format!("per_page must be 1 to {MAX_PER_PAGE}")));
-    }
-    let page = q.page.unwrap_or(1).max(1);
-    let held = all_grants(&s).await?;
-    let total = held.len();
-    let start = (page as usize - 1).saturating_mul(per_page as usize);
-    let locks: Vec<Value> = held.into_iter().skip(start).take(per_page as usize).collect();
+    let (locks, total, page, per_page) = page(&s, q.per_page, q.page).await?;
+    let locks: Vec<Value> = locks.iter().map(TrackerLock::json).collect();
     Ok(axum::Json(json!({"locks": locks, "total": total, "page": page, "perPage": per_page})).into_response())
-}
-
-/// Every grant in the store, page by page (memory holds the grants, not the records).
-pub async fn all_grants(s: &Shared) -> Result<Vec<Value>, ApiError> {
-    let store = s.locker.store();
-    let (mut after, mut held) = (None::<String>, Vec::new());
-    loop {
-        let query = store::ListQuery {
-            prefix: "",
-            after: after.as_deref(),
-            limit: store::LIST_PAGE,
-        };
-        let page = store.list_page(&query).await?;
-        for (name, o) in &page.items {
-            if let Some(r) = o.record() {
-                held.extend(grants(name, r));
-            }
-        }
-        match page.next {
-            Some(n) => after = Some(n),
-            None => return Ok(held),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 //! A `pipeline-lock serve` process on a random port, and a real HTTP client (reqwest) for it.
+#![allow(dead_code)] // shared by several test crates, each using part of it
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -13,6 +14,8 @@ pub const TOKEN: &str = "test-token-0123456789abcdef";
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// The gRPC address, with `--grpc-listen`.
+    pub grpc: Option<String>,
     pub http: reqwest::blocking::Client,
     /// Its stderr (the access log), collected by a thread.
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
@@ -44,15 +47,19 @@ impl Server {
         }
         cmd.args(&opts.extra);
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-        let url = first
-            .trim()
-            .rsplit(" on ")
-            .next()
-            .filter(|u| u.starts_with("http://"))
-            .unwrap_or_else(|| panic!("serve did not print its address: {first:?}"))
-            .to_string();
+        // `gRPC ... on ADDR` (with --grpc-listen), then `serving STORE on http://ADDR`.
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut grpc = None;
+        let url = loop {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            let at = line.trim().rsplit(" on ").next().unwrap_or_default().to_string();
+            match () {
+                _ if line.starts_with("gRPC") => grpc = Some(at),
+                _ if at.starts_with("http://") => break at,
+                _ => panic!("serve did not print its address: {line:?}"),
+            }
+        };
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = log.clone();
         let stderr = child.stderr.take().unwrap();
@@ -62,7 +69,7 @@ impl Server {
             }
         });
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        Server { child, url, http, log }
+        Server { child, url, grpc, http, log }
     }
 
     pub fn addr(&self) -> String {
