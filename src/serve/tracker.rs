@@ -183,7 +183,9 @@ pub async fn page(s: &Shared, per_page: Option<u32>, page: Option<u32>) -> Resul
         return Err(ApiError::bad_request(format!("per_page must be 1 to {MAX_PER_PAGE}")));
     }
     let page = page.unwrap_or(1).max(1);
-    let held = all_grants(s).await?;
+    let mut held = all_grants(s).await?;
+    // DynamoDB scans in hash order: sorted, the pages are in name order on every store.
+    held.sort_by(|a, b| a.service.cmp(&b.service));
     let total = held.len();
     let start = (page as usize - 1).saturating_mul(per_page as usize);
     Ok((held.into_iter().skip(start).take(per_page as usize).collect(), total, page, per_page))
