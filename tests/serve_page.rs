@@ -5,9 +5,9 @@
 //! line saying so, without chromium, chromium-driver or selenium (`scripts/servers.sh`
 //! install_tools installs them).
 
-mod support;
 #[path = "serve/server.rs"]
 mod server;
+mod support;
 
 use std::time::Duration;
 
@@ -31,13 +31,25 @@ fn the_page_shows_holder_queue_and_history_and_follows_a_release() {
         return support::skip(&format!("{missing} is not installed"));
     }
     let env = Env::new(Backend::File, "serve-page");
-    let srv = Server::start_with(&env, Opts { public_read: true, ..Opts::default() });
+    let srv = Server::start_with(
+        &env,
+        Opts {
+            public_read: true,
+            ..Opts::default()
+        },
+    );
     let lock = env.lock("prod");
     for i in 0..150 {
-        let (code, v) = srv.post("/api/v1alpha1/lock", json!({"service": env.lock(&format!("zz-filler-{i:03}")), "who": "filler"}));
+        let (code, v) = srv.post(
+            "/api/v1alpha1/lock",
+            json!({"service": env.lock(&format!("zz-filler-{i:03}")), "who": "filler"}),
+        );
         assert_eq!(code, 201, "{v}");
     }
-    let (code, a) = srv.post("/api/v1/acquire", json!({"lock": lock, "owner": "pipeline-a", "url": "https://ci.example/group/app/-/pipelines/41"}));
+    let (code, a) = srv.post(
+        "/api/v1/acquire",
+        json!({"lock": lock, "owner": "pipeline-a", "url": "https://ci.example/group/app/-/pipelines/41"}),
+    );
     assert_eq!(code, 200, "{a}");
     let (url, lock_b) = (srv.url.clone(), lock.clone());
     let waiter = std::thread::spawn(move || {
@@ -60,7 +72,12 @@ fn the_page_shows_holder_queue_and_history_and_follows_a_release() {
         .args([srv.url.as_str(), server::TOKEN, lock.as_str(), a["token"].as_str().unwrap(), shots])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(seen["holder"], "pipeline-a", "{seen}");
     assert_eq!(seen["pipeline"], "https://ci.example/group/app/-/pipelines/41", "{seen}");
@@ -77,7 +94,10 @@ fn the_page_shows_holder_queue_and_history_and_follows_a_release() {
     assert_eq!(seen["not_reloaded"], true, "{seen}");
     assert_eq!(seen["history_open_after"], true, "the refresh closed the open History: {seen}");
     let timeline: Vec<&str> = seen["timeline_after"].as_array().unwrap().iter().filter_map(|l| l.as_str()).collect();
-    assert!(timeline[0].contains("acquired pipeline-b") && timeline[1].contains("released pipeline-a"), "{seen}");
+    assert!(
+        timeline[0].contains("acquired pipeline-b") && timeline[1].contains("released pipeline-a"),
+        "{seen}"
+    );
     assert_eq!(seen["second_page_cards"], 51, "{seen}");
     let (code, b) = waiter.join().unwrap();
     assert_eq!((code, b["owner"].as_str()), (200, Some("pipeline-b")), "{b}");

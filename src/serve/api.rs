@@ -29,6 +29,9 @@ use crate::output::{queue_json, status_json};
 use crate::queue::QueueMode;
 use crate::store;
 
+/// The shortest poll interval a waiting acquire may ask for: a service polls for many.
+pub const MIN_RETRY: Duration = Duration::from_millis(100);
+
 /// The read routes.
 pub fn reads() -> Router<Shared> {
     Router::new()
@@ -109,6 +112,8 @@ struct AcquireBody {
     disable_ttl: bool,
     /// How long to wait: a duration, at most `serve --max-wait`; absent or "0": do not wait.
     wait: Option<String>,
+    /// Time between polls while waiting (at least 100 ms).
+    retry_interval: Option<String>,
     queue: Option<QueueMode>,
     reason: Option<String>,
     force_after: Option<String>,
@@ -154,8 +159,16 @@ async fn acquire(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiEr
         (false, Some(d)) => Some(d),
         (false, None) => Some(s.config.ttl),
     };
+    let retry_interval = match duration("retry_interval", &b.retry_interval)? {
+        Some(d) if d < MIN_RETRY => {
+            return Err(ApiError::bad_request(format!("retry_interval must be at least {MIN_RETRY:?}")));
+        }
+        Some(d) => d,
+        None => AcquireOptions::default().retry_interval,
+    };
     let opts = AcquireOptions {
         ttl,
+        retry_interval,
         force_after: duration("force_after", &b.force_after)?,
         wait,
         force: if b.force { reason.clone() } else { None },
