@@ -1,4 +1,4 @@
-//! `pipeline-lock serve`: the store behind HTTP (docs/design.md, "The lock service: serve").
+//! `pipeline-lock serve`: the store behind HTTP (docs/design.md, "The lock service: serve (v2)").
 //! Tracker's lock API ([`tracker`]), the native JSON API ([`api`]) and the live page
 //! ([`page`]), all on the same [`Locker`] calls as the CLI: nothing of the lock protocol is
 //! re-implemented here. Auth is [`auth`]; errors and their HTTP statuses are [`error`].
