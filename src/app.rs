@@ -26,7 +26,7 @@ pub async fn run(cli: Cli, env: EnvFn) -> Result<u8> {
         Task::List(l) => cmd_list(&settings, l).await,
         Task::Doctor => cmd_doctor(&settings).await,
         Task::Run(r) => cmd_run(&settings, r).await,
-        Task::Serve(c) => crate::serve::serve(connect(&settings).await?, c).await,
+        Task::Serve(c) => crate::serve::serve(connect(&settings).await?, &settings.store, c).await,
     }
 }
 

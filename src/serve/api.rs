@@ -49,8 +49,9 @@ pub fn writes() -> Router<Shared> {
 
 /// Refuses a name the store cannot hold, as the CLI does before connecting.
 pub fn check_name(s: &Shared, lock: &str) -> Result<(), ApiError> {
-    let url = store::StoreUrl::parse(&s.locker.store().url())?;
-    url.check_lock_name(lock)?;
+    if let Some(url) = &s.url {
+        url.check_lock_name(lock)?;
+    }
     Ok(())
 }
 

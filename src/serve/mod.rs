@@ -27,6 +27,9 @@ pub mod listen;
 pub mod page;
 pub mod tracker;
 
+#[cfg(test)]
+mod tests;
+
 /// The largest request body accepted: an acquire with every text at its 1024-byte limit is
 /// well under 16 KiB; anything bigger is refused (413) before it is parsed.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -87,6 +90,8 @@ impl Config {
 pub struct Shared {
     /// The lock operations.
     pub locker: Locker,
+    /// The store's URL, for its name limits (`None`: a store without a URL, e.g. in memory).
+    pub url: Option<crate::store::StoreUrl>,
     /// The options.
     pub config: Arc<Config>,
     /// Becomes `Some(signal)` when the server is told to stop: waiting acquires give up
@@ -137,7 +142,7 @@ async fn access_log(req: Request, next: Next) -> Response {
 }
 
 /// Runs the service until SIGTERM or SIGINT, then finishes the requests in flight.
-pub async fn serve(locker: Locker, config: &Config) -> Result<u8> {
+pub async fn serve(locker: Locker, url: &crate::store::StoreUrl, config: &Config) -> Result<u8> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -145,6 +150,7 @@ pub async fn serve(locker: Locker, config: &Config) -> Result<u8> {
     let (stop, stopping) = watch::channel(None);
     let shared = Shared {
         locker: locker.clone(),
+        url: Some(url.clone()),
         config: Arc::new(config.clone()),
         stopping: stopping.clone(),
     };
