@@ -317,3 +317,25 @@ fn trackers_deploy_script_runs_unchanged_but_for_url_and_token() {
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stdout));
     assert!(env.record(&lock).get("Owner").is_none());
 }
+
+#[test]
+fn a_client_that_goes_away_mid_wait_leaves_the_queue_and_gets_nothing() {
+    let env = Env::new(Backend::File, "serve-gone");
+    let srv = Server::start(&env);
+    let lock = env.lock("busy");
+    let (_, a) = srv.post("/api/v1/acquire", json!({"lock": lock, "owner": "holder"}));
+    let impatient = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let gave_up = impatient
+        .post(format!("{}/api/v1/acquire", srv.url))
+        .header("Authorization", format!("Bearer {}", server::TOKEN))
+        .json(&json!({"lock": lock, "owner": "gone", "wait": "60s"}))
+        .send();
+    assert!(gave_up.is_err(), "the client was meant to time out: {gave_up:?}");
+    support::wait_until("the gone client's queue entry removed", Duration::from_secs(10), || {
+        env.record(&lock).get("Waiters").is_none()
+    });
+    let (code, _) = srv.post("/api/v1/release", json!({"lock": lock, "owner": "holder", "token": a["token"]}));
+    assert_eq!(code, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(env.record(&lock).get("Owner").is_none(), "a client that went away was granted the lock");
+}

@@ -10,6 +10,7 @@
 //! | `POST /api/v1/renew` | `renew --output json` |
 //! | `POST /api/v1/release` | `release --output json` (with `force` + `reason`: `--force --reason`) |
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,12 +20,14 @@ use axum::routing::{get, post};
 use axum::{Json, response::IntoResponse, response::Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use super::Shared;
 use super::error::{ApiError, parse_body};
+use crate::ci::Identity;
 use crate::cli::{check_slots, parse_duration, validate_lock, validate_text};
 use crate::error::{Error, Occupant};
-use crate::locker::{AcquireOptions, Holding, RETENTION, ReleaseOptions, Released, RenewOptions, Ttl, Wait};
+use crate::locker::{AcquireOptions, Grant, Holding, RETENTION, ReleaseOptions, Released, RenewOptions, Ttl, Wait};
 use crate::output::{queue_json, status_json};
 use crate::queue::QueueMode;
 use crate::store;
@@ -178,15 +181,63 @@ async fn acquire(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiEr
         queue: b.queue.unwrap_or_default(),
         supersede: b.supersede,
         ordinal: b.ordinal,
-        cancel: Some(s.stopping.clone()),
         slots: b.slots.map(check_slots).transpose()?.unwrap_or(1),
         shared: b.shared,
         ..AcquireOptions::default()
     };
-    let grant = s.locker.acquire(&lock, &me, &opts).await?;
+    let grant = detached(&s, &lock, me, opts).await?;
     let mut json = serde_json::to_value(&grant).map_err(|e| ApiError::from(Error::other("cannot encode the grant", e)))?;
     json["id"] = super::tracker::grant_id(&lock, &grant.token).into();
     Ok(Json(json).into_response())
+}
+
+/// What "the client went away" stops a wait with, as SIGPIPE does a writer whose reader is gone.
+const CLIENT_GONE: i32 = libc::SIGPIPE;
+
+/// Tells a detached acquire to stop when the request that waits for it is dropped.
+struct StopOnDrop(Arc<watch::Sender<Option<i32>>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_if_modified(|s| s.is_none().then(|| *s = Some(CLIENT_GONE)).is_some());
+    }
+}
+
+/// Runs `acquire` in a task of its own. A client that goes away mid-wait drops its request,
+/// and with it [`StopOnDrop`]: the wait then stops and takes its entry out of the queue (a
+/// dropped wait would leave it there, holding up the waiters behind it until pruned), and a
+/// grant made just then is given back. The service's stop signal stops the wait the same way.
+async fn detached(s: &Shared, lock: &str, me: Identity, mut opts: AcquireOptions) -> crate::Result<Grant> {
+    let (stop, stopped) = watch::channel(None);
+    let stop = Arc::new(stop);
+    opts.cancel = Some(stopped.clone());
+    let (locker, lock, forward, mut stopping) = (s.locker.clone(), lock.to_string(), stop.clone(), s.stopping.clone());
+    let task = tokio::spawn(async move {
+        let wait = locker.acquire(&lock, &me, &opts);
+        tokio::pin!(wait);
+        let result = loop {
+            tokio::select! {
+                r = &mut wait => break r,
+                Ok(()) = stopping.changed() => {
+                    let sig = *stopping.borrow();
+                    forward.send_if_modified(|s| (s.is_none() && sig.is_some()).then(|| *s = sig).is_some());
+                }
+            }
+        };
+        let sig = *stopped.borrow();
+        match (result, sig) {
+            (Ok(g), Some(sig)) => {
+                let _ = locker.release(&lock, &Holding::grant(&g), &ReleaseOptions::default()).await;
+                Err(Error::Interrupted {
+                    signal: sig,
+                    message: format!("got lock {lock:?} as the wait was stopped (signal {sig}); released it again"),
+                })
+            }
+            (r, _) => r,
+        }
+    });
+    let _stop = StopOnDrop(stop);
+    task.await.map_err(|e| Error::other("the acquire task failed", e))?
 }
 
 #[derive(Deserialize)]
