@@ -54,7 +54,13 @@ fn tracker_grpc_service_answers_grpcio(backend: Backend) {
     assert_eq!(v["unlock_again"]["code"], "NOT_FOUND", "{v}");
     assert_eq!(v["get_after"]["code"], "NOT_FOUND", "{v}");
     assert_eq!(v["bad_id"]["code"], "NOT_FOUND", "{v}");
-    // The REST API and the CLI see the same store: the grant made over gRPC was released.
+    for bad in ["empty_service", "control_who", "bad_per_page"] {
+        assert_eq!(v[bad]["code"], "INVALID_ARGUMENT", "{bad}: {v}");
+    }
+    // Over the 16 KiB message limit: tonic refuses it before decoding (OUT_OF_RANGE).
+    assert_eq!(v["huge"]["code"], "OUT_OF_RANGE", "{v}");
+    // The REST API and the CLI see the same store: the grant made over gRPC was released,
+    // and none of the bad calls wrote one.
     assert!(env.record(&service).get("Owner").is_none());
     assert_eq!(srv.get(&format!("/api/v1alpha1/lock/{id}")).0, 404);
 }

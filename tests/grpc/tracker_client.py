@@ -69,6 +69,10 @@ def main():
     out["unlock_again"] = call(stub.UnLock, pb.UnLockRequest(id=lid), auth)
     out["get_after"] = call(stub.GetLock, pb.GetLockRequest(id=lid), auth)
     out["bad_id"] = call(stub.GetLock, pb.GetLockRequest(id="not-an-id"), auth)
+    out["empty_service"] = call(stub.CreateLock, pb.CreateLockRequest(service="", who="x"), auth)
+    out["control_who"] = call(stub.CreateLock, pb.CreateLockRequest(service=service, who="a\nb"), auth)
+    out["huge"] = call(stub.CreateLock, pb.CreateLockRequest(service=service, who="w" * 100000), auth)
+    out["bad_per_page"] = call(stub.ListLocks, pb.ListLocksRequest(per_page=wrappers_pb2.UInt32Value(value=0)), auth)
     print(json.dumps(out))
 
 
