@@ -148,6 +148,26 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     ApiError::new(status, code, message).into_response()
 }
 
+/// A body announced (`Content-Length`) as larger than [`super::MAX_BODY`] is refused at once:
+/// the body limit alone would read up to the limit first, and wait for the rest until the
+/// body timeout.
+pub async fn announced_too_large(req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > super::MAX_BODY as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is {n} bytes; at most {} are accepted", super::MAX_BODY),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
 /// Parses a JSON body; the error names the field (`serde_path_to_error`), as the CLI's
 /// record errors do.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
