@@ -228,3 +228,29 @@ fn slow_clients_do_not_block_others_and_are_cut_off() {
     );
     assert_eq!(env.record(&lock)["Owner"], "quick", "only the quick client's grant was written");
 }
+
+#[test]
+fn bad_serve_flags_are_usage_errors_before_anything_listens() {
+    let env = Env::new(Backend::File, "serve-flags");
+    let short = std::env::temp_dir().join(support::unique("short-token"));
+    std::fs::write(&short, "abc\n").unwrap();
+    let short = short.to_string_lossy().into_owned();
+    let cases: [(&[&str], &str); 5] = [
+        (&["serve"], "--token-file"),
+        (&["serve", "--public-read", "--listen", "localhost"], "not an address"),
+        (&["serve", "--public-read", "--grpc-listen", "8765"], "not an address"),
+        (&["serve", "--token-file", "/nonexistent/token"], "cannot read --token-file"),
+        (&["serve", "--token-file", short.as_str()], "at least 16"),
+    ];
+    for (args, needle) in cases {
+        let out = env.cmd().args(args).output().unwrap();
+        support::assert_code(&out, 2);
+        let err = support::stderr(&out);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed an address: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

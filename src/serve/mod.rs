@@ -69,6 +69,11 @@ impl Config {
         let listen = address("--listen", &args.listen)?;
         let grpc_listen = args.grpc_listen.as_deref().map(|v| address("--grpc-listen", v)).transpose()?;
         let token = args.token_file.as_deref().map(auth::Token::from_file).transpose()?;
+        if token.is_none() && !args.public_read {
+            return Err(Error::Usage(
+                "serve needs --token-file (writes and reads need its token), or --public-read for a read-only service".into(),
+            ));
+        }
         let ttl = parse_duration("--ttl", &args.ttl)?;
         if ttl.is_zero() {
             return Err(Error::Usage("--ttl must be longer than 0".into()));
@@ -155,11 +160,11 @@ pub async fn serve(locker: Locker, url: &crate::store::StoreUrl, config: &Config
         config: Arc::new(config.clone()),
         stopping: stopping.clone(),
     };
-    if !bound.ip().is_loopback() && config.token.is_none() && config.public_read {
-        tracing::warn!("serving {bound} beyond loopback, read-only and without a token: anyone who reaches it sees every lock");
+    if !bound.ip().is_loopback() && config.public_read {
+        tracing::warn!("serving {bound} beyond loopback with --public-read: anyone who reaches it sees every lock");
     }
-    // The first line on stdout is the address, so a script (or a test) that asked for port 0
-    // learns which port it got.
+    // The bound addresses go to stdout before anything else (the gRPC line, then the HTTP
+    // one), so a script (or a test) that asked for port 0 learns which ports it got.
     let grpc = match config.grpc_listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
