@@ -5,6 +5,8 @@
 DDB_NPM_VERSION=10.3.0   # DynamoDB Local 3.3.0; installs on Node 20 (11.x needs Node 22)
 MOTO_VERSION=5.2.1
 S3RVER_VERSION=3.7.1     # ignores every conditional header: the store `doctor` must fail on
+SELENIUM_VERSION=4.35.0  # (newer ones need a certifi the index may not have yet); serve's browser test drives Debian's chromium through chromium-driver
+GRPCIO_VERSION=1.85.1    # serve's gRPC test: a client the project did not write (grpcio-tools the same)
 TOOLS="$ROOT/.tools"
 RUN_DIR="$ROOT/.test-run"
 SERVER_PIDS=()
@@ -29,6 +31,14 @@ install_tools() {
         python3 -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >/dev/null 2>&1 \
             || python3 -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
     fi
+    if ! python3 -c 'import grpc, grpc_tools, selenium' 2>/dev/null; then
+        log "installing grpcio, grpcio-tools $GRPCIO_VERSION and selenium $SELENIUM_VERSION (pip)"
+        python3 -m pip install --quiet --disable-pip-version-check "grpcio==$GRPCIO_VERSION" \
+            "grpcio-tools==$GRPCIO_VERSION" "selenium==$SELENIUM_VERSION" >/dev/null 2>&1 \
+            || log "pip install of grpcio/selenium failed: the serve gRPC and browser tests will skip"
+    fi
+    apt_tool chromium chromium chromium-driver
+    apt_tool chromedriver chromium-driver
     if ! command -v faketime >/dev/null; then
         log "installing faketime (Debian package)"
         if [ "$(id -u)" = 0 ]; then
@@ -37,6 +47,20 @@ install_tools() {
             log "faketime is missing and we are not root: the skewed-clock tests will fail; apt-get install faketime"
         fi
     fi
+}
+
+apt_tool() { # COMMAND PACKAGE...: installs the Debian packages when COMMAND is missing (root only)
+    local cmd=$1
+    shift
+    command -v "$cmd" >/dev/null && return 0
+    if [ "$(id -u)" != 0 ]; then
+        log "$cmd is missing and we are not root: the tests that need it skip; apt-get install $*"
+        return 0
+    fi
+    log "installing $* (Debian packages)"
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "$@" >/dev/null; } \
+        || log "apt-get install $* failed: the tests that need $cmd skip"
 }
 
 free_port() {

@@ -51,6 +51,7 @@ async fn dispatch(settings: &Settings, env: &EnvFn) -> Result<u8> {
         Task::Doctor => cmd_doctor(settings).await,
         Task::Run(r) => cmd_run(settings, r).await,
         Task::State(t) => state::cmd_state(settings, t).await,
+        Task::Serve(c) => crate::serve::serve(connect(settings).await?, &settings.store, c).await,
     }
 }
 

@@ -220,6 +220,32 @@ pub enum Command {
     Run(RunArgs),
     /// A small value beside the locks, fenced: `state get|put|delete KEY`.
     State(StateArgs),
+    /// Serve the store over HTTP: Tracker's lock API, a JSON API and a live page of every lock.
+    Serve(ServeArgs),
+}
+
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: any free port; the bound address is printed first).
+    #[arg(long, env = "PIPELINE_LOCK_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Also serve Tracker's gRPC LockService on this address.
+    #[arg(long, env = "PIPELINE_LOCK_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
+    /// File holding the bearer token that writes (and reads, without --public-read) need;
+    /// without it the service is read-only.
+    #[arg(long, env = "PIPELINE_LOCK_TOKEN_FILE", value_name = "F")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Reads (the page, status, list) need no token.
+    #[arg(long, env = "PIPELINE_LOCK_PUBLIC_READ", value_parser = FalseyValueParser::new(), default_value_t = false)]
+    pub public_read: bool,
+    /// Lease of a grant made through Tracker's API, which has no lease of its own.
+    #[arg(long, env = "PIPELINE_LOCK_SERVE_TTL", default_value = "1h", allow_hyphen_values = true)]
+    pub ttl: String,
+    /// The longest wait an acquire request may ask for.
+    #[arg(long, env = "PIPELINE_LOCK_SERVE_MAX_WAIT", default_value = "5m", allow_hyphen_values = true)]
+    pub max_wait: String,
 }
 
 /// Options of `run`.

@@ -32,6 +32,7 @@ pub mod queue;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod settings;
 pub mod signals;
 pub mod state;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::record::{Record, Waiter};
 
 /// Who gets a free lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueMode {
     /// The oldest live waiter.

@@ -54,6 +54,8 @@ pub enum Task {
     Run(Run),
     /// `state get|put|delete KEY`.
     State(StateTask),
+    /// `serve`.
+    Serve(crate::serve::Config),
 }
 
 /// `acquire`: who takes which lock, and how.
@@ -233,6 +235,7 @@ impl Settings {
             Command::Doctor => Task::Doctor,
             Command::Run(args) => Task::Run(low.run(args)?),
             Command::State(args) => Task::State(low.state(args)?),
+            Command::Serve(args) => Task::Serve(crate::serve::Config::build(&args, clock_margin)?),
         };
         Ok(Settings {
             store,
