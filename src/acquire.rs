@@ -409,6 +409,12 @@ impl<'a> Waiting<'a> {
             _ => self.opts.ttl,
         };
         let (lock, opts) = (self.lock, self.opts);
+        // A grant after a wait says how long it waited: the lock's timeline shows the waits.
+        let waited = (self.polls > 0).then(|| self.started.elapsed().as_millis() as u64);
+        let event = event.map(|e| Event {
+            waited: waited.filter(|_| e.event.is_grant()),
+            ..e
+        });
         let mut change = self.locker.change(action, lease, opts.retention, event);
         change.slots = opts.slots;
         change.evict = evict;
@@ -426,6 +432,7 @@ impl<'a> Waiting<'a> {
                     by: Some(self.who.owner.clone()),
                     why: Some("a stale shared hold, taken over with the others by an exclusive grant".into()),
                     from: None,
+                    waited: None,
                 })
                 .collect();
         }

@@ -234,6 +234,7 @@ pub(crate) fn how_event(kind: EventKind, owner: &str, why: Option<String>) -> Op
         by: None,
         why,
         from: None,
+        waited: None,
     })
 }
 

@@ -151,6 +151,14 @@ fn append_github(env: Env<'_>, files: &[(&str, String)]) -> Result<()> {
     Ok(())
 }
 
+/// A wait for people: whole seconds (`1m 5s`), or `<1s`.
+pub(crate) fn waited_text(ms: u64) -> String {
+    match ms / 1000 {
+        0 => "<1s".into(),
+        s => humantime::format_duration(Duration::from_secs(s)).to_string(),
+    }
+}
+
 fn ago(now: i64, then: i64) -> String {
     let d = Duration::from_secs(((now - then).max(0) / 1000) as u64);
     humantime::format_duration(d).to_string()
@@ -389,8 +397,9 @@ pub(crate) fn status_text(lock: &str, url: &str, o: &Observed, now: i64, mode: Q
             for e in &r.history {
                 let by = e.by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
                 let why = e.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
+                let waited = e.waited.map(|w| format!(" after waiting {}", waited_text(w))).unwrap_or_default();
                 s.push_str(&format!(
-                    "  {} {:<10} {} fence {}{by}{why}\n",
+                    "  {} {:<10} {} fence {}{by}{waited}{why}\n",
                     rfc3339(e.at),
                     e.event.as_str(),
                     e.owner,

@@ -199,6 +199,9 @@ pub struct Event {
     /// `renew` can tell "taken over from us" (exit 76) from "never ours" (exit 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// For grants after a wait: how long the new holder waited, in ms (the timeline's waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited: Option<u64>,
 }
 
 /// The holder-side fields of one grant.

@@ -281,6 +281,29 @@ fn ended_pipelines_shared_hold_is_taken_over_alone(b: Backend) {
     assert_eq!(requests.len(), 1, "{requests:?}");
 }
 
+/// A grant that came after a wait records how long it waited; one without a wait does not.
+fn a_grant_after_a_wait_records_the_wait_in_history(b: Backend) {
+    let Some(e) = Env::try_new(b, "waited") else { return };
+    let lock = e.lock("l");
+    assert_code(&e.run("first", &lock, &["acquire"]), 0);
+    let waiter = e.spawn("second", &lock, &["acquire", "--wait", "30s", "--retry-interval", "200ms"]);
+    wait_until("second queued", Duration::from_secs(10), || {
+        e.record(&lock)["Waiters"].as_object().is_some_and(|w| !w.is_empty())
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_code(&e.run("first", &lock, &["release"]), 0);
+    assert_code(&waiter.wait_with_output().unwrap(), 0);
+    let history = e.record(&lock)["History"].as_array().unwrap().clone();
+    let first = &history[history.len() - 3];
+    let second = history.last().unwrap();
+    assert_eq!((first["Event"].as_str(), first.get("Waited")), (Some("acquired"), None), "{history:?}");
+    assert_eq!(second["Owner"], "second", "{history:?}");
+    assert!(second["Waited"].as_u64().is_some_and(|w| w >= 1000), "{history:?}");
+    let status = e.run("observer", &lock, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("second fence") && text.contains("after waiting 1s"), "{text}");
+}
+
 fn running_pipeline_is_not_taken(b: Backend) {
     let Some(e) = Env::try_new(b, "ci-running") else { return };
     let lock = e.lock("l");
@@ -423,6 +446,7 @@ on_every_store!(
     supersede_skips_the_older_pipeline,
     ended_pipeline_is_taken_over_at_once,
     ended_pipelines_shared_hold_is_taken_over_alone,
+    a_grant_after_a_wait_records_the_wait_in_history,
     running_pipeline_is_not_taken,
     api_errors_take_nothing,
     holder_on_another_host_is_never_asked_about,

@@ -98,6 +98,8 @@ fn the_page_shows_holder_queue_and_history_and_follows_a_release() {
         timeline[0].contains("acquired pipeline-b") && timeline[1].contains("released pipeline-a"),
         "{seen}"
     );
+    // B's grant came after its wait in the queue, and the timeline says so.
+    assert!(timeline[0].contains("after waiting"), "{seen}");
     assert_eq!(seen["second_page_cards"], 51, "{seen}");
     let (code, b) = waiter.join().unwrap();
     assert_eq!((code, b["owner"].as_str()), (200, Some("pipeline-b")), "{b}");

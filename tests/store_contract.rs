@@ -53,6 +53,7 @@ fn change(store: &dyn Store, action: Action) -> Change {
             by: None,
             why: Some("contract".into()),
             from: None,
+            waited: None,
         }),
         slots: 1,
         evict: false,

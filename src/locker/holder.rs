@@ -204,6 +204,7 @@ impl Locker {
                 by: Some(who.owner.clone()),
                 why: Some(format!("--force: {reason}")),
                 from: None,
+                waited: None,
             };
             let mut change = self.change(Action::Release, None, opts.retention, Some(event));
             change.evict = true;

@@ -16,6 +16,7 @@ fn change(action: Action, kind: EventKind) -> Change {
             by: None,
             why: None,
             from: None,
+            waited: None,
         }),
         slots: 1,
         evict: false,

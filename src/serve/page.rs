@@ -184,9 +184,13 @@ fn timeline(html: &mut String, r: &Record) {
         let by = e.by.as_deref().map(|b| format!(" by {}", esc(b))).unwrap_or_default();
         let from = e.from.as_deref().map(|f| format!(" from {}", esc(f))).unwrap_or_default();
         let why = e.why.as_deref().map(|w| format!(" <q>{}</q>", esc(w))).unwrap_or_default();
+        let waited = e
+            .waited
+            .map(|w| format!(" after waiting {}", crate::output::waited_text(w)))
+            .unwrap_or_default();
         let _ = write!(
             html,
-            "<li class=\"{kind}\"><time>{at}</time> <b>{kind}</b> {owner}{from}{by}, fence {fence}{why}</li>",
+            "<li class=\"{kind}\"><time>{at}</time> <b>{kind}</b> {owner}{from}{by}{waited}, fence {fence}{why}</li>",
             kind = e.event.as_str(),
             at = rfc3339(e.at),
             owner = esc(&e.owner),

@@ -297,6 +297,7 @@ mod tests {
                 by: None,
                 why: None,
                 from: None,
+                waited: None,
             }),
             slots: 1,
             evict: false,
