@@ -177,12 +177,7 @@ impl Objects for FileDir {
     async fn put(&self, lock: &str, body: Vec<u8>, mode: PutMode<'_, Bytes>) -> Result<PutOutcome<Bytes>> {
         let _guard = self.lock_dir()?;
         let current = self.load(&lock_subject(lock), &self.path(lock))?;
-        let holds = match (mode, &current) {
-            (PutMode::Create, None) => true,
-            (PutMode::Update(tag), Some(o)) => o.tag.as_ref() == Some(tag),
-            _ => false,
-        };
-        if !holds {
+        if !mode.holds(current.as_ref().map(|o| o.tag.as_ref())) {
             // What we read under the flock is what is there: no second look needed.
             return Ok(PutOutcome::Refused(Some(current)));
         }

@@ -96,12 +96,7 @@ impl Objects for Memory {
     async fn put(&self, lock: &str, body: Vec<u8>, mode: PutMode<'_, u64>) -> Result<PutOutcome<u64>> {
         let mut map = self.map();
         let current = map.get(lock);
-        let holds = match (mode, current) {
-            (PutMode::Create, None) => true,
-            (PutMode::Update(tag), Some((_, v))) => v == tag,
-            _ => false,
-        };
-        if !holds {
+        if !mode.holds(current.map(|(_, v)| Some(v))) {
             return Ok(PutOutcome::Refused(Some(current.map(object))));
         }
         let version = self.versions.fetch_add(1, Ordering::Relaxed);

@@ -40,6 +40,18 @@ pub(crate) enum PutMode<'a, T> {
     Update(&'a T),
 }
 
+impl<T: PartialEq> PutMode<'_, T> {
+    /// Does the object there now (its version, `None` for no object) meet the condition? For
+    /// the stores that check it themselves (file under its flock, memory under its mutex).
+    pub(crate) fn holds(&self, current: Option<Option<&T>>) -> bool {
+        match (self, current) {
+            (PutMode::Create, None) => true,
+            (PutMode::Update(tag), Some(Some(now))) => now == *tag,
+            _ => false,
+        }
+    }
+}
+
 /// The answer to a put: a refusal is a value, not an error.
 #[derive(Debug)]
 pub(crate) enum PutOutcome<T> {

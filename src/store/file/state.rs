@@ -46,12 +46,7 @@ impl StateObjects for FileDir {
         std::fs::create_dir_all(&dir).map_err(|e| self.io_error("create the state directory for", &state_subject(key), e))?;
         let path = self.state_path(key);
         let current = self.load(&state_subject(key), &path)?;
-        let holds = match (mode, &current) {
-            (PutMode::Create, None) => true,
-            (PutMode::Update(tag), Some(o)) => o.tag.as_ref() == Some(tag),
-            _ => false,
-        };
-        if !holds {
+        if !mode.holds(current.as_ref().map(|o| o.tag.as_ref())) {
             // What we read under the flock is what is there: no second look needed.
             return Ok(PutOutcome::Refused(Some(current)));
         }
