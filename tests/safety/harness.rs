@@ -185,6 +185,7 @@ pub fn run(cfg: &Config) -> Outcome {
 
     // The queue orders waiters; "none" lets every waiter race for a free or stale lock.
     let queue = cfg.queue.unwrap_or(if cfg.seed.is_multiple_of(3) { "none" } else { "fifo" });
+    crate::tools::clear_faketime_leftovers();
     let bin = pinned_binary(&dir, cfg.broken.is_some());
     let mut server = Server::start(cfg.kind, &dir);
     let witness = Witness::start(true);

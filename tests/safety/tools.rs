@@ -177,3 +177,24 @@ impl Rng {
         }
     }
 }
+
+/// Removes what SIGKILLed `faketime` wrappers left in /dev/shm: each makes a semaphore and a
+/// shared-memory object named by its PID (`sem.faketime_sem_PID`, `faketime_shm_PID`) and
+/// removes them on exit, which a KILL never reaches. A later wrapper that gets the same PID
+/// then fails at once ("faketime: sem_open: File exists") without running anything. Only
+/// the objects of PIDs that no longer run are removed.
+pub fn clear_faketime_leftovers() {
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let pid = name
+            .strip_prefix("sem.faketime_sem_")
+            .or_else(|| name.strip_prefix("faketime_shm_"))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}

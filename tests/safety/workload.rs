@@ -277,6 +277,13 @@ fn contend(
         let out = child.wait_with_output().expect("wait for pipeline-lock");
         let end = Instant::now();
         let ok = out.status.success();
+        if faketime.is_some() && !ok && String::from_utf8_lossy(&out.stderr).starts_with("faketime: sem_open") {
+            // The faketime wrapper could not start (an earlier, killed wrapper's objects under
+            // a PID now reused): pipeline-lock never ran. Clear the leftovers and go again.
+            lock(slots)[id].current = None;
+            crate::tools::clear_faketime_leftovers();
+            continue;
+        }
         {
             let mut s = lock(slots);
             s[id].current = None;
